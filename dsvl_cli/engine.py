@@ -1,0 +1,312 @@
+"""The engine: load a model once, turn conversations into inputs, stream typed chunks.
+
+ask, chat, batch and serve share this one way to build inputs and count stats. Generation runs
+transformers' own `generate` in a worker thread (so greedy output is plain `generate`'s, token for
+token) while this thread decodes and yields text. torch and transformers are imported here only,
+when a model is loaded.
+
+Limits: one generation at a time per Engine (the server serialises access). KV reuse across turns
+needs a dynamic cache (see PromptCache).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from dsvl_cli import models
+from dsvl_cli.conversation import Conversation
+from dsvl_cli.errors import ContextLengthError, GenerationError
+from dsvl_cli.results import Chunk, Result, Stats, TextChunk
+from dsvl_cli.settings import GenerationSettings, ModelSettings
+
+_DONE = object()
+
+
+@dataclass
+class PromptCache:
+    """The KV cache left by the previous turn and the token ids it holds.
+
+    The next prompt reuses only the longest common token prefix (re-rendered history differs from
+    generated tokens: the template adds "Assistant: " and strips text), never cutting into an image.
+    """
+
+    token_ids: list[int] = field(default_factory=list)
+    kv: Any = None
+
+    def clear(self) -> None:
+        self.token_ids, self.kv = [], None
+
+
+class _TokenQueue:
+    """A transformers streamer that hands new token ids to the consuming thread."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue = queue.Queue()
+        self._prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self._prompt_seen:  # generate() first puts the prompt
+            self._prompt_seen = True
+            return
+        self.queue.put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        self.queue.put(_DONE)
+
+
+class _StopOnEvent:
+    """A stopping criterion that ends generation when any event is set (Ctrl-C, client gone)."""
+
+    def __init__(self, *events: threading.Event | None) -> None:
+        self.events = [e for e in events if e is not None]
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        stop = any(e.is_set() for e in self.events)
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+class Engine:
+    def __init__(self, model, processor, device: str, resolved: models.ResolvedModel, settings: ModelSettings):
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.device = device
+        self.resolved = resolved
+        self.settings = settings
+        self._default_preamble: str | None = None
+
+    @classmethod
+    def load(cls, settings: ModelSettings) -> Engine:
+        resolved = models.resolve(settings)
+        model, processor, device = models.load(resolved, settings)
+        return cls(model, processor, device, resolved, settings)
+
+    # -- facts ----------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.resolved.name
+
+    @property
+    def random_weights(self) -> bool:
+        return self.resolved.random_weights
+
+    @property
+    def context_length(self) -> int:
+        return int(self.model.config.text_config.max_position_embeddings)
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.model.config.image_token_id)
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def render(self, conversation: Conversation) -> str:
+        """The prompt text through the model's own chat template.
+
+        The DeepSeek-VL template bakes in a default system prompt; a custom system prompt replaces
+        that preamble (as DeepSeek's own `sft_format` does), an empty one removes it.
+        """
+        text = self.processor.apply_chat_template(
+            conversation.template_messages(), add_generation_prompt=True, tokenize=False
+        )
+        if conversation.system is None:
+            return text
+        preamble = self.default_preamble()
+        if preamble and text.startswith(preamble):
+            text = text[len(preamble):]
+        return (conversation.system.strip() + "\n\n" if conversation.system.strip() else "") + text
+
+    def default_preamble(self) -> str:
+        """The template's built-in system prompt: whatever it writes before the first "User:"."""
+        if self._default_preamble is None:
+            probe = [{"role": "user", "content": [{"type": "text", "text": "x"}]}]
+            text = self.processor.apply_chat_template(probe, add_generation_prompt=False, tokenize=False)
+            self._default_preamble = text[: text.find("User:")] if "User:" in text else ""
+        return self._default_preamble
+
+    def encode(self, conversation: Conversation):
+        """input_ids (1, L), attention_mask (1, L) and pixel tensors (n_images, 3, H, W) on the device."""
+        prompt = self.render(conversation)
+        images = [loaded.image for loaded in conversation.images]
+        inputs = self.processor(text=prompt, images=images or None, return_tensors="pt")
+        return inputs.to(self.model.device, dtype=self.model.dtype)
+
+    def image_spans(self, ids: list[int]) -> list[tuple[int, int]]:
+        """(start, end) of each image's placeholder run in `ids`, in order."""
+        per_image = int(self.processor.num_image_tokens)
+        positions = [i for i, tok in enumerate(ids) if tok == self.image_token_id]
+        return [(positions[k], positions[k] + per_image) for k in range(0, len(positions), per_image)]
+
+    def _reusable_prefix(self, ids: list[int], cache: PromptCache) -> int:
+        """How many leading tokens of `ids` can keep their cached KV (never cutting an image)."""
+        common = 0
+        for old, new in zip(cache.token_ids, ids):
+            if old != new:
+                break
+            common += 1
+        keep = min(common, len(ids) - 1)  # at least one token must be prefilled to get logits
+        for start, end in self.image_spans(ids):
+            if start < keep < end:
+                keep = start
+        return keep
+
+    # -- generation -----------------------------------------------------------------------------
+    def generation_kwargs(self, gen: GenerationSettings, prompt_tokens: int) -> dict:
+        room = self.context_length - prompt_tokens
+        if room < 1:
+            raise ContextLengthError(
+                f"the conversation is {prompt_tokens} tokens, past the model's context length of "
+                f"{self.context_length}; start over (/clear) or drop the oldest turns"
+            )
+        kwargs = gen.replace(max_new_tokens=min(gen.max_new_tokens, room)).generate_kwargs()
+        if gen.stop:
+            kwargs["tokenizer"] = self.tokenizer
+        kwargs["pad_token_id"] = self.tokenizer.pad_token_id
+        return kwargs
+
+    def stream(
+        self,
+        conversation: Conversation,
+        gen: GenerationSettings,
+        *,
+        cache: PromptCache | None = None,
+        stop_event: threading.Event | None = None,
+    ) -> Iterator[Chunk]:
+        """Yield TextChunks as the answer is generated, then one Result.
+
+        Ctrl-C (KeyboardInterrupt) or `stop_event` stops generation; the Result then has
+        finish_reason "interrupted" and the partial answer.
+        """
+        import torch
+        from transformers import StoppingCriteriaList
+
+        started = time.perf_counter()
+        inputs = self.encode(conversation)
+        last_user = next((m for m in reversed(conversation.messages) if m.role == "user"), None)
+        image_s = time.perf_counter() - started + sum(i.load_s for i in (last_user.images if last_user else []))
+        ids = inputs["input_ids"][0].tolist()
+        kwargs = self.generation_kwargs(gen, len(ids))
+        cached = 0
+        if cache is not None:
+            cached = self._reusable_prefix(ids, cache) if cache.kv is not None else 0
+            if cached == 0:
+                cache.clear()
+            else:
+                surplus = cache.kv.get_seq_length() - cached
+                if surplus > 0:
+                    cache.kv.crop(-surplus)
+                n_cached_images = sum(1 for _, end in self.image_spans(ids) if end <= cached)
+                inputs = {k: (v[n_cached_images:] if k not in ("input_ids", "attention_mask") else v)
+                          for k, v in inputs.items()}
+                inputs = {k: v for k, v in inputs.items() if v.shape[0] > 0}
+                kwargs["cache"] = cache.kv
+
+        halt = threading.Event()  # set by Ctrl-C here, or by the caller through stop_event
+        streamer = _TokenQueue()
+        outcome: dict[str, Any] = {}
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(self.device)
+        if gen.seed is not None:
+            torch.manual_seed(gen.seed)
+
+        def work() -> None:
+            try:
+                with torch.inference_mode():
+                    outcome["out"] = self.model.generate(
+                        **inputs, **kwargs, streamer=streamer, return_dict_in_generate=True,
+                        stopping_criteria=StoppingCriteriaList([_StopOnEvent(halt, stop_event)]),
+                    )
+            except BaseException as exc:  # handed to the consuming thread, raised there
+                outcome["error"] = exc
+            finally:
+                streamer.end()
+
+        worker = threading.Thread(target=work, name="dsvl-generate", daemon=True)
+        worker.start()
+        new_ids: list[int] = []
+        emitted = ""
+        first_at = last_at = None
+        interrupted = False
+        hold = max((len(s) for s in gen.stop), default=1) - 1
+        try:
+            while True:
+                try:
+                    item = streamer.queue.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if item is _DONE:
+                    break
+                last_at = time.perf_counter()
+                first_at = first_at or last_at
+                new_ids.extend(item)
+                text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
+                safe = len(text) - hold
+                if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the rest
+                    safe = min(safe, len(text.rstrip("\ufffd")))
+                if safe > len(emitted) and not _cut_at_stop(text, gen.stop)[1]:
+                    yield TextChunk(text[len(emitted):safe])
+                    emitted = text[:safe]
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:  # also on GeneratorExit: never leave the worker running
+            halt.set()
+            worker.join()
+
+        error = outcome.get("error")
+        if error is not None:
+            if isinstance(error, torch.OutOfMemoryError):
+                raise GenerationError(f"out of memory on {self.device} while generating; "
+                                      "try a smaller --max-new-tokens, fewer images or --quantize int4") from error
+            raise error
+        out = outcome.get("out")
+        if cache is not None and out is not None and out.cache is not None:
+            cache.kv = out.cache
+            cache.token_ids = out.sequences[0][: out.cache.get_seq_length()].tolist()
+        answer, stopped = _cut_at_stop(self.tokenizer.decode(new_ids, skip_special_tokens=True), gen.stop)
+        if answer[len(emitted):]:
+            yield TextChunk(answer[len(emitted):])
+        interrupted = interrupted or bool(stop_event and stop_event.is_set())
+        finish = self._finish_reason(new_ids, kwargs["max_new_tokens"], stopped, interrupted)
+        done_at = time.perf_counter()
+        stats = Stats(
+            prompt_tokens=len(ids),
+            cached_tokens=cached,
+            generated_tokens=len(new_ids),
+            image_s=image_s,
+            ttft_s=(first_at - started) if first_at else 0.0,
+            decode_tokens_per_s=((len(new_ids) - 1) / (last_at - first_at)) if first_at and last_at > first_at else 0.0,
+            total_s=done_at - started,
+            peak_gpu_bytes=torch.cuda.max_memory_allocated(self.device) if self.device.startswith("cuda") else None,
+        )
+        yield Result(answer=answer, finish_reason=finish, stats=stats, token_ids=new_ids)
+
+    def _finish_reason(self, new_ids: list[int], max_new: int, stopped: bool, interrupted: bool) -> str:
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos])
+        if (new_ids and new_ids[-1] in eos_ids) or stopped:
+            return "stop"
+        if len(new_ids) >= max_new:
+            return "length"
+        return "interrupted" if interrupted else "stop"
+
+    def run(self, conversation: Conversation, gen: GenerationSettings, **kwargs) -> Result:
+        """The non-streaming answer: the stream, joined."""
+        result = None
+        for chunk in self.stream(conversation, gen, **kwargs):
+            if isinstance(chunk, Result):
+                result = chunk
+        assert result is not None
+        return result
+
+
+def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """Text up to the first stop string (excluded), and whether one was found."""
+    cuts = [text.find(s) for s in stops if s and s in text]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+

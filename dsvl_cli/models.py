@@ -1,0 +1,140 @@
+"""Model names: aliases, resolving a name to a local folder, and loading it.
+
+A name is an alias (`7b`, `1.3b`, `tiny-random`, `tiny-random-1.3b`), a local folder, or a Hugging
+Face hub id. Hub models are loaded from the local cache, or downloaded (progress on stderr) unless
+`--offline`. Loading never runs remote code and reads safetensors only.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from dsvl_cli import tiny_random
+from dsvl_cli.errors import ModelError, UsageError
+from dsvl_cli.settings import ModelSettings
+
+HUB_ALIASES = {
+    "7b": "deepseek-community/deepseek-vl-7b-chat",
+    "1.3b": "deepseek-community/deepseek-vl-1.3b-chat",
+}
+# Only these file kinds are fetched from the hub: never pickles, never code.
+HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
+
+
+def dsvl_home() -> Path:
+    """`DSVL_HOME`, else the user cache dir (`$XDG_CACHE_HOME/dsvl` or `~/.cache/dsvl`)."""
+    if os.environ.get("DSVL_HOME"):
+        return Path(os.environ["DSVL_HOME"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "dsvl"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name: str  # what the user asked for
+    folder: Path
+    random_weights: bool  # tiny-random: say so wherever its answers are shown
+
+
+def is_random(name: str) -> bool:
+    return name in tiny_random.SPECS
+
+
+def resolve(settings: ModelSettings) -> ResolvedModel:
+    """Turn a model name into a local folder, building tiny-random or downloading as needed."""
+    name = settings.model
+    if name in tiny_random.SPECS:
+        try:
+            folder = tiny_random.ensure_built(name, dsvl_home())
+        except OSError as exc:
+            raise ModelError(f"model {name}: cannot build it in {dsvl_home()}: {exc.strerror or exc}") from exc
+        return ResolvedModel(name, folder, random_weights=True)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise UsageError(f"model {name}: folder has no config.json (not a transformers model folder)")
+        return ResolvedModel(name, path, random_weights=False)
+    repo_id = HUB_ALIASES.get(name, name)
+    if repo_id.count("/") != 1 or path.suffix or name.startswith((".", "/", "~")):
+        raise UsageError(f"model {name}: no such folder, and not a hub id (owner/name) or alias "
+                         f"({', '.join([*HUB_ALIASES, *tiny_random.SPECS])})")
+    return ResolvedModel(name, _snapshot(repo_id, settings), random_weights=False)
+
+
+def _snapshot(repo_id: str, settings: ModelSettings) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    hint = "use --model PATH for a local copy, or --model tiny-random to try dsvl offline (random weights)"
+    try:
+        return Path(snapshot_download(repo_id, revision=settings.revision, allow_patterns=HUB_FILES,
+                                      local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        if settings.offline or os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise ModelError(f"model {repo_id}: not in the local Hugging Face cache and --offline is set; "
+                             f"{hint}") from None
+    try:  # not cached: download, with huggingface_hub's progress bars on stderr
+        return Path(snapshot_download(repo_id, revision=settings.revision, allow_patterns=HUB_FILES))
+    except RepositoryNotFoundError:
+        raise ModelError(f"model {repo_id}: no such repository on the Hugging Face Hub (or it is private)") from None
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        raise ModelError(f"model {repo_id}: not in the local cache and the Hugging Face Hub cannot be reached "
+                         f"({type(exc).__name__}); {hint}") from None
+
+
+def pick_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {requested}: CUDA is not available on this machine (try --device cpu)")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps: MPS is not available on this machine (try --device cpu)")
+    return requested
+
+
+def pick_dtype(requested: str, device: str):
+    """auto: bf16 on CUDA when supported (else fp16), fp16 on MPS, fp32 on CPU."""
+    import torch
+
+    if requested != "auto":
+        return getattr(torch, requested)
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def load(resolved: ResolvedModel, settings: ModelSettings):
+    """Load (model, processor, device) straight onto the device in the chosen dtype."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    device = pick_device(settings.device)
+    dtype = pick_dtype(settings.dtype, device)
+    if settings.quantize and not device.startswith("cuda"):
+        raise UsageError(f"--quantize {settings.quantize}: needs a CUDA GPU (device is {device})")
+    try:
+        processor = AutoProcessor.from_pretrained(resolved.folder, trust_remote_code=False)
+        model = AutoModelForImageTextToText.from_pretrained(
+            resolved.folder,
+            dtype=dtype,
+            device_map=device,
+            use_safetensors=True,
+            trust_remote_code=False,
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"model {resolved.name}: cannot load from {resolved.folder}: {exc}".splitlines()[0]) from exc
+    except torch.OutOfMemoryError as exc:
+        raise ModelError(f"model {resolved.name}: out of memory while loading on {device}; "
+                         "try --quantize int4 or a smaller model") from exc
+    model.eval()
+    return model, processor, device

@@ -1,0 +1,59 @@
+"""What the engine yields: typed chunks, the final result, and the stats every front end reports.
+
+No torch here: renderers, the batch writer and the server import this freely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class Stats:
+    """The `stats` object of DESIGN §2; the same keys in ask, chat, batch and serve."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose KV was reused from an earlier turn
+    generated_tokens: int = 0
+    image_s: float = 0.0  # image load + preprocess
+    ttft_s: float = 0.0  # from the start of the request (after image load) to the first new token
+    decode_tokens_per_s: float = 0.0  # tokens after the first / time after the first
+    total_s: float = 0.0
+    peak_gpu_bytes: int | None = None  # CUDA only
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        for key in ("image_s", "ttft_s", "total_s"):
+            data[key] = round(data[key], 4)
+        data["decode_tokens_per_s"] = round(data["decode_tokens_per_s"], 2)
+        if data["peak_gpu_bytes"] is None:
+            del data["peak_gpu_bytes"]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Stats:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+
+@dataclass
+class TextChunk:
+    """A piece of the answer, as soon as it is decoded."""
+
+    text: str
+
+
+@dataclass
+class Result:
+    """The whole answer: the stream's chunks joined, plus how it ended."""
+
+    answer: str
+    finish_reason: str  # stop, length, interrupted, error
+    stats: Stats = field(default_factory=Stats)
+    token_ids: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"answer": self.answer, "finish_reason": self.finish_reason, "stats": self.stats.to_dict()}
+
+
+Chunk = TextChunk | Result

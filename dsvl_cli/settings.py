@@ -1,0 +1,94 @@
+"""Typed, validated settings: built once at the CLI boundary, read everywhere else.
+
+Each option has one default and one `DSVL_*` environment variable, declared here and in options.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from dsvl_cli.errors import UsageError
+
+DEFAULT_MODEL = "deepseek-community/deepseek-vl-7b-chat"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+QUANTIZE = ("int8", "int4")
+
+
+def _check_device(device: str) -> None:
+    base, _, index = device.partition(":")
+    if base not in DEVICES or (index and (base != "cuda" or not index.isdigit())):
+        raise UsageError(f"--device {device!r}: use auto, cpu, cuda, cuda:N or mps")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Which model to load and how. `compile=None` means: decide per command (fast path where it pays)."""
+
+    model: str = DEFAULT_MODEL
+    revision: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    offline: bool = False
+    compile: bool | None = None
+    quantize: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_device(self.device)
+        if self.dtype not in DTYPES:
+            raise UsageError(f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
+        if self.quantize is not None and self.quantize not in QUANTIZE:
+            raise UsageError(f"--quantize {self.quantize!r}: use int8 or int4")
+        if not self.model:
+            raise UsageError("--model is empty")
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Sampling options. temperature 0 means greedy decoding."""
+
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+    system: str | None = None
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise UsageError(f"--max-new-tokens {self.max_new_tokens}: must be at least 1")
+        if self.temperature < 0:
+            raise UsageError(f"--temperature {self.temperature}: must be 0 (greedy) or more")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise UsageError(f"--top-p {self.top_p}: must be in (0, 1]")
+        if self.top_k is not None and self.top_k < 1:
+            raise UsageError(f"--top-k {self.top_k}: must be at least 1")
+        if self.repetition_penalty is not None and self.repetition_penalty <= 0:
+            raise UsageError(f"--repetition-penalty {self.repetition_penalty}: must be positive")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def replace(self, **changes) -> GenerationSettings:
+        """A validated copy with some fields changed (used by /set, batch records, the server)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise UsageError(f"unknown generation option(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+    def generate_kwargs(self) -> dict:
+        """Keyword arguments for transformers' `generate` (sampling part only)."""
+        kwargs: dict = {"max_new_tokens": self.max_new_tokens}
+        if self.greedy:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        if self.repetition_penalty is not None:
+            kwargs["repetition_penalty"] = self.repetition_penalty
+        if self.stop:
+            kwargs["stop_strings"] = list(self.stop)
+        return kwargs
