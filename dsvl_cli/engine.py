@@ -245,7 +245,7 @@ class Engine:
                 last_at = time.perf_counter()
                 first_at = first_at or last_at
                 new_ids.extend(item)
-                text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
+                text = self._decode(new_ids)
                 safe = len(text) - hold
                 if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the rest
                     safe = min(safe, len(text.rstrip("\ufffd")))
@@ -268,7 +268,7 @@ class Engine:
         if cache is not None and out is not None and out.cache is not None:
             cache.kv = out.cache
             cache.token_ids = out.sequences[0][: out.cache.get_seq_length()].tolist()
-        answer, stopped = _cut_at_stop(self.tokenizer.decode(new_ids, skip_special_tokens=True), gen.stop)
+        answer, stopped = _cut_at_stop(self._decode(new_ids), gen.stop)
         if answer[len(emitted):]:
             yield TextChunk(answer[len(emitted):])
         interrupted = interrupted or bool(stop_event and stop_event.is_set())
@@ -285,6 +285,10 @@ class Engine:
             peak_gpu_bytes=torch.cuda.max_memory_allocated(self.device) if self.device.startswith("cuda") else None,
         )
         yield Result(answer=answer, finish_reason=finish, stats=stats, token_ids=new_ids)
+
+    def _decode(self, ids: list[int]) -> str:
+        """Answer text; the space the model puts after "Assistant:" is not part of the answer."""
+        return self.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
 
     def _finish_reason(self, new_ids: list[int], max_new: int, stopped: bool, interrupted: bool) -> str:
         eos = self.model.generation_config.eos_token_id

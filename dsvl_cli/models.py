@@ -84,6 +84,19 @@ def _snapshot(repo_id: str, settings: ModelSettings) -> Path:
                          f"({type(exc).__name__}); {hint}") from None
 
 
+def quiet_transformers() -> None:
+    """Local loads are fast: no per-weight progress bar, and warnings only at error level.
+
+    Set DSVL_DEBUG=1 (or --debug) to see transformers' own logging again.
+    """
+    if os.environ.get("DSVL_DEBUG"):
+        return
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def pick_device(requested: str) -> str:
     import torch
 
@@ -122,6 +135,7 @@ def load(resolved: ResolvedModel, settings: ModelSettings):
     dtype = pick_dtype(settings.dtype, device)
     if settings.quantize and not device.startswith("cuda"):
         raise UsageError(f"--quantize {settings.quantize}: needs a CUDA GPU (device is {device})")
+    quiet_transformers()
     try:
         processor = AutoProcessor.from_pretrained(resolved.folder, trust_remote_code=False)
         model = AutoModelForImageTextToText.from_pretrained(

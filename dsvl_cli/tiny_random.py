@@ -179,6 +179,9 @@ def build(folder: Path, spec: TinySpec) -> None:
         DeepseekVLProcessor,
     )
 
+    from dsvl_cli.models import quiet_transformers
+
+    quiet_transformers()
     tokenizer = build_tokenizer()
     ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                pad_token_id=tokenizer.pad_token_id)
