@@ -83,9 +83,9 @@ class Engine:
         self._default_preamble: str | None = None
 
     @classmethod
-    def load(cls, settings: ModelSettings) -> Engine:
+    def load(cls, settings: ModelSettings, *, verbose: bool = False) -> Engine:
         resolved = models.resolve(settings)
-        model, processor, device = models.load(resolved, settings)
+        model, processor, device = models.load(resolved, settings, verbose=verbose)
         return cls(model, processor, device, resolved, settings)
 
     # -- facts ----------------------------------------------------------------------------------

@@ -87,10 +87,8 @@ def _snapshot(repo_id: str, settings: ModelSettings) -> Path:
 def quiet_transformers() -> None:
     """Local loads are fast: no per-weight progress bar, and warnings only at error level.
 
-    Set DSVL_DEBUG=1 (or --debug) to see transformers' own logging again.
+    `--debug` leaves transformers' own logging as it is.
     """
-    if os.environ.get("DSVL_DEBUG"):
-        return
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -126,7 +124,7 @@ def pick_dtype(requested: str, device: str):
     return torch.float32
 
 
-def load(resolved: ResolvedModel, settings: ModelSettings):
+def load(resolved: ResolvedModel, settings: ModelSettings, *, verbose: bool = False):
     """Load (model, processor, device) straight onto the device in the chosen dtype."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -135,7 +133,8 @@ def load(resolved: ResolvedModel, settings: ModelSettings):
     dtype = pick_dtype(settings.dtype, device)
     if settings.quantize and not device.startswith("cuda"):
         raise UsageError(f"--quantize {settings.quantize}: needs a CUDA GPU (device is {device})")
-    quiet_transformers()
+    if not verbose:
+        quiet_transformers()
     try:
         processor = AutoProcessor.from_pretrained(resolved.folder, trust_remote_code=False)
         model = AutoModelForImageTextToText.from_pretrained(

@@ -101,10 +101,6 @@ def shared_options(command):
         from dsvl_cli.cli import fail
 
         raw = {name: kwargs.pop(name) for name in SHARED}
-        if raw["debug"]:
-            import os
-
-            os.environ["DSVL_DEBUG"] = "1"  # lets transformers' own logging through too
         try:
             opts = build_common(raw)
         except DsvlError as err:

@@ -17,7 +17,7 @@ def load_engine(opts: CommonOptions):
 
     console = stderr_console()
     with status(console, f"Loading {opts.model.model}…"):
-        engine = Engine.load(opts.model)
+        engine = Engine.load(opts.model, verbose=opts.debug)
     if engine.random_weights:
         note(console, RANDOM_WEIGHTS_NOTE.format(name=engine.name))
     return engine
