@@ -88,6 +88,7 @@ def root(
 
 
 def _register() -> None:
+    """One line per command; each command module imports nothing heavy at import time."""
     from dsvl_cli.commands import ask
 
     app.command("ask", no_args_is_help=True)(ask.ask)
