@@ -8,6 +8,7 @@ Face hub id. Hub models are loaded from the local cache, or downloaded (progress
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ HUB_ALIASES = {
     "1.3b": "deepseek-community/deepseek-vl-1.3b-chat",
 }
 # Only these file kinds are fetched from the hub: never pickles, never code.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
 
 
@@ -57,7 +59,7 @@ def resolve(settings: ModelSettings) -> ResolvedModel:
             raise UsageError(f"model {name}: folder has no config.json (not a transformers model folder)")
         return ResolvedModel(name, path, random_weights=False)
     repo_id = HUB_ALIASES.get(name, name)
-    if repo_id.count("/") != 1 or path.suffix or name.startswith((".", "/", "~")):
+    if not _HUB_ID.fullmatch(repo_id):
         raise UsageError(f"model {name}: no such folder, and not a hub id (owner/name) or alias "
                          f"({', '.join([*HUB_ALIASES, *tiny_random.SPECS])})")
     return ResolvedModel(name, _snapshot(repo_id, settings), random_weights=False)
@@ -73,15 +75,16 @@ def _snapshot(repo_id: str, settings: ModelSettings) -> Path:
                                       local_files_only=True))
     except (LocalEntryNotFoundError, OSError, ValueError):
         if settings.offline or os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise ModelError(f"model {repo_id}: not in the local Hugging Face cache and --offline is set; "
+            raise ModelError(f"model {repo_id}: not in the local Hugging Face cache and offline mode is on "
+                         "(--offline or HF_HUB_OFFLINE); "
                              f"{hint}") from None
     try:  # not cached: download, with huggingface_hub's progress bars on stderr
         return Path(snapshot_download(repo_id, revision=settings.revision, allow_patterns=HUB_FILES))
     except RepositoryNotFoundError:
         raise ModelError(f"model {repo_id}: no such repository on the Hugging Face Hub (or it is private)") from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
-        raise ModelError(f"model {repo_id}: not in the local cache and the Hugging Face Hub cannot be reached "
-                         f"({type(exc).__name__}); {hint}") from None
+        raise ModelError(f"model {repo_id}: not in the local cache and the Hugging Face Hub cannot be reached; "
+                         f"{hint}") from None
 
 
 def quiet_transformers() -> None:

@@ -170,6 +170,9 @@ def test_model_not_cached_offline_is_a_clear_error(cli):
     result = cli(["ask", "hi", "-m", "nobody/no-such-model", "--offline"])
     assert result.exit_code == 1
     assert "nobody/no-such-model" in result.stderr and "tiny-random" in result.stderr
+    for alias, repo in (("7b", "deepseek-vl-7b-chat"), ("1.3b", "deepseek-vl-1.3b-chat")):
+        aliased = cli(["ask", "hi", "-m", alias, "--offline"])
+        assert aliased.exit_code == 1 and f"deepseek-community/{repo}" in aliased.stderr
     missing = cli(["ask", "hi", "-m", "./no/such/folder"])
     assert missing.exit_code == 2 and "no/such/folder" in missing.stderr
 
