@@ -1,0 +1,249 @@
+"""Batch input: detect each file's format and turn its lines into records or per-line errors.
+
+Formats, detected per file from its first non-blank line:
+- JSONL (the line starts with `{`): `{"id" or "custom_id", "image" or "images", "prompt", "system",
+  generation options}` per line, or the OpenAI batch-file shape (`custom_id` plus `body.messages`
+  whose content parts are `text` and `image_url`). Both shapes may be mixed in one file.
+- TSV (the line has a tab): `image<TAB>prompt`; an empty image field means no image.
+- Plain lines: one image source per line, the question from `--prompt`.
+
+Blank lines are skipped. `line` counts from 1 in each file. A record without an id gets its line
+number as id (`FILE:LINE` when several inputs are given). A bad line never stops the reading: it
+becomes a BadRecord carrying its line number, and the run goes on. Image paths are relative to the
+current directory. No torch here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dsvl_cli.conversation import check_text
+from dsvl_cli.errors import DsvlError, UsageError
+from dsvl_cli.settings import GenerationSettings
+
+# Per-record generation options and the JSON types they accept.
+_INT_OPTIONS = ("max_new_tokens", "top_k", "seed")
+_FLOAT_OPTIONS = ("temperature", "top_p", "repetition_penalty")
+_RECORD_KEYS = {"id", "custom_id", "image", "images", "prompt", "system", "stop", *_INT_OPTIONS, *_FLOAT_OPTIONS}
+# OpenAI body keys -> our option names ("model" is ignored: the command's --model is used).
+_OPENAI_BODY = {"max_tokens": "max_new_tokens", "max_completion_tokens": "max_new_tokens",
+                "temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "seed": "seed",
+                "stop": "stop", "repetition_penalty": "repetition_penalty"}
+
+
+@dataclass
+class Record:
+    """One question to answer: everything the runner needs, validated."""
+
+    id: Any  # str or int, written back as given
+    line: int
+    prompt: str
+    images: list[str] = field(default_factory=list)
+    system: str | None = None
+    gen: GenerationSettings = field(default_factory=GenerationSettings)
+    input: str | None = None  # the input's name, set when several inputs are given
+
+
+@dataclass
+class BadRecord:
+    """A line that cannot become a Record; written out as an error record."""
+
+    id: Any
+    line: int
+    type: str
+    message: str
+    input: str | None = None
+
+
+def id_key(value: Any) -> str:
+    """Ids compare as JSON values: 3 and "3" are different ids."""
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+class _BadLine(Exception):
+    def __init__(self, kind: str, message: str, id_: Any = None):
+        super().__init__(message)
+        self.kind, self.message, self.id = kind, message, id_
+
+
+def detect_format(lines: list[str]) -> str:
+    """jsonl, tsv or plain, from the first non-blank line."""
+    for text in lines:
+        if text.strip():
+            if text.lstrip().startswith("{"):
+                return "jsonl"
+            return "tsv" if "\t" in text else "plain"
+    return "plain"
+
+
+def parse_lines(lines: list[str], *, base: GenerationSettings, prompt: str | None = None,
+                name: str = "<stdin>", qualify_ids: bool = False) -> list[Record | BadRecord]:
+    """Every non-blank line of one input as a Record or BadRecord, in order.
+
+    Raises UsageError only for a problem with the whole input (plain lines and no --prompt).
+    """
+    fmt = detect_format(lines)
+    if fmt == "plain" and prompt is None and any(t.strip() for t in lines):
+        raise UsageError(f"{name}: plain lines of image sources need --prompt TEXT "
+                         "(or give JSONL records or TSV image<TAB>prompt lines)")
+    out: list[Record | BadRecord] = []
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        default_id: Any = f"{name}:{number}" if qualify_ids else number
+        try:
+            if fmt == "jsonl":
+                record = _from_json(text, number, default_id, base, prompt)
+            elif fmt == "tsv":
+                record = _from_tsv(text, number, default_id, base, prompt)
+            else:
+                record = Record(default_id, number, check_text(prompt or ""), [text.strip()], base.system, base)
+        except _BadLine as bad:
+            out.append(BadRecord(default_id if bad.id is None else bad.id, number, bad.kind, bad.message))
+            continue
+        except DsvlError as err:  # check_text / settings validation
+            out.append(BadRecord(default_id, number, err.kind, err.message))
+            continue
+        out.append(record)
+    if qualify_ids:
+        for item in out:
+            item.input = name
+    return out
+
+
+def mark_duplicates(items: Iterable[Record | BadRecord]) -> list[Record | BadRecord]:
+    """The first record with an id keeps it; each later one becomes an error record (never two answers)."""
+    seen: dict[str, int] = {}
+    out: list[Record | BadRecord] = []
+    for item in items:
+        key = id_key(item.id)
+        if isinstance(item, Record) and key in seen:
+            out.append(BadRecord(item.id, item.line, "duplicate_id",
+                                 f"id {item.id!r} was already used on line {seen[key]}", item.input))
+            continue
+        seen.setdefault(key, item.line)
+        out.append(item)
+    return out
+
+
+# -- formats ------------------------------------------------------------------------------------
+
+
+def _from_tsv(text: str, number: int, id_: Any, base: GenerationSettings, prompt: str | None) -> Record:
+    image, _, question = text.rstrip("\r\n").partition("\t")
+    question = question.strip() or (prompt or "")
+    if not question:
+        raise _BadLine("usage_error", "no prompt after the tab (and no --prompt)")
+    return Record(id_, number, check_text(question), [image.strip()] if image.strip() else [], base.system, base)
+
+
+def _from_json(text: str, number: int, default_id: Any, base: GenerationSettings, prompt: str | None) -> Record:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _BadLine("invalid_json", f"malformed JSON: {exc.msg} (column {exc.colno})") from None
+    if not isinstance(data, dict):
+        raise _BadLine("invalid_json", "a record must be a JSON object")
+    id_ = data.get("custom_id", data.get("id", default_id))
+    if isinstance(id_, bool) or not isinstance(id_, (str, int)):
+        raise _BadLine("invalid_record", "id must be a string or an integer")
+    try:
+        if "body" in data:
+            return _from_openai(data, number, id_, base)
+        return _from_plain_json(data, number, id_, base, prompt)
+    except _BadLine as bad:
+        bad.id = id_
+        raise
+    except DsvlError as err:
+        raise _BadLine(err.kind, err.message, id_) from None
+
+
+def _from_plain_json(data: dict, number: int, id_: Any, base: GenerationSettings, prompt: str | None) -> Record:
+    unknown = sorted(set(data) - _RECORD_KEYS)
+    if unknown:
+        raise _BadLine("invalid_record", f"unknown field(s): {', '.join(unknown)}")
+    if "image" in data and "images" in data:
+        raise _BadLine("invalid_record", "give either image or images, not both")
+    images = data.get("images", [] if data.get("image") is None else [data["image"]])
+    if not isinstance(images, list) or not all(isinstance(s, str) for s in images):
+        raise _BadLine("invalid_record", "image must be a string and images a list of strings")
+    question = data.get("prompt", prompt)
+    if not isinstance(question, str) or not question.strip():
+        raise _BadLine("invalid_record", "missing prompt" if question is None else "prompt must be a non-empty string")
+    system = data.get("system", base.system)
+    if system is not None and not isinstance(system, str):
+        raise _BadLine("invalid_record", "system must be a string")
+    options = {k: data[k] for k in (*_INT_OPTIONS, *_FLOAT_OPTIONS, "stop") if k in data}
+    return Record(id_, number, check_text(question), images, system, _settings(base, options, system))
+
+
+def _from_openai(data: dict, number: int, id_: Any, base: GenerationSettings) -> Record:
+    body = data["body"]
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        raise _BadLine("invalid_record", "body.messages must be a list")
+    options: dict = {}
+    for key, value in body.items():
+        if key in ("messages", "model") or (key == "n" and value == 1):
+            continue
+        if key not in _OPENAI_BODY:
+            raise _BadLine("invalid_record", f"unsupported body field: {key}")
+        if value is not None:
+            options[_OPENAI_BODY[key]] = value
+    system, user = None, None
+    for message in body["messages"]:
+        role = message.get("role") if isinstance(message, dict) else None
+        if role in ("system", "developer") and system is None and user is None:
+            system = _openai_text(message.get("content"), allow_images=False)[0]
+        elif role == "user" and user is None:
+            user = _openai_text(message.get("content"), allow_images=True)
+        else:
+            raise _BadLine("invalid_record", "only one user message (after an optional system message) is supported")
+    if user is None or not user[0].strip():
+        raise _BadLine("invalid_record", "missing prompt: the user message has no text")
+    system = base.system if system is None else system
+    return Record(id_, number, check_text(user[0]), user[1], system, _settings(base, options, system))
+
+
+def _openai_text(content: Any, *, allow_images: bool) -> tuple[str, list[str]]:
+    if isinstance(content, str):
+        return content, []
+    if not isinstance(content, list):
+        raise _BadLine("invalid_record", "message content must be a string or a list of parts")
+    texts, images = [], []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "image_url" and allow_images:
+            url = part.get("image_url")
+            url = url.get("url") if isinstance(url, dict) else url
+            if not isinstance(url, str):
+                raise _BadLine("invalid_record", "image_url part without a url")
+            images.append(url)
+        else:
+            raise _BadLine("invalid_record", f"unsupported content part: {kind!r}")
+    return "\n".join(texts), images
+
+
+def _settings(base: GenerationSettings, options: dict, system: str | None) -> GenerationSettings:
+    """The command's settings with this record's options applied (type-checked, then validated)."""
+    for key, value in options.items():
+        if key in _INT_OPTIONS and (isinstance(value, bool) or not isinstance(value, int)):
+            raise _BadLine("invalid_record", f"{key} must be an integer")
+        if key in _FLOAT_OPTIONS and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value)):
+            raise _BadLine("invalid_record", f"{key} must be a number")
+    if "stop" in options:
+        stop = options["stop"]
+        stop = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+            raise _BadLine("invalid_record", "stop must be a string or a list of non-empty strings")
+        options["stop"] = tuple(stop)
+    for key in _FLOAT_OPTIONS:
+        if options.get(key) is not None:
+            options[key] = float(options[key])
+    return base.replace(**options, system=system)

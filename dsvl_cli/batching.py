@@ -1,0 +1,214 @@
+"""Batched generation on the engine: many single-turn questions through one plain `generate` call.
+
+Why it equals one-at-a-time output: prompts are rendered by the engine's own chat template, padded
+on the LEFT (right padding gives wrong answers), and decoded by transformers' own `generate`, which
+builds position ids from the attention mask. Greedy answers are then the single-question answers
+(tested token for token on tiny-random). Sampled answers use the same settings but not the same
+random stream as a single run.
+
+Why images are encoded outside `generate`: a batch file often asks several questions about one
+image. `FeatureStore` runs the vision towers once per image source and hands `generate` the
+features through `mm_encoder_outputs`; they are freed once the last question using them is done.
+
+Limits: every item in one call shares its GenerationSettings (the runner groups records by them).
+CUDA out-of-memory splits the batch in halves and retries; a single item that still does not fit
+comes back as a GenerationError for that item only.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from dsvl_cli.conversation import IMAGE_TOKEN, Conversation
+from dsvl_cli.engine import Engine, _cut_at_stop
+from dsvl_cli.errors import DsvlError, GenerationError
+from dsvl_cli.images import LoadedImage
+from dsvl_cli.results import Result, Stats
+from dsvl_cli.settings import GenerationSettings
+
+
+@dataclass
+class PreparedImage:
+    """An image loaded and run through the image processor (CPU tensors, batch dim 1)."""
+
+    source: str
+    pixels: dict[str, Any]  # pixel_values (1, 3, H, W) [+ high_res_pixel_values (1, 3, H', W')]
+    load_s: float
+    prep_s: float
+
+
+@dataclass
+class BatchItem:
+    """One question: a single user turn (with its system prompt) and its prepared images, in order."""
+
+    conversation: Conversation
+    images: list[PreparedImage] = field(default_factory=list)
+
+    @property
+    def image_s(self) -> float:
+        return sum((i.load_s + i.prep_s for i in self.images), 0.0)
+
+
+def prepare_image(engine: Engine, loaded: LoadedImage) -> PreparedImage:
+    """Preprocess one image; safe to call from background threads (no model involved)."""
+    started = time.perf_counter()
+    pixels = dict(engine.processor.image_processor(images=[loaded.image], return_tensors="pt"))
+    return PreparedImage(loaded.source, pixels, loaded.load_s, time.perf_counter() - started)
+
+
+def prepare_item(engine: Engine, conversation: Conversation) -> BatchItem:
+    """A BatchItem with its images preprocessed here (the runner does this in background threads)."""
+    return BatchItem(conversation, [prepare_image(engine, image) for image in conversation.images])
+
+
+class FeatureStore:
+    """Encoded image features by source: each image runs through the vision towers once.
+
+    `expect(source)` counts a future use; `release(source)` drops the features after the last one.
+    Sources never announced are freed as soon as their batch is done.
+    """
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._features: dict[str, Any] = {}
+        self._uses: Counter = Counter()
+        self.encoded = 0  # images run through the vision towers (for tests and the summary)
+
+    def expect(self, source: str, uses: int = 1) -> None:
+        self._uses[source] += uses
+
+    def release(self, source: str) -> None:
+        self._uses[source] -= 1
+        if self._uses[source] <= 0:
+            self._uses.pop(source, None)
+            self._features.pop(source, None)
+
+    def encode(self, images: list[PreparedImage]):
+        """Features for `images` in order: (n_images, num_image_tokens, hidden), on the model's device."""
+        import torch
+
+        model = self.engine.model
+        missing = list({i.source: i for i in images if i.source not in self._features}.values())
+        if missing:
+            pixels = {key: torch.cat([i.pixels[key] for i in missing]).to(model.device, dtype=model.dtype)
+                      for key in missing[0].pixels}
+            pooled = model.base_model.get_image_features(**pixels, return_dict=True).pooler_output
+            for k, image in enumerate(missing):
+                self._features[image.source] = pooled[k:k + 1]
+            self.encoded += len(missing)
+        return torch.cat([self._features[i.source] for i in images])
+
+
+def generate_batch(engine: Engine, items: list[BatchItem], gen: GenerationSettings, *,
+                   features: FeatureStore | None = None,
+                   stop_event: threading.Event | None = None) -> list[Result | DsvlError]:
+    """One Result per item, in order (or the error for an item that cannot run, e.g. out of memory).
+
+    Items cut short by `stop_event` come back with finish_reason "interrupted".
+    """
+    import torch
+
+    features = features or FeatureStore(engine)
+    try:
+        return _generate(engine, items, gen, features, stop_event)
+    except torch.OutOfMemoryError as exc:
+        if engine.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        if len(items) == 1:
+            return [GenerationError(f"out of memory on {engine.device} even alone in its batch; try a "
+                                    f"smaller --max-new-tokens or fewer images ({exc.__class__.__name__})")]
+    half = len(items) // 2
+    return (generate_batch(engine, items[:half], gen, features=features, stop_event=stop_event)
+            + generate_batch(engine, items[half:], gen, features=features, stop_event=stop_event))
+
+
+def encode_texts(engine: Engine, conversations: list[Conversation]):
+    """input_ids and attention_mask (B, L), left-padded, image placeholders expanded as the processor does."""
+    per_image = IMAGE_TOKEN * int(engine.processor.num_image_tokens)
+    texts = [engine.render(c).replace(IMAGE_TOKEN, per_image) for c in conversations]
+    return engine.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt")
+
+
+class _Clock:
+    """A stopping criterion that notes when each decode step ends, and stops on `stop_event`."""
+
+    def __init__(self, stop_event: threading.Event | None):
+        self.stop_event = stop_event
+        self.times: list[float] = []
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        self.times.append(time.perf_counter())
+        stop = bool(self.stop_event and self.stop_event.is_set())
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+def _generate(engine: Engine, items: list[BatchItem], gen: GenerationSettings, features: FeatureStore,
+              stop_event: threading.Event | None) -> list[Result]:
+    import torch
+    from transformers import StoppingCriteriaList
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    started = time.perf_counter()
+    enc = encode_texts(engine, [item.conversation for item in items])
+    input_ids = enc["input_ids"].to(engine.model.device)  # (B, L)
+    attention_mask = enc["attention_mask"].to(engine.model.device)  # (B, L), 0 on the left padding
+    kwargs = engine.generation_kwargs(gen, input_ids.shape[1])
+    clock = _Clock(stop_event)
+    if engine.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(engine.device)
+    if gen.seed is not None:
+        torch.manual_seed(gen.seed)
+    with torch.inference_mode():
+        images = [image for item in items for image in item.images]
+        if images:
+            kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features.encode(images))}
+        out = engine.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs,
+                                    stopping_criteria=StoppingCriteriaList([clock]))
+    interrupted = bool(stop_event and stop_event.is_set())
+    peak = torch.cuda.max_memory_allocated(engine.device) if engine.device.startswith("cuda") else None
+    results = []
+    for row, item in enumerate(items):
+        ids, stopped = _row_tokens(engine, out[row, input_ids.shape[1]:].tolist(), gen)
+        answer, cut = _cut_at_stop(engine._decode(ids), gen.stop)
+        finish = engine._finish_reason(ids, kwargs["max_new_tokens"], stopped or cut, interrupted)
+        first = clock.times[0] if clock.times and ids else None
+        last = clock.times[min(len(ids), len(clock.times)) - 1] if first else None
+        stats = Stats(
+            prompt_tokens=int(attention_mask[row].sum()),
+            generated_tokens=len(ids),
+            image_s=item.image_s,
+            ttft_s=(first - started) if first else 0.0,
+            decode_tokens_per_s=(len(ids) - 1) / (last - first) if first and last > first else 0.0,
+            total_s=((last or time.perf_counter()) - started),
+            peak_gpu_bytes=peak,
+        )
+        results.append(Result(answer=answer, finish_reason=finish, stats=stats, token_ids=ids))
+    return results
+
+
+def _row_tokens(engine: Engine, ids: list[int], gen: GenerationSettings) -> tuple[list[int], bool]:
+    """One row's own tokens: up to its first EOS (kept, as a single run keeps it) or stop string.
+
+    After a row finishes, `generate` fills it with pad tokens until the whole batch is done.
+    """
+    eos = engine.model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos])
+    end = next((k + 1 for k, tok in enumerate(ids) if tok in eos_ids), len(ids))
+    ids = ids[:end]
+    if gen.stop and not (ids and ids[-1] in eos_ids):
+        lo, hi = 1, len(ids)  # the shortest prefix whose text holds a stop string (monotonic)
+        if hi and _cut_at_stop(engine.tokenizer.decode(ids, skip_special_tokens=True), gen.stop)[1]:
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if _cut_at_stop(engine.tokenizer.decode(ids[:mid], skip_special_tokens=True), gen.stop)[1]:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            return ids[:hi], True
+    return ids, False
