@@ -81,12 +81,29 @@ class Engine:
         self.resolved = resolved
         self.settings = settings
         self._default_preamble: str | None = None
+        self.fast = None  # a fastpath.FastPath once enable_fast_path() ran
 
     @classmethod
-    def load(cls, settings: ModelSettings, *, verbose: bool = False) -> Engine:
+    def load(cls, settings: ModelSettings, *, verbose: bool = False, prefer_fast: bool = False) -> Engine:
+        """Load the model. `prefer_fast`: the caller runs many generations (chat, batch, serve), so
+        the fast path pays off; `--compile/--no-compile` (settings.compile) overrides it."""
+        from dsvl_cli import fastpath, quantize
+
+        if settings.quantize:  # fail before a 14 GB download, not after it
+            device = models.pick_device(settings.device)
+            quantize.check(settings.quantize, device, models.pick_dtype(settings.dtype, device))
         resolved = models.resolve(settings)
         model, processor, device = models.load(resolved, settings, verbose=verbose)
-        return cls(model, processor, device, resolved, settings)
+        engine = cls(model, processor, device, resolved, settings)
+        if fastpath.wanted(settings.compile, prefer_fast=prefer_fast, device=device):
+            engine.enable_fast_path()
+        return engine
+
+    def enable_fast_path(self, *, compile: bool = True) -> None:
+        """Static KV cache + compiled decode step for every later generation (see fastpath.py)."""
+        from dsvl_cli.fastpath import FastPath
+
+        self.fast = FastPath.for_engine(self.model, self.device, models.dsvl_home(), compile=compile)
 
     # -- facts ----------------------------------------------------------------------------------
     @property
@@ -192,6 +209,9 @@ class Engine:
         image_s = time.perf_counter() - started + sum(i.load_s for i in (last_user.images if last_user else []))
         ids = inputs["input_ids"][0].tolist()
         kwargs = self.generation_kwargs(gen, len(ids))
+        needed = len(ids) + kwargs["max_new_tokens"]
+        if cache is not None and cache.kv is not None and not self._cache_fits(cache.kv, needed):
+            cache.clear()  # a static cache cannot grow: recompute this turn into a new one
         cached = 0
         if cache is not None:
             cached = self._reusable_prefix(ids, cache) if cache.kv is not None else 0
@@ -206,6 +226,8 @@ class Engine:
                           for k, v in inputs.items()}
                 inputs = {k: v for k, v in inputs.items() if v.shape[0] > 0}
                 kwargs["cache"] = cache.kv
+        if self.fast is not None:
+            kwargs.update(self.fast.generate_kwargs(batch_size=1, needed=needed, cache=kwargs.get("cache")))
 
         halt = threading.Event()  # set by Ctrl-C here, or by the caller through stop_event
         streamer = _TokenQueue()
@@ -285,6 +307,13 @@ class Engine:
             peak_gpu_bytes=torch.cuda.max_memory_allocated(self.device) if self.device.startswith("cuda") else None,
         )
         yield Result(answer=answer, finish_reason=finish, stats=stats, token_ids=new_ids)
+
+    def _cache_fits(self, kv, needed: int) -> bool:
+        """Whether a cache from an earlier turn can hold this one (dynamic caches always grow)."""
+        if self.fast is not None:
+            return self.fast.can_reuse(kv, needed)
+        limit = kv.get_max_length()
+        return limit < 0 or limit >= needed
 
     def _decode(self, ids: list[int]) -> str:
         """Answer text; the space the model puts after "Assistant:" is not part of the answer."""

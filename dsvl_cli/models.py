@@ -134,8 +134,12 @@ def load(resolved: ResolvedModel, settings: ModelSettings, *, verbose: bool = Fa
 
     device = pick_device(settings.device)
     dtype = pick_dtype(settings.dtype, device)
-    if settings.quantize and not device.startswith("cuda"):
-        raise UsageError(f"--quantize {settings.quantize}: needs a CUDA GPU (device is {device})")
+    extra = {}
+    if settings.quantize:
+        from dsvl_cli import quantize
+
+        quantize.check(settings.quantize, device, dtype)
+        extra["quantization_config"] = quantize.quantization_config(settings.quantize)
     if not verbose:
         quiet_transformers()
     try:
@@ -146,6 +150,7 @@ def load(resolved: ResolvedModel, settings: ModelSettings, *, verbose: bool = Fa
             device_map=device,
             use_safetensors=True,
             trust_remote_code=False,
+            **extra,
         )
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"model {resolved.name}: cannot load from {resolved.folder}: {exc}".splitlines()[0]) from exc

@@ -1,0 +1,136 @@
+"""The fast decode path: a static KV cache and a compiled decode step, inside transformers' `generate`.
+
+Why inside `generate`: greedy tokens stay plain `generate`'s, token for token, and sampling, stop
+strings, streaming and Ctrl-C keep working unchanged. What this module adds to a `generate` call:
+
+- a `StaticCache` whose length is rounded up to a power of two (>= 512): the decode step then has
+  the same shapes every step and across requests of similar length, so it is compiled once per
+  (batch size, bucket) instead of once per request;
+- a `CompileConfig` that transformers applies to the decode step only (prefill stays eager, its
+  shapes change with every prompt). On CUDA its mode is "reduce-overhead" (CUDA graphs); on CPU
+  plain inductor. Compiled code is kept in `DSVL_HOME/compile-cache` (TORCHINDUCTOR_CACHE_DIR), so
+  a later process skips most of the first-call compile (~30 s on 2 CPU cores for tiny-random,
+  ~6 s warm).
+
+What is already done elsewhere and NOT repeated here (checked in transformers 5.24):
+- last-token-only logits in prefill: `generate` passes `logits_to_keep=1` itself whenever the
+  model's forward accepts it (DeepSeek-VL's does), so the prefill never builds an (L, 102400)
+  logits matrix;
+- SDPA attention: transformers picks it by default for DeepSeek-VL (`config._attn_implementation`);
+- the fast (torchvision) image processor: `AutoProcessor` picks it whenever torchvision is
+  installed (`use_fast` is deprecated in 5.x);
+- weights straight onto the device in the chosen dtype: `models.load` passes `device_map`/`dtype`.
+
+Limits: a static cache cannot grow. A chat turn that would outgrow its cache drops the KV reuse
+for that turn (full recompute into a bigger cache); see `FastPath.can_reuse`. Compilation needs a C
+compiler on CPU; MPS gets the static cache without compilation.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MIN_BUCKET = 512
+
+
+def bucket(length: int, limit: int) -> int:
+    """The static cache length for `length` tokens: the next power of two >= MIN_BUCKET, at most `limit`."""
+    size = MIN_BUCKET
+    while size < length:
+        size *= 2
+    return max(length, min(size, limit))
+
+
+def compile_cache_dir(home: Path) -> Path:
+    return home / "compile-cache"
+
+
+def use_compile_cache(home: Path) -> Path:
+    """Point inductor's on-disk caches (FX graphs, AOTAutograd, Triton kernels) at DSVL_HOME.
+
+    An explicit TORCHINDUCTOR_CACHE_DIR from the user wins. Read by inductor at compile time, so
+    setting it before the first compiled call is enough.
+    """
+    folder = compile_cache_dir(home)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder))
+    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+
+
+@dataclass
+class FastPath:
+    """Static-cache (+ compiled decode) arguments for `generate`, for one loaded model.
+
+    `compile=False` keeps the static cache but runs the decode step eagerly (MPS, or no compiler).
+    """
+
+    model: Any
+    device: str
+    compile: bool = True
+
+    def __post_init__(self) -> None:
+        self.context_length = int(self.model.config.text_config.max_position_embeddings)
+        self._compile_config = None
+        if self.compile:
+            from transformers import CompileConfig
+
+            # fullgraph=False: a graph break degrades speed, never correctness. dynamic=False: one
+            # graph per (batch, bucket) rather than symbolic shapes (CUDA graphs need static ones).
+            mode = "reduce-overhead" if self.device.startswith("cuda") else "default"
+            config = CompileConfig(fullgraph=False, dynamic=False, mode=mode)
+            config._compile_all_devices = True  # transformers compiles on CUDA only unless told
+            self._compile_config = config
+
+    @classmethod
+    def for_engine(cls, model, device: str, home: Path, *, compile: bool = True) -> FastPath:
+        """The fast path for a loaded model; compilation off where torch.compile is not reliable (MPS)."""
+        compile = compile and not device.startswith("mps")
+        if compile:
+            use_compile_cache(home)
+        return cls(model, device, compile=compile)
+
+    @property
+    def attention(self) -> str:
+        """The attention kernel in use (SDPA by default in transformers 5.x)."""
+        return str(getattr(self.model.config.get_text_config(), "_attn_implementation", None))
+
+    def can_reuse(self, kv, needed: int) -> bool:
+        """Whether a cache left by an earlier turn can take this turn (`needed` = prompt + new tokens).
+
+        A DynamicCache (a turn run before the fast path was on) or a static cache too short for
+        this turn cannot: the caller then drops the reuse and recomputes into a new cache.
+        """
+        from transformers import StaticCache
+
+        return isinstance(kv, StaticCache) and kv.get_max_length() >= needed
+
+    def new_cache(self, batch_size: int, needed: int):
+        """An empty StaticCache for `batch_size` rows of up to `needed` tokens (bucketed)."""
+        from transformers import StaticCache
+
+        del batch_size  # the layers size themselves on first use (lazy initialisation)
+        return StaticCache(config=self.model.config, max_cache_len=bucket(needed, self.context_length))
+
+    def generate_kwargs(self, *, batch_size: int, needed: int, cache=None) -> dict:
+        """Extra `generate` kwargs: the cache (reused if given, else a new bucketed one) and compile config.
+
+        `needed` is the longest row's prompt tokens plus max_new_tokens.
+        """
+        kwargs: dict = {"cache": cache if cache is not None else self.new_cache(batch_size, needed)}
+        if self._compile_config is not None:
+            kwargs["compile_config"] = self._compile_config
+        else:
+            kwargs["disable_compile"] = True  # never let transformers auto-compile behind our back
+        return kwargs
+
+
+def wanted(setting: bool | None, *, prefer_fast: bool, device: str) -> bool:
+    """`--compile/--no-compile` wins; unset, the fast path is on where it pays: on CUDA, for callers
+    that generate many times (chat, batch, serve). Never by default on CPU: the first compile takes
+    tens of seconds there, more than a chat on a tiny model ever saves."""
+    if setting is not None:
+        return setting
+    return prefer_fast and device.startswith("cuda")
