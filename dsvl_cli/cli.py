@@ -93,6 +93,8 @@ def _register() -> None:
     from dsvl_cli.commands import ask
 
     app.command("ask", no_args_is_help=True)(ask.ask)
+    from dsvl_cli.commands import chat
+    app.command("chat")(chat.chat)
 
 
 _register()
