@@ -95,6 +95,10 @@ def _register() -> None:
     app.command("ask", no_args_is_help=True)(ask.ask)
     from dsvl_cli.commands import chat
     app.command("chat")(chat.chat)
+    from dsvl_cli.commands import serve
+    app.command("serve")(serve.serve)
+    from dsvl_cli.commands import batch
+    app.command("batch")(batch.batch)
 
 
 _register()

@@ -26,6 +26,8 @@ class CommonOptions:
     json: bool = False
     stats: bool = False
     debug: bool = False
+    server: str | None = None  # --server: a running `dsvl serve` does the work (remote.py)
+    api_key: str | None = None
 
 
 def _opt(*decls: str, env: str, help: str, panel: str, **kw) -> typer.models.OptionInfo:
@@ -71,6 +73,10 @@ SHARED: dict[str, tuple] = {
               help="Print token counts and timings on stderr.")], False),
     "debug": (Annotated[bool, _opt("--debug", env="DSVL_DEBUG", panel=OUT,
               help="Show tracebacks for errors.")], False),
+    "server": (Annotated[Optional[str], _opt("--server", env="DSVL_SERVER", panel=MODEL,
+               help="URL of a running `dsvl serve`: send the work there instead of loading a model.")], None),
+    "api_key": (Annotated[Optional[str], _opt("--api-key", env="DSVL_API_KEY", panel=MODEL, show_default=False,
+                help="Bearer key: sent to --server; required from clients by `dsvl serve`.")], None),
 }
 MODEL_FIELDS = ("model", "revision", "device", "dtype", "offline", "compile", "quantize")
 GEN_FIELDS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "system")
@@ -85,6 +91,8 @@ def build_common(values: dict) -> CommonOptions:
         json=values["json"],
         stats=values["stats"],
         debug=values["debug"],
+        server=values.get("server") or None,
+        api_key=values.get("api_key") or None,
     )
 
 

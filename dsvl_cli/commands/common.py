@@ -13,11 +13,17 @@ from dsvl_cli.results import Result, TextChunk
 
 
 def load_engine(opts: CommonOptions):
-    from dsvl_cli.engine import Engine
-
+    """The local Engine, or with --server a RemoteEngine with the same interface (remote.py)."""
     console = stderr_console()
-    with status(console, f"Loading {opts.model.model}…"):
-        engine = Engine.load(opts.model, verbose=opts.debug)
+    if opts.server:
+        from dsvl_cli.remote import RemoteEngine
+
+        engine = RemoteEngine(opts.server, api_key=opts.api_key)
+    else:
+        from dsvl_cli.engine import Engine
+
+        with status(console, f"Loading {opts.model.model}…"):
+            engine = Engine.load(opts.model, verbose=opts.debug)
     if engine.random_weights:
         note(console, RANDOM_WEIGHTS_NOTE.format(name=engine.name))
     return engine

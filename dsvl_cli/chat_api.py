@@ -1,0 +1,201 @@
+"""OpenAI Chat Completions shapes: parse a request into dsvl's types, build responses and errors.
+
+Kept apart from server.py so the HTTP plumbing and the wire format can be read (and changed)
+separately. pydantic is imported here; only `dsvl serve` imports this module.
+
+Mapping, on purpose:
+- `system` and `developer` messages become Conversation.system (joined by blank lines); an empty
+  one removes DeepSeek-VL's default system prompt, as `--system ""` does. No system message: the
+  model's default.
+- A user message's `image_url` parts go before its text (DeepSeek-VL's template places them so);
+  text parts are joined by newlines. `image_url` must be an http(s) URL or a data: URI: a client
+  may never make the server read its own files.
+- Sampling fields left out fall back to the server's own command-line defaults (greedy unless
+  `dsvl serve -t` says otherwise), not to OpenAI's temperature 1.
+- `top_k` and `repetition_penalty` are accepted as extensions (as vLLM does).
+- finish_reason: dsvl's `stop`/`length` pass through; `interrupted` (only when the server cancels a
+  request while shutting down) is sent as `stop`, with dsvl's own value in `dsvl_finish_reason`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Callable
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dsvl_cli.conversation import Conversation, Message, check_text
+from dsvl_cli.errors import ImageLoadError, UsageError
+from dsvl_cli.images import LoadedImage
+from dsvl_cli.results import Result, Stats
+from dsvl_cli.settings import GenerationSettings
+
+OPENAI_FINISH = {"stop": "stop", "length": "length", "interrupted": "stop"}
+_REMOTE_IMAGE = re.compile(r"^(https?://|data:)", re.IGNORECASE)
+
+
+class ImageURL(BaseModel):
+    url: str
+    detail: str | None = None
+
+
+class Part(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text", "image_url"]
+    text: str | None = None
+    image_url: ImageURL | None = None
+
+    @model_validator(mode="after")
+    def _has_payload(self) -> Part:
+        if self.type == "text" and self.text is None:
+            raise ValueError("a text part needs `text`")
+        if self.type == "image_url" and self.image_url is None:
+            raise ValueError("an image_url part needs `image_url.url`")
+        return self
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[Part] | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # unknown OpenAI fields (user, metadata...) are ignored
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=1)
+    repetition_penalty: float | None = Field(None, gt=0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(1, ge=1, le=1)
+
+    @model_validator(mode="after")
+    def _ends_with_user(self) -> ChatRequest:
+        if not any(m.role == "user" for m in self.messages):
+            raise ValueError("messages need at least one user message")
+        if self.messages[-1].role != "user":
+            raise ValueError("the last message must be a user message (the model answers it)")
+        return self
+
+
+def parse_request(data: object) -> ChatRequest:
+    """Validate a decoded JSON body; UsageError names the first bad field."""
+    try:
+        return ChatRequest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise UsageError(f"{where}: {first['msg']}") from None
+
+
+def generation_settings(req: ChatRequest, defaults: GenerationSettings) -> GenerationSettings:
+    """The server's defaults, with what the request sets (UsageError when out of range)."""
+    changes: dict = {}
+    max_tokens = req.max_completion_tokens or req.max_tokens
+    if max_tokens is not None:
+        changes["max_new_tokens"] = max_tokens
+    for name in ("temperature", "top_p", "top_k", "repetition_penalty", "seed"):
+        if getattr(req, name) is not None:
+            changes[name] = getattr(req, name)
+    if req.stop is not None:
+        changes["stop"] = (req.stop,) if isinstance(req.stop, str) else tuple(s for s in req.stop if s)
+    return defaults.replace(**changes)
+
+
+def image_sources(req: ChatRequest) -> list[str]:
+    """Every image URL in the request, in order (what build_conversation will load)."""
+    return [part.image_url.url for m in req.messages if isinstance(m.content, list)
+            for part in m.content if part.type == "image_url"]
+
+
+def build_conversation(req: ChatRequest, load: Callable[[str], LoadedImage]) -> Conversation:
+    """A Conversation from the request's messages; `load` resolves each image (blocking)."""
+    systems: list[str] = []
+    messages: list[Message] = []
+    for index, raw in enumerate(req.messages):
+        text, urls = _split_content(raw.content)
+        if raw.role in ("system", "developer"):
+            if urls:
+                raise UsageError(f"messages.{index}: a {raw.role} message cannot hold images")
+            systems.append(text)
+        elif raw.role == "assistant":
+            messages.append(Message("assistant", text))
+        else:
+            images = [_load_one(url, load) for url in urls]
+            messages.append(Message("user", check_text(text, f"messages.{index}"), images))
+    return Conversation(messages, system="\n\n".join(systems) if systems else None)
+
+
+def _split_content(content: str | list[Part] | None) -> tuple[str, list[str]]:
+    if content is None or isinstance(content, str):
+        return content or "", []
+    texts = [p.text or "" for p in content if p.type == "text"]
+    urls = [p.image_url.url for p in content if p.type == "image_url"]
+    return "\n".join(texts), urls
+
+
+def _load_one(url: str, load: Callable[[str], LoadedImage]) -> LoadedImage:
+    if not _REMOTE_IMAGE.match(url):
+        shown = url if len(url) <= 80 else url[:60] + "…"
+        raise ImageLoadError(shown, "image_url must be an http(s) URL or a data: URI")
+    return load(url)
+
+
+# -- responses ------------------------------------------------------------------------------------
+
+def new_id() -> str:
+    return "chatcmpl-" + uuid.uuid4().hex[:24]
+
+
+def usage(stats: Stats) -> dict:
+    return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.generated_tokens,
+            "total_tokens": stats.prompt_tokens + stats.generated_tokens}
+
+
+def completion(cid: str, model: str, result: Result) -> dict:
+    """A non-streamed `chat.completion`, plus dsvl's stats and finish_reason as extra fields."""
+    return {
+        "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.answer},
+                     "logprobs": None, "finish_reason": OPENAI_FINISH.get(result.finish_reason, "stop")}],
+        "usage": usage(result.stats),
+        "stats": result.stats.to_dict(),
+        "dsvl_finish_reason": result.finish_reason,
+    }
+
+
+def chunk(cid: str, model: str, delta: dict, finish: str | None = None, **extra) -> dict:
+    """One `chat.completion.chunk` of a stream."""
+    return {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}
+
+
+def final_chunk(cid: str, model: str, result: Result) -> dict:
+    return chunk(cid, model, {}, OPENAI_FINISH.get(result.finish_reason, "stop"),
+                 stats=result.stats.to_dict(), dsvl_finish_reason=result.finish_reason)
+
+
+def usage_chunk(cid: str, model: str, result: Result) -> dict:
+    """The extra last chunk OpenAI sends with `stream_options: {include_usage: true}`."""
+    return {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+            "choices": [], "usage": usage(result.stats)}
+
+
+def error_body(message: str, type_: str = "invalid_request_error", code: str | None = None,
+               param: str | None = None) -> dict:
+    """OpenAI's error JSON: {"error": {"message", "type", "param", "code"}}."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}

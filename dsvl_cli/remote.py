@@ -1,0 +1,221 @@
+"""`--server URL`: a running `dsvl serve` (or another OpenAI-compatible server) as an engine.
+
+ask, chat and batch call `stream(conversation, gen, cache=None, stop_event=None)` on whatever
+`load_engine` returns; RemoteEngine turns that into one streamed Chat Completions request, so those
+front ends work remotely unchanged: the same chunks, the same Result, the same stats keys, the same
+exit codes. No torch here.
+
+Limits, on purpose:
+- Images given as http(s) URLs or data: URIs are sent as they are (the server fetches the URL
+  itself); every other source (a path, stdin) is sent as a lossless PNG data: URI of the decoded
+  pixels, so the server sees exactly the pixels a local run would.
+- `cache` (chat's KV reuse) is ignored: the server keeps no per-client cache; cached_tokens is 0.
+- Timeouts: CONNECT_TIMEOUT_S to connect, READ_TIMEOUT_S between two pieces of the answer (a
+  queued request waits its turn within that). 429 and 503 are retried after their Retry-After for
+  up to BUSY_RETRY_S in all.
+- Result.token_ids is empty (the API sends text, not token ids). Against a server other than
+  dsvl's, stats hold what `usage` and the client's own clock can tell.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+
+import requests
+
+from dsvl_cli import __version__
+from dsvl_cli.conversation import Conversation
+from dsvl_cli.errors import ContextLengthError, GenerationError, ModelError, UsageError
+from dsvl_cli.images import LoadedImage
+from dsvl_cli.results import Chunk, Result, Stats, TextChunk
+from dsvl_cli.settings import GenerationSettings
+
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 600.0
+BUSY_RETRY_S = 120.0
+_PASS_THROUGH = re.compile(r"^(https?://|data:)", re.IGNORECASE)
+_URI_CACHE_SIZE = 16
+
+
+def base_url(url: str) -> str:
+    """`host:port`, `http://host:port/`, `.../v1` -> `http://host:port` (UsageError otherwise)."""
+    url = url.strip().rstrip("/")
+    if not re.match(r"^[a-z][a-z0-9+.-]*://", url, re.IGNORECASE):
+        url = "http://" + url
+    if not re.match(r"^https?://[^/]+", url, re.IGNORECASE):
+        raise UsageError(f"--server {url}: use an http(s) URL such as http://127.0.0.1:8000")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+class RemoteEngine:
+    """The Engine interface (`stream`, `run`, `name`, `random_weights`) over HTTP."""
+
+    def __init__(self, url: str, *, api_key: str | None = None):
+        self.url = base_url(url)
+        self._session = requests.Session()
+        self._session.headers["User-Agent"] = f"dsvl/{__version__}"
+        if api_key:
+            self._session.headers["Authorization"] = f"Bearer {api_key}"
+        self._uris: OrderedDict[int, tuple[LoadedImage, str]] = OrderedDict()
+        self._uri_lock = threading.Lock()  # batch may stream several records at once
+        listing = self._request("GET", "/v1/models").json()
+        models = listing.get("data") or [{}]
+        self.name = str(models[0].get("id") or self.url)
+        self.random_weights = bool(models[0].get("random_weights", False))
+
+    # -- the Engine interface -------------------------------------------------------------------
+    def stream(self, conversation: Conversation, gen: GenerationSettings, *, cache=None,
+               stop_event: threading.Event | None = None) -> Iterator[Chunk]:
+        """Yield TextChunks as the server sends them, then one Result (see Engine.stream)."""
+        started = time.perf_counter()
+        response = self._request("POST", "/v1/chat/completions", json=self.request_body(conversation, gen),
+                                 stream=True)
+        pieces: list[str] = []
+        finish, stats, usage, first_at = None, None, None, None
+        try:
+            for data in _sse_data(response):
+                if data == "[DONE]" or (stop_event is not None and stop_event.is_set()):
+                    break
+                obj = json.loads(data)
+                if "error" in obj:
+                    raise self._error(obj["error"], status=None)
+                usage = obj.get("usage") or usage
+                for choice in obj.get("choices") or []:
+                    piece = (choice.get("delta") or {}).get("content")
+                    if piece:
+                        first_at = first_at or time.perf_counter()
+                        pieces.append(piece)
+                        yield TextChunk(piece)
+                    if choice.get("finish_reason"):
+                        finish = obj.get("dsvl_finish_reason") or choice["finish_reason"]
+                        stats = obj.get("stats")
+        except KeyboardInterrupt:  # Ctrl-C: closing the connection stops the server's generation
+            finish = "interrupted"
+        except requests.RequestException as exc:
+            raise GenerationError(f"server {self.url}: connection lost while answering "
+                                  f"({type(exc).__name__})") from None
+        finally:
+            response.close()
+        if stop_event is not None and stop_event.is_set() and finish is None:
+            finish = "interrupted"
+        if stats is None:
+            stats = _local_stats(usage, started, first_at).to_dict()
+        yield Result(answer="".join(pieces), finish_reason=finish or "stop", stats=Stats.from_dict(stats))
+
+    def run(self, conversation: Conversation, gen: GenerationSettings, **kwargs) -> Result:
+        """The non-streaming answer: the stream, joined."""
+        result = None
+        for chunk in self.stream(conversation, gen, **kwargs):
+            if isinstance(chunk, Result):
+                result = chunk
+        assert result is not None
+        return result
+
+    # -- the request ----------------------------------------------------------------------------
+    def request_body(self, conversation: Conversation, gen: GenerationSettings) -> dict:
+        messages: list[dict] = []
+        if conversation.system is not None:
+            messages.append({"role": "system", "content": conversation.system})
+        for m in conversation.messages:
+            if m.role == "assistant":
+                messages.append({"role": "assistant", "content": m.text})
+                continue
+            parts = [{"type": "image_url", "image_url": {"url": self._image_ref(i)}} for i in m.images]
+            parts.append({"type": "text", "text": m.text})
+            messages.append({"role": "user", "content": parts})
+        body = {"model": self.name, "messages": messages, "stream": True,
+                "stream_options": {"include_usage": True},
+                "max_tokens": gen.max_new_tokens, "temperature": gen.temperature}
+        optional = {"top_p": gen.top_p, "top_k": gen.top_k, "repetition_penalty": gen.repetition_penalty,
+                    "seed": gen.seed, "stop": list(gen.stop) or None}
+        body.update({k: v for k, v in optional.items() if v is not None})
+        return body
+
+    def _image_ref(self, loaded: LoadedImage) -> str:
+        if _PASS_THROUGH.match(loaded.source):
+            return loaded.source
+        with self._uri_lock:  # chat resends its images every turn: encode each once
+            hit = self._uris.get(id(loaded))
+            if hit is not None and hit[0] is loaded:
+                self._uris.move_to_end(id(loaded))
+                return hit[1]
+        buffer = io.BytesIO()
+        loaded.image.save(buffer, format="PNG")
+        uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+        with self._uri_lock:
+            self._uris[id(loaded)] = (loaded, uri)
+            while len(self._uris) > _URI_CACHE_SIZE:
+                self._uris.popitem(last=False)
+        return uri
+
+    def _request(self, method: str, path: str, **kwargs) -> requests.Response:
+        """Send, retrying while the server is busy; errors become DsvlErrors naming the server."""
+        deadline = time.monotonic() + BUSY_RETRY_S
+        while True:
+            try:
+                response = self._session.request(method, self.url + path,
+                                                 timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S), **kwargs)
+            except requests.ConnectionError as exc:
+                from dsvl_cli.images import _connection_text  # the root cause: refused, DNS, reset
+
+                raise ModelError(f"server {self.url} is not reachable ({_connection_text(exc)}); "
+                                 "start one with `dsvl serve` or check --server / DSVL_SERVER") from None
+            except requests.Timeout:
+                raise GenerationError(f"server {self.url} did not answer within {READ_TIMEOUT_S:g} s") from None
+            if response.status_code < 400:
+                return response
+            wait = _retry_after(response)
+            if response.status_code in (429, 503) and time.monotonic() + wait < deadline:
+                response.close()
+                time.sleep(wait)
+                continue
+            try:
+                error = response.json().get("error") or {}
+            except ValueError:
+                error = {}
+            if not isinstance(error, dict):
+                error = {"message": str(error)}
+            raise self._error(error, status=response.status_code, path=path)
+
+    def _error(self, error: dict, *, status: int | None, path: str = "") -> Exception:
+        message = error.get("message") or f"HTTP {status}"
+        if status == 401:
+            return UsageError(f"server {self.url}: {message}; set DSVL_API_KEY or --api-key")
+        if error.get("code") == "context_length_exceeded":
+            return ContextLengthError(message)
+        if status == 400:
+            return UsageError(message)
+        if status == 404 and path == "/v1/models":
+            return ModelError(f"server {self.url} does not look like dsvl serve or an OpenAI-compatible "
+                              "server (GET /v1/models: 404)")
+        return GenerationError(f"server {self.url}: {message}")
+
+
+def _sse_data(response: requests.Response) -> Iterator[str]:
+    """The `data:` payloads of a server-sent event stream, as they arrive."""
+    for raw in response.iter_lines(chunk_size=None):
+        line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        if line.startswith("data:"):
+            yield line[5:].strip()
+
+
+def _retry_after(response: requests.Response) -> float:
+    try:
+        return min(max(float(response.headers.get("Retry-After", "1")), 0.1), 10.0)
+    except ValueError:
+        return 1.0
+
+
+def _local_stats(usage: dict | None, started: float, first_at: float | None) -> Stats:
+    usage = usage or {}
+    now = time.perf_counter()
+    return Stats(prompt_tokens=int(usage.get("prompt_tokens", 0)),
+                 generated_tokens=int(usage.get("completion_tokens", 0)),
+                 ttft_s=(first_at - started) if first_at else 0.0, total_s=now - started)
