@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 from dsvl_cli.conversation import check_text
 from dsvl_cli.errors import DsvlError, UsageError
@@ -101,7 +103,8 @@ def parse_lines(lines: list[str], *, base: GenerationSettings, prompt: str | Non
             elif fmt == "tsv":
                 record = _from_tsv(text, number, default_id, base, prompt)
             else:
-                record = Record(default_id, number, check_text(prompt or ""), [text.strip()], base.system, base)
+                record = Record(default_id, number, check_text(prompt or ""), _sources([text.strip()]),
+                                base.system, base)
         except _BadLine as bad:
             out.append(BadRecord(default_id if bad.id is None else bad.id, number, bad.kind, bad.message))
             continue
@@ -138,7 +141,8 @@ def _from_tsv(text: str, number: int, id_: Any, base: GenerationSettings, prompt
     question = question.strip() or (prompt or "")
     if not question:
         raise _BadLine("usage_error", "no prompt after the tab (and no --prompt)")
-    return Record(id_, number, check_text(question), [image.strip()] if image.strip() else [], base.system, base)
+    return Record(id_, number, check_text(question), _sources([image.strip()] if image.strip() else []),
+                  base.system, base)
 
 
 def _from_json(text: str, number: int, default_id: Any, base: GenerationSettings, prompt: str | None) -> Record:
@@ -178,7 +182,7 @@ def _from_plain_json(data: dict, number: int, id_: Any, base: GenerationSettings
     if system is not None and not isinstance(system, str):
         raise _BadLine("invalid_record", "system must be a string")
     options = {k: data[k] for k in (*_INT_OPTIONS, *_FLOAT_OPTIONS, "stop") if k in data}
-    return Record(id_, number, check_text(question), images, system, _settings(base, options, system))
+    return Record(id_, number, check_text(question), _sources(images), system, _settings(base, options, system))
 
 
 def _from_openai(data: dict, number: int, id_: Any, base: GenerationSettings) -> Record:
@@ -205,7 +209,7 @@ def _from_openai(data: dict, number: int, id_: Any, base: GenerationSettings) ->
     if user is None or not user[0].strip():
         raise _BadLine("invalid_record", "missing prompt: the user message has no text")
     system = base.system if system is None else system
-    return Record(id_, number, check_text(user[0]), user[1], system, _settings(base, options, system))
+    return Record(id_, number, check_text(user[0]), _sources(user[1]), system, _settings(base, options, system))
 
 
 def _openai_text(content: Any, *, allow_images: bool) -> tuple[str, list[str]]:
@@ -229,8 +233,16 @@ def _openai_text(content: Any, *, allow_images: bool) -> tuple[str, list[str]]:
     return "\n".join(texts), images
 
 
+def _sources(images: list[str]) -> list[str]:
+    if "-" in images:  # stdin may carry the records themselves; it is never an image in a batch
+        raise _BadLine("image_error", "image -: stdin cannot be an image source in dsvl batch")
+    return images
+
+
 def _settings(base: GenerationSettings, options: dict, system: str | None) -> GenerationSettings:
     """The command's settings with this record's options applied (type-checked, then validated)."""
+    if system is not None:
+        check_text(system, "system")
     for key, value in options.items():
         if key in _INT_OPTIONS and (isinstance(value, bool) or not isinstance(value, int)):
             raise _BadLine("invalid_record", f"{key} must be an integer")
@@ -247,3 +259,31 @@ def _settings(base: GenerationSettings, options: dict, system: str | None) -> Ge
         if options.get(key) is not None:
             options[key] = float(options[key])
     return base.replace(**options, system=system)
+
+
+def read_inputs(paths: list[str], *, base: GenerationSettings, prompt: str | None = None,
+                stdin: TextIO | None = None) -> list[Record | BadRecord]:
+    """Every record of every input (`-` or none: stdin), duplicates marked. Raises UsageError for an
+    input that cannot be read at all."""
+    paths = paths or ["-"]
+    if paths.count("-") > 1:
+        raise UsageError("stdin (-) can be given once as an input")
+    items: list[Record | BadRecord] = []
+    for path in paths:
+        name = "<stdin>" if path == "-" else path
+        if path == "-":
+            stream = stdin or sys.stdin
+            if stream.isatty():
+                raise UsageError("no input: give a FILE, or pipe records in (cat jobs.jsonl | dsvl batch)")
+            text = stream.read()
+        else:
+            try:
+                text = Path(path).expanduser().read_text(encoding="utf-8", errors="replace")
+            except FileNotFoundError:
+                raise UsageError(f"{path}: no such file") from None
+            except IsADirectoryError:
+                raise UsageError(f"{path}: is a directory, not a batch file") from None
+            except OSError as exc:
+                raise UsageError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+        items += parse_lines(text.splitlines(), base=base, prompt=prompt, name=name, qualify_ids=len(paths) > 1)
+    return mark_duplicates(items)

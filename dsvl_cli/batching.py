@@ -11,8 +11,8 @@ image. `FeatureStore` runs the vision towers once per image source and hands `ge
 features through `mm_encoder_outputs`; they are freed once the last question using them is done.
 
 Limits: every item in one call shares its GenerationSettings (the runner groups records by them).
-CUDA out-of-memory splits the batch in halves and retries; a single item that still does not fit
-comes back as a GenerationError for that item only.
+CUDA out-of-memory (or a padded batch past the context length) splits the batch in halves and
+retries; a single item that still does not fit comes back as the error for that item only.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 
 from dsvl_cli.conversation import IMAGE_TOKEN, Conversation
 from dsvl_cli.engine import Engine, _cut_at_stop
-from dsvl_cli.errors import DsvlError, GenerationError
+from dsvl_cli.errors import ContextLengthError, DsvlError, GenerationError
 from dsvl_cli.images import LoadedImage
 from dsvl_cli.results import Result, Stats
 from dsvl_cli.settings import GenerationSettings
@@ -35,10 +35,13 @@ from dsvl_cli.settings import GenerationSettings
 class PreparedImage:
     """An image loaded and run through the image processor (CPU tensors, batch dim 1)."""
 
-    source: str
+    loaded: LoadedImage
     pixels: dict[str, Any]  # pixel_values (1, 3, H, W) [+ high_res_pixel_values (1, 3, H', W')]
-    load_s: float
     prep_s: float
+
+    @property
+    def source(self) -> str:
+        return self.loaded.source
 
 
 @dataclass
@@ -50,14 +53,14 @@ class BatchItem:
 
     @property
     def image_s(self) -> float:
-        return sum((i.load_s + i.prep_s for i in self.images), 0.0)
+        return sum((i.loaded.load_s + i.prep_s for i in self.images), 0.0)
 
 
 def prepare_image(engine: Engine, loaded: LoadedImage) -> PreparedImage:
     """Preprocess one image; safe to call from background threads (no model involved)."""
     started = time.perf_counter()
     pixels = dict(engine.processor.image_processor(images=[loaded.image], return_tensors="pt"))
-    return PreparedImage(loaded.source, pixels, loaded.load_s, time.perf_counter() - started)
+    return PreparedImage(loaded, pixels, time.perf_counter() - started)
 
 
 def prepare_item(engine: Engine, conversation: Conversation) -> BatchItem:
@@ -115,12 +118,15 @@ def generate_batch(engine: Engine, items: list[BatchItem], gen: GenerationSettin
     features = features or FeatureStore(engine)
     try:
         return _generate(engine, items, gen, features, stop_event)
-    except torch.OutOfMemoryError as exc:
+    except ContextLengthError as exc:  # the padded batch is too long: the shorter items may still fit
+        if len(items) == 1:
+            return [exc]
+    except torch.OutOfMemoryError:
         if engine.device.startswith("cuda"):
             torch.cuda.empty_cache()
         if len(items) == 1:
-            return [GenerationError(f"out of memory on {engine.device} even alone in its batch; try a "
-                                    f"smaller --max-new-tokens or fewer images ({exc.__class__.__name__})")]
+            return [GenerationError(f"out of memory on {engine.device} even alone in its batch; "
+                                    "try a smaller --max-new-tokens or fewer images")]
     half = len(items) // 2
     return (generate_batch(engine, items[:half], gen, features=features, stop_event=stop_event)
             + generate_batch(engine, items[half:], gen, features=features, stop_event=stop_event))

@@ -1,0 +1,75 @@
+"""`dsvl batch [INPUT ...]`: many questions, one model load, JSONL out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from dsvl_cli.options import CommonOptions, shared_options
+
+BATCH = "Batch"
+
+
+@shared_options
+def batch(
+    inputs: Annotated[Optional[list[str]], typer.Argument(
+        metavar="INPUT", help="Batch files (JSONL, OpenAI batch JSONL, TSV or plain lines); "
+        "stdin when none or -.", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "-o", "--output", rich_help_panel=BATCH, dir_okay=False,
+        help="Write JSONL here (overwritten unless --resume); default stdout.")] = None,
+    prompt: Annotated[Optional[str], typer.Option(
+        "--prompt", rich_help_panel=BATCH,
+        help="The question for records without one (plain lines of image sources, TSV, JSONL).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        "--batch-size", rich_help_panel=BATCH,
+        help="Questions per generate call [default: 8 on CPU, 16-32 on CUDA by free memory].")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", rich_help_panel=BATCH,
+        help="Append to -o FILE, skipping ids already answered (or failed) there.")] = False,
+    retry_failed: Annotated[bool, typer.Option(
+        "--retry-failed", rich_help_panel=BATCH,
+        help="Like --resume, but first drop the error records from -o FILE and redo them.")] = False,
+    *,
+    opts: CommonOptions,
+) -> None:
+    """Answer many questions from JSONL, TSV or plain lines; write one JSONL record per input record.
+
+    \b
+    Input, per line (blank lines skipped; image paths relative to the current directory):
+      {"id": "q1", "image": "a.jpg", "prompt": "What is this?"}       ("images": [...] for several)
+      {"custom_id": "q2", "body": {"messages": [...]}}                 (OpenAI batch-file shape)
+      a.jpg<TAB>What is this?                                          (TSV)
+      a.jpg                                                            (plain; with --prompt)
+    JSONL records may set system, max_new_tokens, temperature, top_p, top_k, repetition_penalty,
+    seed and stop. A record without an id gets its line number as id.
+
+    \b
+    Output: {"id", "answer", "finish_reason", "stats"} or {"id", "line", "error": {"type", "message"}},
+    written and flushed as each record finishes. Records come out in COMPLETION order, not input
+    order: match them by id. No id is answered twice. Bad records (broken image, malformed JSON,
+    missing prompt, duplicate id) get an error record and the run goes on.
+
+    \b
+    Exit: 0 all answered, 1 any record failed, 2 bad usage, 130 interrupted (Ctrl-C: what finished
+    is written; rerun with --resume -o FILE to finish the rest).
+
+    \b
+    Examples:
+      cat examples/jobs.jsonl | dsvl batch > answers.jsonl
+      dsvl batch jobs.jsonl -o answers.jsonl --resume
+      ls photos/*.jpg | dsvl batch --prompt "Describe this photo." -o captions.jsonl
+    """
+    from dsvl_cli.batch_runner import run_batch
+    from dsvl_cli.cli import guarded
+    from dsvl_cli.errors import ExitCode
+
+    with guarded(opts.debug):
+        summary = run_batch(inputs or [], output=output, prompt=prompt, batch_size=batch_size,
+                            resume=resume, retry_failed=retry_failed, opts=opts)
+    if summary.interrupted:
+        raise typer.Exit(int(ExitCode.INTERRUPTED))
+    if summary.failed or summary.failed_before:
+        raise typer.Exit(int(ExitCode.FAILURE))
