@@ -347,7 +347,7 @@ class AccessLog:
 # -- running it ----------------------------------------------------------------------------------------
 
 def bind(host: str, port: int) -> socket.socket:
-    """A bound socket (port 0: any free port), so the URL is known before uvicorn starts."""
+    """A listening socket (port 0: any free port), so the URL is known before uvicorn starts."""
     from dsvl_cli.errors import UsageError
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -358,6 +358,7 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise UsageError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc})") from None
+    sock.listen(2048)  # clients that connect before uvicorn is up wait in the backlog, not refused
     return sock
 
 

@@ -1,0 +1,327 @@
+"""`dsvl serve` and `--server`: the official openai client, errors, concurrency, disconnects, ask remotely.
+
+One in-process server (uvicorn in a thread on a free port) over the session's tiny-random engine
+serves most tests; a fake engine stands in where only the plumbing matters (queue bound,
+disconnects); one real `dsvl serve` process checks the command, its log lines and SIGINT.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+
+from conftest import EXAMPLES, REPO
+
+KEY = "test-key"
+PROMPT = "Describe this image."
+STATS_KEYS = {"prompt_tokens", "cached_tokens", "generated_tokens", "image_s", "ttft_s", "decode_tokens_per_s",
+              "total_s"}
+
+
+def _start(app):
+    """Serve `app` from a thread on a free port; returns (base URL, stop function)."""
+    from dsvl_cli.server import bind, make_server
+
+    sock = bind("127.0.0.1", 0)
+    server = make_server(app, grace_s=2)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+
+    def stop():
+        server.should_exit = True
+        thread.join(10)
+
+    return f"http://127.0.0.1:{sock.getsockname()[1]}", stop
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    from dsvl_cli.server import create_app
+    from dsvl_cli.settings import GenerationSettings
+
+    url, stop = _start(create_app(engine, defaults=GenerationSettings(max_new_tokens=12), api_key=KEY))
+    yield url
+    stop()
+
+
+@pytest.fixture(scope="module")
+def image_url():
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(EXAMPLES))
+    handler.log_message = lambda *a: None
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_port}/shapes.png"
+    httpd.shutdown()
+
+
+@pytest.fixture
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server + "/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def local_answer():
+    """What local `dsvl ask` says (greedy, 12 tokens) about shapes.png."""
+    from typer.testing import CliRunner
+
+    from dsvl_cli.cli import app
+
+    result = CliRunner().invoke(app, ["ask", str(EXAMPLES / "shapes.png"), PROMPT, "-m", "tiny-random",
+                                      "-n", "12", "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def _data_uri() -> str:
+    return "data:image/png;base64," + base64.b64encode((EXAMPLES / "shapes.png").read_bytes()).decode()
+
+
+def _messages(url: str, text: str = PROMPT) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                         {"type": "text", "text": text}]}]
+
+
+def _post(url: str, body, *, key: str | None = KEY, **kwargs) -> requests.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    data = body if isinstance(body, (str, bytes)) else json.dumps(body)
+    return requests.post(url + "/v1/chat/completions", data=data, headers=headers, timeout=60, **kwargs)
+
+
+# -- the openai client ------------------------------------------------------------------------------
+
+def test_openai_client_answers_equal_local_ask(client, image_url, local_answer):
+    expected = local_answer["answer"]
+    for source in (_data_uri(), image_url):
+        reply = client.chat.completions.create(model="tiny-random", messages=_messages(source), max_tokens=12,
+                                               temperature=0)
+        assert reply.choices[0].message.content == expected, source[:30]
+        assert reply.choices[0].finish_reason == "length"
+        assert reply.usage.completion_tokens == 12
+        assert reply.usage.prompt_tokens == local_answer["stats"]["prompt_tokens"]
+        assert reply.usage.total_tokens == reply.usage.prompt_tokens + 12
+        assert set(reply.model_extra["stats"]) == STATS_KEYS
+
+    stream = client.chat.completions.create(model="tiny-random", messages=_messages(_data_uri()), max_tokens=12,
+                                            stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+    assert len([p for p in pieces if p]) > 1, "the answer arrives in pieces"
+    assert "".join(pieces) == expected
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == 12
+
+
+def test_stream_is_server_sent_events_ending_with_done(server):
+    response = _post(server, {"messages": [{"role": "user", "content": "Hi"}], "stream": True, "max_tokens": 4},
+                     stream=True)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [line for line in response.iter_lines(decode_unicode=True) if line]
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+    first = json.loads(events[0][6:])
+    assert first["object"] == "chat.completion.chunk" and first["choices"][0]["delta"]["role"] == "assistant"
+
+
+def test_models_and_health(client, server):
+    assert [m.id for m in client.models.list().data] == ["tiny-random"]
+    health = requests.get(server + "/health", timeout=10)
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+
+
+def test_eight_concurrent_requests_are_all_answered(server):
+    prompts = [f"Question number {i}: what do you see?" for i in range(8)]
+
+    def ask(prompt: str) -> str:
+        response = _post(server, {"messages": [{"role": "user", "content": prompt}], "max_tokens": 6})
+        assert response.status_code == 200, response.text
+        return response.json()["choices"][0]["message"]["content"]
+
+    one_by_one = [ask(p) for p in prompts]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(ask, prompts))
+    assert together == one_by_one
+    assert len(set(one_by_one)) > 1, "different prompts, different answers"
+
+
+# -- errors -------------------------------------------------------------------------------------------
+
+def _error(response: requests.Response, status: int) -> dict:
+    assert response.status_code == status, (response.status_code, response.text)
+    body = response.json()["error"]
+    assert set(body) == {"message", "type", "param", "code"} and body["message"]
+    return body
+
+
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, client, caplog):
+    import openai
+
+    caplog.set_level(logging.INFO, logger="dsvl.serve")
+    user = [{"role": "user", "content": "Hi"}]
+    broken = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n not really a png").decode()
+    assert "JSON" in _error(_post(server, '{"messages": [}'), 400)["message"]
+    assert "messages" in _error(_post(server, {"model": "x"}), 400)["message"]
+    assert "messages" in _error(_post(server, {"messages": []}), 400)["message"]
+    assert "image" in _error(_post(server, {"messages": _messages(broken)}), 400)["message"]
+    assert "/etc/hostname" in _error(_post(server, {"messages": _messages("/etc/hostname")}), 400)["message"]
+    assert "last message" in _error(_post(server, {"messages": user + [{"role": "assistant", "content": "x"}]}),
+                                    400)["message"]
+    assert "<image_placeholder>" in _error(
+        _post(server, {"messages": [{"role": "user", "content": "a <image_placeholder> b"}]}), 400)["message"]
+    assert "temperature" in _error(_post(server, {"messages": user, "temperature": -1}), 400)["message"]
+    assert _error(_post(server, {"messages": user}, key=None), 401)["type"] == "authentication_error"
+    assert _error(_post(server, {"messages": user}, key="wrong"), 401)["code"] == "invalid_api_key"
+    _error(requests.get(server + "/v1/nothing-here", timeout=10), 404)
+
+    with pytest.raises(openai.BadRequestError, match="image"):
+        client.chat.completions.create(model="tiny-random", messages=_messages(broken))
+    with pytest.raises(openai.AuthenticationError):
+        client.with_options(api_key="wrong").chat.completions.create(model="tiny-random", messages=user)
+    reply = client.chat.completions.create(model="tiny-random", messages=user, max_tokens=3)
+    assert reply.usage.completion_tokens == 3
+    lines = [r.getMessage() for r in caplog.records if r.name == "dsvl.serve"]
+    assert any("POST /v1/chat/completions 400" in line for line in lines)
+    assert any("POST /v1/chat/completions 200 tokens=" in line and line.endswith("s") for line in lines)
+
+
+class _BlockingEngine:
+    """Yields one piece, then waits until released or stopped (records which)."""
+
+    name = "fake"
+    random_weights = False
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.stopped = threading.Event()
+
+    def stream(self, conversation, gen, *, cache=None, stop_event=None):
+        from dsvl_cli.results import Result, TextChunk
+
+        yield TextChunk("first")
+        while not (self.release.is_set() or stop_event.is_set()):
+            time.sleep(0.01)
+        if stop_event.is_set():
+            self.stopped.set()
+        yield Result("first", "interrupted" if stop_event.is_set() else "stop")
+
+
+def test_queue_bound_body_cap_and_disconnect_stop(caplog):
+    from dsvl_cli.server import create_app
+
+    caplog.set_level(logging.INFO, logger="dsvl.serve")
+    fake = _BlockingEngine()
+    url, stop = _start(create_app(fake, max_queue=0, max_body_bytes=2000))
+    user = {"messages": [{"role": "user", "content": "Hi"}]}
+    try:
+        running = _post(url, {**user, "stream": True}, key=None, stream=True)
+        assert running.status_code == 200
+        lines = running.iter_lines()
+        assert b"assistant" in next(lines)
+
+        busy = _post(url, user, key=None)
+        assert _error(busy, 429)["code"] == "queue_full"
+        assert busy.headers["Retry-After"].isdigit()
+        assert _error(_post(url, {**user, "pad": "x" * 5000}, key=None), 413)["code"] == "request_too_large"
+
+        running.close()  # the client goes away mid-stream: its generation must stop
+        assert fake.stopped.wait(10), "disconnect did not stop the generation"
+        fake.release.set()
+        done = _post(url, user, key=None)
+        assert done.status_code == 200 and done.json()["choices"][0]["message"]["content"] == "first"
+    finally:
+        fake.release.set()
+        stop()
+    assert any("client-gone" in r.getMessage() for r in caplog.records if r.name == "dsvl.serve")
+
+
+# -- --server on the front ends ----------------------------------------------------------------------
+
+def test_ask_through_the_server_equals_local_ask(cli, server, local_answer):
+    args = ["ask", str(EXAMPLES / "shapes.png"), PROMPT, "-n", "12", "--json", "--server", server, "--api-key", KEY]
+    remote = cli(args)
+    assert remote.exit_code == 0, remote.output
+    got = json.loads(remote.stdout)
+    assert set(got) == set(local_answer)
+    assert set(got["stats"]) == set(local_answer["stats"])
+    for key in ("answer", "finish_reason", "model", "images", "prompt"):
+        assert got[key] == local_answer[key], key
+    assert got["stats"]["generated_tokens"] == 12
+    assert "random weights" in remote.stderr
+
+    plain = cli(["ask", str(EXAMPLES / "shapes.png"), PROMPT, "-n", "12", "--plain", "--stats"],
+                env={"DSVL_SERVER": server, "DSVL_API_KEY": KEY})
+    assert plain.exit_code == 0, plain.output
+    assert plain.stdout == local_answer["answer"] + "\n"
+    assert "12 generated" in plain.stderr
+
+
+def test_ask_server_errors_are_one_clear_line(cli, server):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    down = cli(["ask", "hi", "--server", closed])
+    assert down.exit_code == 1
+    lines = down.stderr.strip().splitlines()
+    assert len(lines) == 1 and closed in lines[0] and "not reachable" in lines[0], lines
+
+    wrong = cli(["ask", "hi", "--server", server, "--api-key", "wrong"])
+    assert wrong.exit_code == 2 and "API key" in wrong.stderr and "Traceback" not in wrong.stderr
+
+    misused = cli(["serve", "--server", server])
+    assert misused.exit_code == 2 and "--server" in misused.stderr
+
+
+def test_serve_without_fastapi_says_how_to_install(cli, monkeypatch):
+    import dsvl_cli
+
+    monkeypatch.delitem(sys.modules, "dsvl_cli.server", raising=False)
+    monkeypatch.delattr(dsvl_cli, "server", raising=False)
+    monkeypatch.setitem(sys.modules, "fastapi", None)
+    result = cli(["serve", "-m", "tiny-random"])
+    assert result.exit_code == 1
+    assert "dsvl-cli[serve]" in result.stderr
+
+
+def test_serve_command_logs_requests_and_stops_on_sigint(tiny_folder):
+    proc = subprocess.Popen([sys.executable, "-m", "dsvl_cli", "serve", "-m", "tiny-random", "--device", "cpu",
+                             "--port", "0", "-n", "5"], stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            env={**os.environ, "DSVL_API_KEY": ""})
+    try:
+        url = None
+        deadline = time.monotonic() + 60
+        while url is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line, "dsvl serve exited before it was ready"
+            if " at http://" in line:
+                url = line.split(" at ")[1].split()[0].removesuffix("/v1")
+        assert url, "no 'serving at' line"
+        reply = _post(url, {"messages": [{"role": "user", "content": "Hi"}]}, key=None)
+        assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 5
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=30)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode in (0, 130)
+    assert "POST /v1/chat/completions 200 tokens=" in rest
+    assert "Traceback" not in rest
