@@ -10,9 +10,14 @@ Why images are encoded outside `generate`: a batch file often asks several quest
 image. `FeatureStore` runs the vision towers once per image source and hands `generate` the
 features through `mm_encoder_outputs`; they are freed once the last question using them is done.
 
+Per item, optionally (the server uses both): `stop`, an event that ends that item alone (its row
+finishes, the others go on), and `on_tokens`, called from the generating thread with each new token
+id of that item as it is decoded (never the pad tokens `generate` fills finished rows with).
+
 Limits: every item in one call shares its GenerationSettings (the runner groups records by them).
 CUDA out-of-memory (or a padded batch past the context length) splits the batch in halves and
-retries; a single item that still does not fit comes back as the error for that item only.
+retries; a single item that still does not fit comes back as the error for that item only. A retry
+after tokens were streamed streams that item again from its first token.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +55,9 @@ class BatchItem:
     """One question: a single user turn (with its system prompt) and its prepared images, in order."""
 
     conversation: Conversation
-    images: list[PreparedImage] = field(default_factory=list)
+    images: list[PreparedImage] = field(default_factory=list)  # every image of the conversation, in order
+    stop: threading.Event | None = None  # ends this item only (a server client that went away)
+    on_tokens: Callable[[list[int]], None] | None = None  # new token ids, as they are generated
 
     @property
     def image_s(self) -> float:
@@ -140,18 +148,60 @@ def encode_texts(engine: Engine, conversations: list[Conversation]):
 
 
 class _Clock:
-    """A stopping criterion that notes when each decode step ends, and stops on `stop_event`."""
+    """A stopping criterion that notes when each decode step ends, and stops rows whose event is set.
 
-    def __init__(self, stop_event: threading.Event | None):
+    `stopped_at[row]` is how many tokens that row had when its own `stop` ended it.
+    """
+
+    def __init__(self, stop_event: threading.Event | None, items: list[BatchItem]):
         self.stop_event = stop_event
+        self.row_stops = [item.stop for item in items]
         self.times: list[float] = []
+        self.stopped_at: dict[int, int] = {}
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
         self.times.append(time.perf_counter())
-        stop = bool(self.stop_event and self.stop_event.is_set())
-        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+        if self.stop_event is not None and self.stop_event.is_set():
+            return torch.ones((input_ids.shape[0],), dtype=torch.bool, device=input_ids.device)
+        for row, event in enumerate(self.row_stops):
+            if event is not None and event.is_set() and row not in self.stopped_at:
+                self.stopped_at[row] = len(self.times)
+        rows = [row in self.stopped_at for row in range(input_ids.shape[0])]
+        return torch.tensor(rows, dtype=torch.bool, device=input_ids.device)
+
+
+class _RowStreamer:
+    """Hands each item its own new tokens (a transformers streamer: `put` per step, after the stop check).
+
+    A row's tokens end after its EOS or the step its own stop ended it; what follows is padding.
+    """
+
+    def __init__(self, items: list[BatchItem], clock: _Clock, eos_ids: set):
+        self.items, self.clock, self.eos_ids = items, clock, eos_ids
+        self.steps = -1  # the first put is the prompt
+        self.ended: set[int] = set()
+
+    def put(self, value) -> None:
+        self.steps += 1
+        if self.steps == 0:
+            return
+        for row, token in enumerate(value.reshape(-1).tolist()):
+            if row in self.ended:
+                continue
+            stopped = self.clock.stopped_at.get(row)
+            if stopped is not None and stopped < self.steps:
+                self.ended.add(row)
+                continue
+            if token in self.eos_ids:
+                self.ended.add(row)
+            callback = self.items[row].on_tokens
+            if callback is not None:
+                callback([token])
+
+    def end(self) -> None:
+        pass
 
 
 def _generate(engine: Engine, items: list[BatchItem], gen: GenerationSettings, features: FeatureStore,
@@ -165,7 +215,13 @@ def _generate(engine: Engine, items: list[BatchItem], gen: GenerationSettings, f
     input_ids = enc["input_ids"].to(engine.model.device)  # (B, L)
     attention_mask = enc["attention_mask"].to(engine.model.device)  # (B, L), 0 on the left padding
     kwargs = engine.generation_kwargs(gen, input_ids.shape[1])
-    clock = _Clock(stop_event)
+    if engine.fast is not None:  # static cache (+ compiled decode step), as for single questions
+        kwargs.update(engine.fast.generate_kwargs(batch_size=len(items),
+                                                  needed=input_ids.shape[1] + kwargs["max_new_tokens"]))
+    clock = _Clock(stop_event, items)
+    eos_ids = _eos_ids(engine)
+    if any(item.on_tokens is not None for item in items):
+        kwargs["streamer"] = _RowStreamer(items, clock, eos_ids)
     if engine.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(engine.device)
     if gen.seed is not None:
@@ -180,9 +236,14 @@ def _generate(engine: Engine, items: list[BatchItem], gen: GenerationSettings, f
     peak = torch.cuda.max_memory_allocated(engine.device) if engine.device.startswith("cuda") else None
     results = []
     for row, item in enumerate(items):
-        ids, stopped = _row_tokens(engine, out[row, input_ids.shape[1]:].tolist(), gen)
+        ids = out[row, input_ids.shape[1]:].tolist()
+        ended_by_own_stop = row in clock.stopped_at
+        if ended_by_own_stop:
+            ids = ids[:clock.stopped_at[row]]
+        ids, stopped = _row_tokens(eos_ids, engine, ids, gen)
         answer, cut = _cut_at_stop(engine._decode(ids), gen.stop)
-        finish = engine._finish_reason(ids, kwargs["max_new_tokens"], stopped or cut, interrupted)
+        finish = engine._finish_reason(ids, kwargs["max_new_tokens"], stopped or cut,
+                                       interrupted or ended_by_own_stop)
         first = clock.times[0] if clock.times and ids else None
         last = clock.times[min(len(ids), len(clock.times)) - 1] if first else None
         stats = Stats(
@@ -198,13 +259,16 @@ def _generate(engine: Engine, items: list[BatchItem], gen: GenerationSettings, f
     return results
 
 
-def _row_tokens(engine: Engine, ids: list[int], gen: GenerationSettings) -> tuple[list[int], bool]:
+def _eos_ids(engine: Engine) -> set:
+    eos = engine.model.generation_config.eos_token_id
+    return set(eos if isinstance(eos, list) else [eos])
+
+
+def _row_tokens(eos_ids: set, engine: Engine, ids: list[int], gen: GenerationSettings) -> tuple[list[int], bool]:
     """One row's own tokens: up to its first EOS (kept, as a single run keeps it) or stop string.
 
     After a row finishes, `generate` fills it with pad tokens until the whole batch is done.
     """
-    eos = engine.model.generation_config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos])
     end = next((k + 1 for k, tok in enumerate(ids) if tok in eos_ids), len(ids))
     ids = ids[:end]
     if gen.stop and not (ids and ids[-1] in eos_ids):

@@ -4,9 +4,10 @@ Why: loading the model costs seconds (tiny-random) to minutes (7B); a server kee
 shell loops (`dsvl ask --server`) and for any OpenAI client. The wire format lives in chat_api.py.
 
 Limits, on purpose:
-- One generation at a time: a single worker thread owns the engine (Engine.stream is not
-  reentrant) and takes requests in arrival order. At most `max_queue` requests wait behind the
-  running one; past that the answer is 429 with Retry-After. Requests are not batched together.
+- One `generate` at a time: a single worker thread owns the engine (serve_worker.py) and takes
+  requests in arrival order; requests waiting together with the same generation settings run as
+  one batch (up to `max_batch`). At most `max_queue` requests wait behind the running batch; past
+  that the answer is 429 with Retry-After.
 - Images are resolved in one helper thread (images.py decodes from one thread at a time), never on
   the event loop. The server fetches http(s) image URLs itself: bind to 127.0.0.1 (the default) or
   set an API key before exposing it. Local paths in `image_url` are refused.
@@ -23,16 +24,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import queue
 import secrets
 import socket
-import threading
 import time
-import traceback
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -43,12 +40,13 @@ from dsvl_cli import chat_api
 from dsvl_cli.errors import ContextLengthError, DsvlError, ExitCode, GenerationError, ImageLoadError
 from dsvl_cli.images import load_image, max_image_bytes
 from dsvl_cli.results import Result, TextChunk
+from dsvl_cli.serve_worker import END as _END
+from dsvl_cli.serve_worker import Job, QueueFull, Worker
 from dsvl_cli.settings import GenerationSettings
 
 GRACE_S = 10.0  # how long shutdown waits for in-flight requests before cancelling them
 RETRY_AFTER_S = 1
 log = logging.getLogger("dsvl.serve")
-_END = object()  # the worker's last item for a job
 
 
 def default_max_body_bytes() -> int:
@@ -75,82 +73,16 @@ def _from_dsvl(err: DsvlError) -> ApiError:
     return ApiError(500, err.message, "server_error", err.kind)
 
 
-# -- the worker: one thread owns the engine --------------------------------------------------------
-
-@dataclass
-class Job:
-    conversation: object
-    gen: GenerationSettings
-    loop: asyncio.AbstractEventLoop
-    out: asyncio.Queue = field(default_factory=asyncio.Queue)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def emit(self, item) -> None:
-        """Hand an item to the request's event loop (from the worker thread)."""
-        try:
-            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
-        except RuntimeError:  # the loop is closed: the server is gone and nobody reads this job
-            self.stop.set()
-
-
-class Worker:
-    """Runs jobs one at a time in arrival order; admits at most `max_queue` waiting ones."""
-
-    def __init__(self, engine, max_queue: int):
-        self.engine = engine
-        self.max_queue = max_queue
-        self._jobs: queue.Queue = queue.Queue()
-        self._lock = threading.Lock()
-        self._admitted: list[Job] = []  # queued and running jobs
-        self._thread = threading.Thread(target=self._loop, name="dsvl-serve-worker", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = GRACE_S) -> None:
-        with self._lock:
-            for job in self._admitted:
-                job.stop.set()
-        self._jobs.put(None)
-        self._thread.join(timeout)
-
-    def submit(self, conversation, gen: GenerationSettings) -> Job:
-        job = Job(conversation, gen, asyncio.get_running_loop())
-        with self._lock:
-            if len(self._admitted) > self.max_queue:  # one running plus max_queue waiting
-                raise ApiError(429, f"the server is busy: {self.max_queue} requests already waiting; retry later",
-                               "rate_limit_error", "queue_full", headers={"Retry-After": str(RETRY_AFTER_S)})
-            self._admitted.append(job)
-        self._jobs.put(job)
-        return job
-
-    def _loop(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            try:
-                if job.stop.is_set():
-                    job.emit(GenerationError("cancelled before it started"))
-                    continue
-                for item in self.engine.stream(job.conversation, job.gen, stop_event=job.stop):
-                    job.emit(item)
-            except DsvlError as err:
-                job.emit(err)
-            except Exception as exc:  # a bug or a torch failure: report it, keep serving
-                log.error("generation failed:\n%s", traceback.format_exc().rstrip())
-                job.emit(GenerationError(f"generation failed: {type(exc).__name__}: {exc}"))
-            finally:
-                with self._lock:
-                    self._admitted.remove(job)
-                job.emit(_END)
-
-
 # -- the app -------------------------------------------------------------------------------------------
 
 def create_app(engine, *, defaults: GenerationSettings | None = None, api_key: str | None = None,
-               max_queue: int = 16, max_body_bytes: int | None = None) -> FastAPI:
-    """The ASGI app over a loaded engine (or anything with its `stream`, `name`, `random_weights`)."""
+               max_queue: int = 16, max_batch: int | None = None, max_body_bytes: int | None = None) -> FastAPI:
+    """The ASGI app over a loaded engine (or anything with its `stream`, `name`, `random_weights`).
+
+    `max_batch`: most requests in one generate call (default: batch's default for the device)."""
     defaults = defaults or GenerationSettings()
     body_cap = max_body_bytes or default_max_body_bytes()
-    worker = Worker(engine, max_queue)
+    worker = Worker(engine, max_queue, max_batch or _default_batch(engine))
     images = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsvl-serve-images")
 
     @asynccontextmanager
@@ -159,7 +91,7 @@ def create_app(engine, *, defaults: GenerationSettings | None = None, api_key: s
         try:
             yield
         finally:
-            worker.stop()
+            worker.stop(GRACE_S)
             images.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="dsvl", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
@@ -213,7 +145,12 @@ def create_app(engine, *, defaults: GenerationSettings | None = None, api_key: s
         gen = chat_api.generation_settings(req, defaults)
         loop = asyncio.get_running_loop()
         conversation = await loop.run_in_executor(images, chat_api.build_conversation, req, load_image)
-        job = worker.submit(conversation, gen)
+        try:
+            job = worker.submit(conversation, gen)
+        except QueueFull:
+            raise ApiError(429, f"the server is busy: {max_queue} requests already waiting; retry later",
+                           "rate_limit_error", "queue_full", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+        request.state.dsvl_job = job
         try:
             first = await _next(job, request)  # waits through the queue; errors still get a status
             if isinstance(first, BaseException):
@@ -237,8 +174,14 @@ def create_app(engine, *, defaults: GenerationSettings | None = None, api_key: s
     return app
 
 
-class _ClientGone(Exception):
-    pass
+def _default_batch(engine) -> int:
+    from dsvl_cli.engine import Engine
+
+    if not isinstance(engine, Engine):
+        return 1
+    from dsvl_cli.batch_runner import default_batch_size
+
+    return default_batch_size(engine)
 
 
 async def _read_body(request: Request, cap: int) -> bytes:
@@ -340,6 +283,9 @@ class AccessLog:
                 parts.append("client-gone")
             if tokens:
                 parts.append(f"tokens={tokens[0]}+{tokens[1]}")
+            job = state.get("dsvl_job")
+            if job is not None and job.batch_size:
+                parts.append(f"batch={job.batch_size}")
             parts.append(f"{time.perf_counter() - started:.3f}s")
             log.info(" ".join(parts))
 

@@ -164,6 +164,60 @@ def test_eight_concurrent_requests_are_all_answered(server):
     assert len(set(one_by_one)) > 1, "different prompts, different answers"
 
 
+def test_waiting_requests_share_one_batch_stream_and_stop_alone(engine):
+    """Requests queued together run as one generate call: each streams its own text, greedy answers
+    equal single runs, and a job whose client went away stops alone."""
+    import asyncio
+
+    from dsvl_cli.conversation import Conversation
+    from dsvl_cli.images import load_image
+    from dsvl_cli.results import Result, TextChunk
+    from dsvl_cli.serve_worker import END, Worker
+    from dsvl_cli.settings import GenerationSettings
+
+    shapes = load_image(str(EXAMPLES / "shapes.png"))
+    conversations = [Conversation.single(PROMPT, [shapes]), Conversation.single("Hello there", system="Terse."),
+                     Conversation.single("Which shapes, and which colours?", [shapes]),
+                     Conversation.single("A question that will be cut short")]
+    gen = GenerationSettings(max_new_tokens=24)
+    engine.model.generation_config.eos_token_id, eos = None, engine.model.generation_config.eos_token_id
+    try:
+        async def run_all():
+            worker = Worker(engine, max_queue=8, max_batch=8)
+            jobs = [worker.submit(c, gen) for c in conversations]
+            jobs.append(worker.submit(conversations[1], gen.replace(temperature=0.7, seed=1)))  # seeded: alone
+            worker.start()
+
+            async def read(k, job):
+                items = []
+                while (item := await job.out.get()) is not END:
+                    items.append(item)
+                    if k == 3 and isinstance(item, TextChunk):
+                        job.stop.set()  # the client went away after its first piece
+                return items
+
+            seen = await asyncio.gather(*(read(k, job) for k, job in enumerate(jobs)))
+            worker.stop(5)
+            return jobs, seen
+
+        jobs, seen = asyncio.run(run_all())
+        assert [job.batch_size for job in jobs] == [4, 4, 4, 4, 1]
+        for k, items in enumerate(seen[:4]):
+            result = items[-1]
+            assert isinstance(result, Result), items
+            chunks = [i.text for i in items[:-1]]
+            assert chunks and "".join(chunks) == result.answer
+            if k == 3:
+                assert result.finish_reason == "interrupted" and 0 < result.stats.generated_tokens < 24
+            else:
+                assert len(chunks) > 1, "the answer arrives in pieces"
+                single = engine.run(conversations[k], gen)
+                assert result.answer == single.answer and result.finish_reason == "length"
+                assert result.stats.generated_tokens == 24
+    finally:
+        engine.model.generation_config.eos_token_id = eos
+
+
 # -- errors -------------------------------------------------------------------------------------------
 
 def _error(response: requests.Response, status: int) -> dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -21,13 +21,18 @@ def serve(
                                       help="Port to listen on (0: any free port).")] = 8000,
     max_queue: Annotated[int, typer.Option("--max-queue", envvar="DSVL_MAX_QUEUE", show_envvar=True,
                                            rich_help_panel=SERVE, min=0,
-                                           help="Requests that may wait behind the running one; more get 429.")]
+                                           help="Requests that may wait behind the running batch; more get 429.")]
     = 16,
+    batch_size: Annotated[Optional[int], typer.Option(
+        "--batch-size", envvar="DSVL_BATCH_SIZE", show_envvar=True, rich_help_panel=SERVE, min=1,
+        help="Most waiting requests answered together in one generate call "
+             "[default: 8 on CPU, 16-32 on CUDA by free memory].")] = None,
 ) -> None:
     """Keep the model warm behind an OpenAI-compatible API (Chat Completions, streaming, images).
 
     Generation options set the defaults for requests that leave them out. With --api-key (or
-    DSVL_API_KEY) every request needs `Authorization: Bearer KEY`.
+    DSVL_API_KEY) every request needs `Authorization: Bearer KEY`. Requests that wait together
+    with the same generation settings are answered in one batch (greedy answers are the same).
 
     \b
     Examples:
@@ -52,7 +57,8 @@ def serve(
 
         sock = server.bind(host, port)  # before loading: a busy port fails fast
         engine = load_engine(opts)
-        app = server.create_app(engine, defaults=opts.generation, api_key=opts.api_key, max_queue=max_queue)
+        app = server.create_app(engine, defaults=opts.generation, api_key=opts.api_key, max_queue=max_queue,
+                                 max_batch=batch_size)
         console = stderr_console()
         shown_host = f"[{host}]" if ":" in host else host
         url = f"http://{shown_host}:{sock.getsockname()[1]}"
