@@ -35,6 +35,7 @@ from dsvl_cli.errors import DsvlError, ImageLoadError, UsageError
 
 PREFETCH_WORKERS = 4
 PREFETCH_BATCHES = 2  # how many batches ahead of the model images are prepared
+REMOTE_IN_FLIGHT = 8  # with --server: requests open at once (the server batches them)
 
 
 @dataclass
@@ -328,12 +329,23 @@ def run_batch(inputs: list[str], *, output: Path | None, prompt: str | None, bat
                 summary.failed += 1
             records = [i for i in todo if isinstance(i, Record)]
             if records and not stop.is_set():
+                from dsvl_cli import fastpath
                 from dsvl_cli.commands.common import load_engine
 
                 engine = load_engine(opts)
                 started = time.perf_counter()  # rates count generation, not the model load
-                run_records(engine, records, writer, summary,
-                            batch_size=batch_size or default_batch_size(engine), stop=stop)
+                if opts.server:  # a running `dsvl serve` batches what arrives together
+                    from dsvl_cli.batch_remote import run_remote
+
+                    run_remote(engine, records, writer, summary, concurrency=batch_size or REMOTE_IN_FLIGHT,
+                               stop=stop)
+                else:
+                    if engine.fast is None and fastpath.wanted(opts.model.compile, prefer_fast=True,
+                                                               device=engine.device):
+                        engine.enable_fast_path()  # many generations: compiling pays off (CUDA by default)
+                        started = time.perf_counter()
+                    run_records(engine, records, writer, summary,
+                                batch_size=batch_size or default_batch_size(engine), stop=stop)
     except KeyboardInterrupt:  # the second Ctrl-C: everything written so far stays valid
         stop.set()
     finally:

@@ -42,6 +42,7 @@ READ_TIMEOUT_S = 600.0
 BUSY_RETRY_S = 120.0
 _PASS_THROUGH = re.compile(r"^(https?://|data:)", re.IGNORECASE)
 _URI_CACHE_SIZE = 16
+POOL_SIZE = 64  # kept-alive connections; more open streams than this still work, with a urllib3 warning
 
 
 def base_url(url: str) -> str:
@@ -60,6 +61,8 @@ class RemoteEngine:
     def __init__(self, url: str, *, api_key: str | None = None):
         self.url = base_url(url)
         self._session = requests.Session()
+        for scheme in ("http://", "https://"):  # batch --server keeps several streams open at once
+            self._session.mount(scheme, requests.adapters.HTTPAdapter(pool_maxsize=POOL_SIZE))
         self._session.headers["User-Agent"] = f"dsvl/{__version__}"
         if api_key:
             self._session.headers["Authorization"] = f"Bearer {api_key}"

@@ -379,3 +379,47 @@ def test_serve_command_logs_requests_and_stops_on_sigint(tiny_folder):
     assert proc.returncode in (0, 130)
     assert "POST /v1/chat/completions 200 tokens=" in rest
     assert "Traceback" not in rest
+
+
+def test_batch_through_the_server_equals_local_batch(cli, server, tmp_path, caplog):
+    """Same records, answers, error records and exit code; several requests open at once; resume."""
+    caplog.set_level(logging.INFO, logger="dsvl.serve")
+    shapes, chart = str(EXAMPLES / "shapes.png"), str(EXAMPLES / "chart.png")
+    lines = [{"id": "a", "image": shapes, "prompt": PROMPT}, {"id": "b", "prompt": "Hello there"},
+             {"id": "c", "images": [chart, shapes], "prompt": "Compare."}, {"id": "d", "image": shapes, "prompt": "Hm?"},
+             {"id": "e", "system": "Terse.", "prompt": "Why?"}, {"id": "bad", "image": str(tmp_path / "no.png"),
+                                                                  "prompt": "x"}]
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"id": "torn", "pro\n')
+    common = ["batch", str(jobs), "-n", "12", "--batch-size", "4"]
+    local = cli([*common, "-o", str(tmp_path / "local.jsonl"), "-m", "tiny-random"])
+    remote_out = tmp_path / "remote.jsonl"
+    remote = cli([*common, "-o", str(remote_out), "--server", server, "--api-key", KEY])
+    assert local.exit_code == remote.exit_code == 1, remote.output
+
+    def by_id(path):
+        return {r["id"]: r for r in map(json.loads, path.read_text().splitlines())}
+
+    want, got = by_id(tmp_path / "local.jsonl"), by_id(remote_out)
+    assert set(got) == set(want) == {*"abcde", "bad", 7}
+    for key, record in want.items():
+        if "error" in record:
+            assert got[key] == record, key
+        else:
+            assert (got[key]["answer"], got[key]["finish_reason"]) == (record["answer"], record["finish_reason"]), key
+            assert set(got[key]["stats"]) == set(record["stats"])
+    assert "5 done, 2 failed" in remote.stderr
+    batched = [r.getMessage() for r in caplog.records if "batch=" in r.getMessage()]
+    assert any("batch=1" not in line for line in batched), "no two requests shared a batch"
+
+    remote_out.write_text("".join(line + "\n" for line in remote_out.read_text().splitlines()[:3]))
+    resumed = cli([*common, "-o", str(remote_out), "--resume", "--server", server, "--api-key", KEY])
+    assert resumed.exit_code == 1 and "skipped" in resumed.stderr
+    assert set(by_id(remote_out)) == set(want)
+    assert len(remote_out.read_text().splitlines()) == len(want)  # every id exactly once
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    down = cli([*common, "-o", str(tmp_path / "down.jsonl"), "--server", closed])
+    assert down.exit_code == 1 and "not reachable" in down.stderr and "Traceback" not in down.stderr

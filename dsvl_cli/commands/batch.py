@@ -25,7 +25,8 @@ def batch(
         help="The question for records without one (plain lines of image sources, TSV, JSONL).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(
         "--batch-size", rich_help_panel=BATCH,
-        help="Questions per generate call [default: 8 on CPU, 16-32 on CUDA by free memory].")] = None,
+        help="Questions per generate call [default: 8 on CPU, 16-32 on CUDA by free memory]; "
+        "with --server, requests open at once [default: 8].")] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", rich_help_panel=BATCH,
         help="Append to -o FILE, skipping ids already answered (or failed) there.")] = False,
@@ -51,6 +52,10 @@ def batch(
     written and flushed as each record finishes. Records come out in COMPLETION order, not input
     order: match them by id. No id is answered twice. Bad records (broken image, malformed JSON,
     missing prompt, duplicate id) get an error record and the run goes on.
+
+    \b
+    With --server URL (or DSVL_SERVER) a running `dsvl serve` answers: several requests are open at
+    once so the server batches them; output, resume and exit codes are the same.
 
     \b
     Exit: 0 all answered, 1 any record failed, 2 bad usage, 130 interrupted (Ctrl-C: what finished

@@ -1,0 +1,117 @@
+"""`dsvl batch --server URL`: the same records, answered by a running `dsvl serve`.
+
+Why several requests at once: the server answers requests that wait together in one batched
+`generate` call, so up to `concurrency` (--batch-size) streamed requests are kept open. Everything
+else is local mode's (batch_runner.py): the same output and error records, completion order (match
+by id), --resume / --retry-failed, the progress bar, the summary and the exit codes.
+
+Images are loaded here, once per source while questions about it are still to be sent (records
+about the same images are sent next to each other); RemoteEngine sends paths as lossless PNG data
+URIs and URLs as they are. A record the server refuses (a 400: bad image, too long) becomes an
+error record. A server that cannot be reached (at the start or later) stops the run: records not
+answered yet are not written, so `--resume` sends them once the server is back.
+
+Ctrl-C closes the open streams (the server stops those generations); their records are not written.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from dsvl_cli.batch_input import Record
+from dsvl_cli.errors import DsvlError, ImageLoadError, ModelError
+
+
+class _Images:
+    """Each source loaded once by the first record that needs it, dropped after its last use."""
+
+    def __init__(self, records: list[Record]):
+        self.uses = Counter(s for r in records for s in r.images)
+        self.loaded: dict[str, Future] = {}
+        self.lock = threading.Lock()
+        self.decode_lock = threading.Lock()  # images.py: decoding touches process-global warning filters
+
+    def get(self, source: str):
+        from dsvl_cli.images import load_image
+
+        with self.lock:
+            future, mine = self.loaded.get(source), False
+            if future is None:
+                future, mine = Future(), True
+                self.loaded[source] = future
+        if mine:
+            try:
+                with self.decode_lock:
+                    future.set_result(load_image(source))
+            except DsvlError as err:
+                future.set_exception(err if isinstance(err, ImageLoadError) else ImageLoadError(source, err.message))
+        return future.result()
+
+    def release(self, sources: list[str]) -> None:
+        with self.lock:
+            for source in sources:
+                self.uses[source] -= 1
+                if self.uses[source] <= 0:
+                    self.loaded.pop(source, None)
+
+
+def run_remote(engine, records: list[Record], writer, summary, *, concurrency: int,
+               stop: threading.Event) -> None:
+    """Answer `records` through `engine` (a RemoteEngine), `concurrency` requests at a time.
+
+    Raises the ModelError of a server that could not be reached (after writing what finished)."""
+    from dsvl_cli.batch_runner import error_record
+    from dsvl_cli.conversation import Conversation
+
+    images = _Images(records)
+    lock = threading.Lock()  # one writer, one summary, several threads
+    fatal: list[ModelError] = []
+    slots = threading.BoundedSemaphore(concurrency)
+
+    def write(record: Record, obj: dict, *, failed: bool, tokens: int = 0) -> None:
+        with lock:
+            writer.write(obj)
+            if failed:
+                summary.failed += 1
+            else:
+                summary.done += 1
+                summary.generated_tokens += tokens
+
+    def answer(record: Record) -> None:
+        try:
+            if stop.is_set():
+                return
+            try:
+                loaded = [images.get(s) for s in record.images]
+                conversation = Conversation.single(record.prompt, loaded, record.system)
+                result = engine.run(conversation, record.gen.replace(system=None), stop_event=stop)
+            except ModelError as err:  # the server is gone: stop, leave the rest for --resume
+                fatal.append(err)
+                stop.set()
+                return
+            except DsvlError as err:
+                write(record, error_record(record, err.kind, err.message), failed=True)
+                return
+            if result.finish_reason != "interrupted":  # cut short: left for --resume
+                write(record, {"id": record.id, **result.to_dict()}, failed=False,
+                      tokens=result.stats.generated_tokens)
+        finally:
+            images.release(record.images)
+            slots.release()
+
+    ordered = sorted(records, key=lambda r: tuple(r.images))  # same images next to each other
+    pool = ThreadPoolExecutor(concurrency, thread_name_prefix="dsvl-remote")
+    try:
+        for record in ordered:
+            slots.acquire()
+            if stop.is_set():
+                slots.release()
+                break
+            pool.submit(answer, record)
+        pool.shutdown(wait=True)
+    finally:  # also on the second Ctrl-C (stop is set then): open streams close at their next event
+        pool.shutdown(wait=False, cancel_futures=True)
+    if fatal:
+        raise fatal[0]
