@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dsvl_cli.conversation import Conversation, Message, check_text
-from dsvl_cli.errors import ContextLengthError, DsvlError, ImageLoadError, UsageError
+from dsvl_cli.errors import ContextLengthError, DsvlError, ExitCode, ImageLoadError, UsageError
 from dsvl_cli.images import LoadedImage, load_images
 from dsvl_cli.render import stats_line
 from dsvl_cli.results import Result, Stats
@@ -63,12 +63,23 @@ Producer = Callable[[Conversation, GenerationSettings, "object | None"], Result]
 
 @dataclass(frozen=True)
 class Reply:
-    """What a front end shows after an input: a message, and whether to answer or leave now."""
+    """What a front end shows after an input: a message, and whether to answer or leave now.
+
+    `code` is the exit code the input's failure maps to (0: it did not fail); a pipe exits with the
+    worst of them (see repl.worst)."""
 
     text: str = ""
-    error: bool = False
+    code: int = 0
     answer: bool = False  # a question (or /retry) is ready: call ChatSession.respond
     exit: bool = False
+
+    @property
+    def error(self) -> bool:
+        return self.code != 0
+
+    @classmethod
+    def failure(cls, err: DsvlError) -> Reply:
+        return cls(err.message, code=int(err.exit_code))
 
 
 @dataclass(frozen=True)
@@ -174,7 +185,7 @@ class ChatSession:
         try:
             check_text(text, "question")
         except UsageError as err:
-            return Reply(err.message, error=True)
+            return Reply.failure(err)
         self._save_undo_point()
         self.conversation.add_user(text, self.pending)
         self.pending = []
@@ -222,11 +233,11 @@ class ChatSession:
             close = difflib.get_close_matches(name, COMMANDS, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             return Reply(f"unknown command {name}{hint}; /help lists the commands, // starts a question "
-                         "with a slash", error=True)
+                         "with a slash", code=int(ExitCode.USAGE))
         try:
             return handler(arg)
         except DsvlError as err:
-            return Reply(err.message, error=True)
+            return Reply.failure(err)
 
     def _cmd_help(self, arg: str) -> Reply:
         return Reply(HELP)
@@ -313,6 +324,8 @@ class ChatSession:
     def _cmd_set(self, arg: str) -> Reply:
         if not arg:
             values = [f"  {key} = {getattr(self.generation, key)}" for key in SETTABLE]
+            system = self.conversation.system
+            values.append(f"  system = {'(the model default)' if system is None else repr(system)}")
             return Reply("\n".join(["generation options (/set KEY VALUE):", *values]))
         key, _, raw = arg.partition(" ")
         key = _KEY_ALIASES.get(key, key.lstrip("-").replace("-", "_").lower())
@@ -331,7 +344,10 @@ class ChatSession:
                 value = kind(raw)
             except ValueError:
                 raise UsageError(f"/set {key}: {raw!r} is not {'an integer' if kind is int else 'a number'}") from None
-        self.generation = self.generation.replace(**{key: value})
+        try:
+            self.generation = self.generation.replace(**{key: value})
+        except UsageError as err:  # the settings name the command-line option; name the /set key
+            raise UsageError(f"/set {key} {raw}: {err.message.partition(': ')[2] or err.message}") from None
         return Reply(f"{key} = {value}")
 
     def _cmd_save(self, arg: str) -> Reply:
@@ -344,7 +360,8 @@ class ChatSession:
             raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
         markdown = path.suffix.lower() in (".md", ".markdown")
         what = "a Markdown transcript" if markdown else "JSON; /load restores it"
-        unsaved = f"; the {_plural(len(self.pending), 'attached image')} are not saved" if self.pending else ""
+        unsaved = (f"; {'the attached image is' if len(self.pending) == 1 else 'the attached images are'} "
+                   "not saved") if self.pending else ""
         return Reply(f"saved {_plural(len(exchanges(self.conversation)), 'exchange')} to {path} ({what}){unsaved}")
 
     def _cmd_load(self, arg: str) -> Reply:

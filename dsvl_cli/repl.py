@@ -32,6 +32,14 @@ from dsvl_cli.render import note, print_json, print_stats, stderr_console
 from dsvl_cli.results import Stats
 
 PATH_COMMANDS = ("/image", "/save", "/load")
+# Which failure a pipe's exit code reports when several happened: Ctrl-C, then a runtime failure
+# (the tool failed), then bad input (the script was wrong), then success.
+_SEVERITY = {int(ExitCode.OK): 0, int(ExitCode.USAGE): 1, int(ExitCode.FAILURE): 2, int(ExitCode.INTERRUPTED): 3}
+
+
+def worst(*codes: int) -> int:
+    """The exit code that matters most among `codes` (see _SEVERITY)."""
+    return max(codes, key=lambda code: _SEVERITY.get(code, 2))
 
 
 def history_path() -> Path:
@@ -41,7 +49,7 @@ def history_path() -> Path:
 
 
 class ChatUI:
-    """Runs inputs through a session and prints the outcome; counts failures for the exit code."""
+    """Runs inputs through a session and prints the outcome; keeps the worst failure for the exit code."""
 
     def __init__(self, session: ChatSession, opts: CommonOptions, *, markdown: bool, stdout: TextIO | None = None):
         self.session = session
@@ -49,7 +57,7 @@ class ChatUI:
         self.markdown = markdown
         self.stdout = stdout or sys.stdout
         self.console = stderr_console()
-        self.failures = 0
+        self.exit_code = int(ExitCode.OK)
         self.last_turn: Turn | None = None
 
     def submit(self, text: str) -> bool:
@@ -63,12 +71,12 @@ class ChatUI:
 
     def show(self, reply: Reply) -> None:
         if reply.error:
-            self.error(reply.text)
+            self.error(reply.text, reply.code)
         elif reply.text:
             note(self.console, reply.text, style="")
 
-    def error(self, message: str) -> None:
-        self.failures += 1
+    def error(self, message: str, code: int) -> None:
+        self.exit_code = worst(self.exit_code, code)
         note(self.console, f"dsvl: error: {message}", style="bold red")
 
     def answer(self) -> None:
@@ -76,7 +84,7 @@ class ChatUI:
         try:
             turn = self.session.respond(self._produce)
         except DsvlError as err:
-            self.error(err.message)
+            self.error(err.message, int(err.exit_code))
             if self.opts.json:
                 number = len([m for m in self.session.conversation.messages if m.role == "user"]) + 1
                 print_json({"turn": number, "prompt": question.text, "images": [i.source for i in question.images],
@@ -126,13 +134,14 @@ def read_inputs(lines: Iterable[str]) -> Iterator[str]:
 
 
 def run_lines(ui: ChatUI, stream: TextIO) -> int:
-    """Read inputs until EOF or /exit. Exit code: 130 if interrupted, 1 if any input failed, else 0."""
+    """Read inputs until EOF or /exit. Exit code: the worst failure (130 Ctrl-C, 1 runtime, 2 bad
+    input or command), 0 if none failed."""
     for text in read_inputs(iter(stream.readline, "")):
         if not ui.submit(text):
             break
         if ui.last_turn is not None and ui.last_turn.result.finish_reason == "interrupted":
             return int(ExitCode.INTERRUPTED)  # Ctrl-C stops the whole script, as in any pipeline
-    return int(ExitCode.FAILURE) if ui.failures else int(ExitCode.OK)
+    return ui.exit_code
 
 
 # -- the terminal ---------------------------------------------------------------------------------

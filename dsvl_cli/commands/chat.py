@@ -12,7 +12,7 @@ from dsvl_cli.options import CommonOptions, shared_options
 @shared_options
 def chat(
     images: Annotated[Optional[list[str]], typer.Argument(
-        metavar="[IMAGE]...",
+        metavar="IMAGE",
         help="Images for the first question (path, http(s) URL or data: URI).",
         show_default=False)] = None,
     *,
@@ -26,9 +26,15 @@ def chat(
     Not a terminal: one question or command per input line (a \"\"\" block spans lines); plain answers,
     or one JSON object per turn with --json. Errors go to stderr and the script goes on.
 
+    Input history is kept in $XDG_STATE_HOME/dsvl/chat_history (~/.local/state/dsvl/chat_history).
+
     \b
-    Exit codes: 0 done; 1 (pipes only) some question or command failed, or the model did not load;
-    2 bad option or image on the command line; 130 interrupted.
+    Exit codes (a pipe reports the worst failure of the whole script):
+      0    every input succeeded (on a terminal: always, errors were shown as they happened)
+      2    a bad option, image, question or command (unknown command, missing file, too long
+           for the context)
+      1    a runtime failure: the model did not load, out of memory
+      130  interrupted (Ctrl-C)
 
     \b
     Examples:
