@@ -33,13 +33,17 @@ class PromptCache:
 
     The next prompt reuses only the longest common token prefix (re-rendered history differs from
     generated tokens: the template adds "Assistant: " and strips text), never cutting into an image.
+    Every image has the same placeholder ids, so `images` records which picture each placeholder run
+    in `token_ids` holds (the PIL objects themselves: identity, kept alive); a run whose picture
+    changed (/undo then another /image, /forget shifting the turns) ends the reusable prefix.
     """
 
     token_ids: list[int] = field(default_factory=list)
     kv: Any = None
+    images: list[Any] = field(default_factory=list)
 
     def clear(self) -> None:
-        self.token_ids, self.kv = [], None
+        self.token_ids, self.kv, self.images = [], None, []
 
 
 class _TokenQueue:
@@ -160,17 +164,20 @@ class Engine:
         positions = [i for i, tok in enumerate(ids) if tok == self.image_token_id]
         return [(positions[k], positions[k] + per_image) for k in range(0, len(positions), per_image)]
 
-    def _reusable_prefix(self, ids: list[int], cache: PromptCache) -> int:
-        """How many leading tokens of `ids` can keep their cached KV (never cutting an image)."""
+    def _reusable_prefix(self, ids: list[int], cache: PromptCache, images: list[Any]) -> int:
+        """How many leading tokens of `ids` can keep their cached KV: never cutting an image, and
+        never past an image whose placeholders match but whose picture differs (see PromptCache)."""
         common = 0
         for old, new in zip(cache.token_ids, ids):
             if old != new:
                 break
             common += 1
         keep = min(common, len(ids) - 1)  # at least one token must be prefilled to get logits
-        for start, end in self.image_spans(ids):
-            if start < keep < end:
+        for k, (start, end) in enumerate(self.image_spans(ids)):
+            same = k < len(cache.images) and k < len(images) and cache.images[k] is images[k]
+            if start < keep and (keep < end or not same):
                 keep = start
+                break
         return keep
 
     # -- generation -----------------------------------------------------------------------------
@@ -214,7 +221,8 @@ class Engine:
             cache.clear()  # a static cache cannot grow: recompute this turn into a new one
         cached = 0
         if cache is not None:
-            cached = self._reusable_prefix(ids, cache) if cache.kv is not None else 0
+            pictures = [loaded.image for loaded in conversation.images]
+            cached = self._reusable_prefix(ids, cache, pictures) if cache.kv is not None else 0
             if cached == 0:
                 cache.clear()
             else:
@@ -290,6 +298,7 @@ class Engine:
         if cache is not None and out is not None and out.cache is not None:
             cache.kv = out.cache
             cache.token_ids = out.sequences[0][: out.cache.get_seq_length()].tolist()
+            cache.images = [loaded.image for loaded in conversation.images]
         answer, stopped = _cut_at_stop(self._decode(new_ids), gen.stop)
         if answer[len(emitted):]:
             yield TextChunk(answer[len(emitted):])
