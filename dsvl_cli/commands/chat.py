@@ -60,7 +60,7 @@ def _run(sources: list[str], opts: CommonOptions) -> int:
 
     check_chat_sources(sources)
     first_images = load_images(sources)  # validated before the model loads
-    session = ChatSession(load_engine(opts), opts.generation, images=first_images)
+    session = ChatSession(load_engine(opts, prefer_fast=True), opts.generation, images=first_images)
     terminal = sys.stdin.isatty()
     ui = repl.ChatUI(session, opts, markdown=wants_markdown(opts.plain))
     return repl.run_terminal(ui) if terminal else repl.run_lines(ui, sys.stdin)

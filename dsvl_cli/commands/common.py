@@ -12,8 +12,11 @@ from dsvl_cli.render import RANDOM_WEIGHTS_NOTE, AnswerWriter, note, print_json,
 from dsvl_cli.results import Result, TextChunk
 
 
-def load_engine(opts: CommonOptions):
-    """The local Engine, or with --server a RemoteEngine with the same interface (remote.py)."""
+def load_engine(opts: CommonOptions, *, prefer_fast: bool = False):
+    """The local Engine, or with --server a RemoteEngine with the same interface (remote.py).
+
+    `prefer_fast`: the caller generates many times (chat), so the fast path pays where it is on by
+    default (CUDA); --compile/--no-compile decides otherwise (fastpath.wanted)."""
     console = stderr_console()
     if opts.server:
         from dsvl_cli.remote import RemoteEngine
@@ -23,7 +26,7 @@ def load_engine(opts: CommonOptions):
         from dsvl_cli.engine import Engine
 
         with status(console, f"Loading {opts.model.model}…"):
-            engine = Engine.load(opts.model, verbose=opts.debug)
+            engine = Engine.load(opts.model, verbose=opts.debug, prefer_fast=prefer_fast)
     if engine.random_weights:
         note(console, RANDOM_WEIGHTS_NOTE.format(name=engine.name))
     return engine
