@@ -15,13 +15,11 @@ Limits: text only reaches the model through `handle`; a question that starts wit
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
+from dsvl_cli import chat_files
 from dsvl_cli.conversation import Conversation, Message, check_text
 from dsvl_cli.errors import ContextLengthError, DsvlError, ExitCode, ImageLoadError, UsageError
 from dsvl_cli.images import LoadedImage, load_images
@@ -248,7 +246,7 @@ class ChatSession:
     _cmd_quit = _cmd_exit
 
     def _cmd_image(self, arg: str) -> Reply:
-        sources = _split_sources(arg)
+        sources = chat_files.split_sources(arg)
         if not sources:
             raise UsageError("usage: /image SRC... (a path, http(s) URL or data: URI)")
         check_chat_sources(sources)
@@ -351,26 +349,14 @@ class ChatSession:
         return Reply(f"{key} = {value}")
 
     def _cmd_save(self, arg: str) -> Reply:
-        if not arg:
-            raise UsageError("usage: /save FILE (.json to /load it later, .md for a transcript)")
-        path = Path(_one_path(arg)).expanduser()
-        try:
-            _with_absolute_paths(self.conversation).save(path)
-        except OSError as exc:
-            raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
-        markdown = path.suffix.lower() in (".md", ".markdown")
-        what = "a Markdown transcript" if markdown else "JSON; /load restores it"
+        path = chat_files.save(self.conversation, arg)
+        what = "a Markdown transcript" if chat_files.is_markdown(path) else "JSON; /load restores it"
         unsaved = (f"; {'the attached image is' if len(self.pending) == 1 else 'the attached images are'} "
                    "not saved") if self.pending else ""
         return Reply(f"saved {_plural(len(exchanges(self.conversation)), 'exchange')} to {path} ({what}){unsaved}")
 
     def _cmd_load(self, arg: str) -> Reply:
-        if not arg:
-            raise UsageError("usage: /load FILE (a conversation saved with /save FILE.json)")
-        path = Path(_one_path(arg)).expanduser()
-        if path.suffix.lower() in (".md", ".markdown"):
-            raise UsageError(f"{path} is a Markdown transcript; /load reads the JSON that /save FILE.json writes")
-        self.conversation = Conversation.load(path)
+        path, self.conversation = chat_files.load(arg)
         self.generation = self.generation.replace(system=self.conversation.system)
         self.pending, self.last = [], None
         if self.cache is not None:
@@ -419,37 +405,3 @@ class ChatSession:
 def _clip(text: str, width: int = 40) -> str:
     line = " ".join(text.split())
     return repr(line if len(line) <= width else line[: width - 1] + "…")
-
-
-def _split_sources(arg: str) -> list[str]:
-    """Image sources as a shell would split them; a whole argument that names a file stays whole."""
-    if _is_file(arg):
-        return [arg]
-    try:
-        return shlex.split(arg)
-    except ValueError:
-        return arg.split()
-
-
-def _one_path(arg: str) -> str:
-    parts = _split_sources(arg)
-    return parts[0] if len(parts) == 1 else arg
-
-
-def _with_absolute_paths(conversation: Conversation) -> Conversation:
-    """A copy whose local image paths are absolute, so a saved file loads from any folder."""
-    copy = conversation.copy()
-    for message in copy.messages:
-        message.images = [dataclasses.replace(i, source=str(Path(i.source).expanduser().resolve()))
-                          if _is_file(i.source) else i for i in message.images]
-    return copy
-
-
-def _is_file(text: str) -> bool:
-    """Whether `text` names an existing local file (a long data: URI is not a path)."""
-    if not text or "://" in text or text.startswith("data:"):
-        return False
-    try:
-        return Path(text).expanduser().is_file()
-    except (OSError, ValueError):
-        return False
