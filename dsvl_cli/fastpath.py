@@ -18,7 +18,8 @@ What is already done elsewhere and NOT repeated here (checked in transformers 5.
   logits matrix;
 - SDPA attention: transformers picks it by default for DeepSeek-VL (`config._attn_implementation`);
 - the fast (torchvision) image processor: `AutoProcessor` picks it whenever torchvision is
-  installed (`use_fast` is deprecated in 5.x);
+  installed and the PIL one otherwise (`image_processing_auto._resolve_backend`; `use_fast` is
+  deprecated in 5.x, `backend=` replaces it);
 - weights straight onto the device in the chosen dtype: `models.load` passes `device_map`/`dtype`.
 
 Limits: a static cache cannot grow. A chat turn that would outgrow its cache drops the KV reuse
@@ -129,8 +130,9 @@ class FastPath:
 
 def wanted(setting: bool | None, *, prefer_fast: bool, device: str) -> bool:
     """`--compile/--no-compile` wins; unset, the fast path is on where it pays: on CUDA, for callers
-    that generate many times (chat, batch, serve). Never by default on CPU: the first compile takes
-    tens of seconds there, more than a chat on a tiny model ever saves."""
+    that generate many times (chat and batch pass prefer_fast; one `ask` does not). Never by
+    default on CPU: the first compile takes tens of seconds there, more than a chat on a tiny model
+    ever saves."""
     if setting is not None:
         return setting
     return prefer_fast and device.startswith("cuda")

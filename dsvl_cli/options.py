@@ -48,9 +48,11 @@ SHARED: dict[str, tuple] = {
     "offline": (Annotated[bool, _opt("--offline", env="DSVL_OFFLINE", panel=MODEL,
                 help="Never touch the network for models; use the local cache only.")], False),
     "compile": (Annotated[Optional[bool], _opt("--compile/--no-compile", env="DSVL_COMPILE", panel=MODEL,
-                help="Static KV cache + torch.compile decode (default: on where it pays).")], None),
+                help="Static KV cache + torch.compile decode (default: on for chat and batch on CUDA; "
+                "off on CPU, where the first compile takes ~30 s).")], None),
     "quantize": (Annotated[Optional[str], _opt("--quantize", env="DSVL_QUANTIZE", panel=MODEL,
-                 help="Weight-only int8 or int4 with torchao (CUDA only).")], None),
+                 help="Weight-only int8 or int4 with torchao: CUDA only, needs torchao "
+                 "(pip install 'dsvl-cli[quantize]'); exit 2 where it cannot run.")], None),
     "max_new_tokens": (Annotated[int, _opt("-n", "--max-new-tokens", env="DSVL_MAX_NEW_TOKENS", panel=GEN,
                        help="Most tokens to generate.")], 512),
     "temperature": (Annotated[float, _opt("-t", "--temperature", env="DSVL_TEMPERATURE", panel=GEN,

@@ -155,6 +155,26 @@ def test_compiled_decode_equals_plain_generate_and_fills_the_compile_cache(cli, 
     assert any(p.is_file() for p in compile_cache_dir(models.dsvl_home()).rglob("*"))
 
 
+def test_chat_with_compile_on_cpu_answers_each_turn_as_plain_generate(cli, reference):
+    """`chat --compile`: compiled decode + static-cache KV reuse across turns, token for token
+    against plain `generate` on the whole re-encoded conversation (warm compile cache: ~10 s)."""
+    from dsvl_cli.images import load_image
+
+    image = EXAMPLES / "shapes.png"
+    result = cli(["chat", str(image), "-m", "tiny-random", "--device", "cpu", "--compile", "--json", "-n", "12"],
+                 input="describe it\nwhat colour is the square?\n")
+    assert result.exit_code == 0, result.output
+    turns = [json.loads(line) for line in result.stdout.splitlines()]
+    assert turns[1]["stats"]["cached_tokens"] > 0  # the second turn reused the first one's KV
+    model, processor = reference
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "describe it"}]}]
+    for k, turn in enumerate(turns):
+        ids = reference_generate(model, processor, messages, [load_image(str(image)).image], 12)
+        assert turn["answer"] == processor.batch_decode([ids], skip_special_tokens=True)[0].lstrip(), k
+        messages += [{"role": "assistant", "content": [{"type": "text", "text": turn["answer"]}]},
+                     {"role": "user", "content": [{"type": "text", "text": "what colour is the square?"}]}]
+
+
 @pytest.mark.parametrize("kind", ["int8", "int4"])
 def test_quantize_on_cpu_is_a_usage_error_before_loading(cli, kind):
     result = cli(["ask", str(EXAMPLES / "sunset.jpg"), "hi", "-m", "tiny-random", "--device", "cpu",
