@@ -235,7 +235,8 @@ class Engine:
                 inputs = {k: v for k, v in inputs.items() if v.shape[0] > 0}
                 kwargs["cache"] = cache.kv
         if self.fast is not None:
-            kwargs.update(self.fast.generate_kwargs(batch_size=1, needed=needed, cache=kwargs.get("cache")))
+            kwargs.update(self.fast.generate_kwargs(batch_size=1, needed=needed, cache=kwargs.get("cache"),
+                                                    keep=cache is not None))
 
         halt = threading.Event()  # set by Ctrl-C here, or by the caller through stop_event
         streamer = _TokenQueue()

@@ -6,6 +6,9 @@ strings, streaming and Ctrl-C keep working unchanged. What this module adds to a
 - a `StaticCache` whose length is rounded up to a power of two (>= 512): the decode step then has
   the same shapes every step and across requests of similar length, so it is compiled once per
   (batch size, bucket) instead of once per request;
+- one reusable cache for requests that keep no cache of their own (ask, batch): reset in place,
+  not reallocated, so its tensors keep their addresses and CUDA graphs recorded on them replay
+  instead of re-recording each request (transformers marks them static, unguarded);
 - a `CompileConfig` that transformers applies to the decode step only (prefill stays eager, its
   shapes change with every prompt). On CUDA its mode is "reduce-overhead" (CUDA graphs); on CPU
   plain inductor. Compiled code is kept in `DSVL_HOME/compile-cache` (TORCHINDUCTOR_CACHE_DIR), so
@@ -74,6 +77,9 @@ class FastPath:
 
     def __post_init__(self) -> None:
         self.context_length = int(self.model.config.text_config.max_position_embeddings)
+        # The reusable cache and its (batch size, length): one only, so memory stays bounded
+        # when batch sizes vary (a last short batch, an out-of-memory split).
+        self._shared: tuple[tuple[int, int], Any] | None = None
         self._compile_config = None
         if self.compile:
             from transformers import CompileConfig
@@ -108,19 +114,40 @@ class FastPath:
 
         return isinstance(kv, StaticCache) and kv.get_max_length() >= needed
 
-    def new_cache(self, batch_size: int, needed: int):
-        """An empty StaticCache for `batch_size` rows of up to `needed` tokens (bucketed)."""
+    def new_cache(self, batch_size: int, needed: int, *, shared: bool = True):
+        """An empty StaticCache for `batch_size` rows of up to `needed` tokens (bucketed).
+
+        `shared`: the caller keeps no reference after `generate` returns, so the one reusable cache
+        is reset and handed out when its shape fits. A chat's PromptCache must get its own
+        (shared=False): a later request would otherwise overwrite the KV it keeps.
+        """
+        import torch
         from transformers import StaticCache
 
-        del batch_size  # the layers size themselves on first use (lazy initialisation)
-        return StaticCache(config=self.model.config, max_cache_len=bucket(needed, self.context_length))
+        key = (batch_size, bucket(needed, self.context_length))
+        if shared and self._shared is not None and self._shared[0] == key:
+            cache = self._shared[1]
+            with torch.inference_mode():  # its tensors were made under generation's inference mode
+                cache.reset()
+            return cache
+        if shared:
+            self._shared = None  # freed before the new one is allocated
+        # The layers size themselves (batch, heads, length) on first use (lazy initialisation).
+        cache = StaticCache(config=self.model.config, max_cache_len=key[1])
+        if shared:
+            self._shared = (key, cache)
+        return cache
 
-    def generate_kwargs(self, *, batch_size: int, needed: int, cache=None) -> dict:
-        """Extra `generate` kwargs: the cache (reused if given, else a new bucketed one) and compile config.
+    def generate_kwargs(self, *, batch_size: int, needed: int, cache=None, keep: bool = False) -> dict:
+        """Extra `generate` kwargs: the cache (`cache` if given, else a bucketed static one) and
+        the compile config.
 
-        `needed` is the longest row's prompt tokens plus max_new_tokens.
+        `needed` is the longest row's prompt tokens plus max_new_tokens; `keep`: the caller keeps
+        the cache after this call (a chat), so it must not be the shared one.
         """
-        kwargs: dict = {"cache": cache if cache is not None else self.new_cache(batch_size, needed)}
+        if cache is None:
+            cache = self.new_cache(batch_size, needed, shared=not keep)
+        kwargs: dict = {"cache": cache}
         if self._compile_config is not None:
             kwargs["compile_config"] = self._compile_config
         else:

@@ -101,6 +101,30 @@ def test_chat_kv_reuse_through_the_static_cache_equals_a_full_recompute(fast_eng
     assert isinstance(cache.kv, StaticCache)
 
 
+def test_one_static_cache_is_reused_across_requests_but_a_chat_keeps_its_own(fast_engine, engine):
+    """Requests without a PromptCache reuse one reset cache (stable addresses for CUDA graphs); an
+    ask between two chat turns must neither clobber the chat's cache nor see stale KV."""
+    from dsvl_cli.conversation import Conversation
+    from dsvl_cli.engine import PromptCache
+    from dsvl_cli.settings import GenerationSettings
+
+    fast = fast_engine.fast
+    first = fast.new_cache(1, 100)
+    assert fast.new_cache(1, 200) is first  # same (batch, bucket): reset and handed out again
+    assert fast.new_cache(2, 100) is not first  # another shape replaces it (one kept at a time)
+    assert fast.new_cache(2, 100, shared=False) is not fast.new_cache(2, 100)
+
+    cache, conversation = PromptCache(), Conversation()
+    turn1 = _chat(fast_engine, TURNS[:1], cache, conversation=conversation)
+    question = Conversation.single("what is this?", [_loaded("green")])
+    asks = [fast_engine.run(question, GenerationSettings(max_new_tokens=10)).token_ids for _ in range(2)]
+    assert asks[0] == asks[1] == engine.run(question, GenerationSettings(max_new_tokens=10)).token_ids
+    assert cache.kv is not fast._shared[1]
+    turn2 = _chat(fast_engine, TURNS[1:2], cache, conversation=conversation)
+    assert turn2[0][1] > 0  # reused the chat's own KV...
+    assert [ids for ids, _ in turn1 + turn2] == [ids for ids, _ in _chat(engine, TURNS[:2], None)]  # ...intact
+
+
 def test_a_turn_that_outgrows_the_static_cache_recomputes_into_a_bigger_one(fast_engine, engine, monkeypatch):
     from dsvl_cli import fastpath
     from dsvl_cli.conversation import Conversation
