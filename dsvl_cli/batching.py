@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dsvl_cli.conversation import IMAGE_TOKEN, Conversation
+from dsvl_cli.conversation import Conversation
 from dsvl_cli.engine import Engine, _cut_at_stop
 from dsvl_cli.errors import ContextLengthError, DsvlError, GenerationError
 from dsvl_cli.images import LoadedImage
@@ -142,8 +142,7 @@ def generate_batch(engine: Engine, items: list[BatchItem], gen: GenerationSettin
 
 def encode_texts(engine: Engine, conversations: list[Conversation]):
     """input_ids and attention_mask (B, L), left-padded, image placeholders expanded as the processor does."""
-    per_image = IMAGE_TOKEN * int(engine.processor.num_image_tokens)
-    texts = [engine.render(c).replace(IMAGE_TOKEN, per_image) for c in conversations]
+    texts = [engine.expand_placeholders(engine.render(c)) for c in conversations]
     return engine.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt")
 
 

@@ -26,15 +26,24 @@ def test_prompt_ids_equal_processor_chat_template(engine, n_images):
 
     images = _loaded("red", "green")[:n_images]
     conversation = Conversation.single("What is in these pictures?", images)
-    ours = engine.encode(conversation)["input_ids"][0].tolist()
+    import torch
+
+    encoded = engine.encode(conversation)
+    again = engine.encode(conversation)  # the second time, pixels come from the engine's memo
     content = [{"type": "image", "image": i.image} for i in images]
     content.append({"type": "text", "text": "What is in these pictures?"})
     theirs = engine.processor.apply_chat_template(
-        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=True, return_dict=True
-    )["input_ids"]
-    theirs = theirs[0].tolist() if hasattr(theirs[0], "tolist") else list(theirs[0])
-    assert ours == theirs
+        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=True, return_dict=True,
+        return_tensors="pt",
+    )
+    ours = encoded["input_ids"][0].tolist()
+    assert ours == theirs["input_ids"][0].tolist()
     assert ours.count(engine.image_token_id) == n_images * engine.processor.num_image_tokens
+    # Every tensor the processor returns (mask, pixels of both towers), identical, memo or not.
+    assert set(encoded.keys()) == set(theirs.keys())
+    for key in theirs:
+        assert torch.equal(encoded[key], theirs[key].to(encoded[key].dtype)), key
+        assert torch.equal(again[key], encoded[key]), key
 
 
 def test_custom_system_prompt_replaces_the_default(engine):
