@@ -22,7 +22,7 @@ from typing import Any
 from dsvl_cli import models
 from dsvl_cli.conversation import IMAGE_TOKEN, Conversation
 from dsvl_cli.errors import ContextLengthError, GenerationError
-from dsvl_cli.results import Chunk, Result, Stats, TextChunk
+from dsvl_cli.results import Chunk, Result, Stats, TextChunk, last_result
 from dsvl_cli.settings import GenerationSettings, ModelSettings
 
 _DONE = object()
@@ -371,12 +371,7 @@ class Engine:
 
     def run(self, conversation: Conversation, gen: GenerationSettings, **kwargs) -> Result:
         """The non-streaming answer: the stream, joined."""
-        result = None
-        for chunk in self.stream(conversation, gen, **kwargs):
-            if isinstance(chunk, Result):
-                result = chunk
-        assert result is not None
-        return result
+        return last_result(self.stream(conversation, gen, **kwargs))
 
 
 def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:

@@ -82,7 +82,7 @@ def _snapshot(repo_id: str, settings: ModelSettings) -> Path:
         return Path(snapshot_download(repo_id, revision=settings.revision, allow_patterns=HUB_FILES))
     except RepositoryNotFoundError:
         raise ModelError(f"model {repo_id}: no such repository on the Hugging Face Hub (or it is private)") from None
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError):
         raise ModelError(f"model {repo_id}: not in the local cache and the Hugging Face Hub cannot be reached; "
                          f"{hint}") from None
 

@@ -34,7 +34,7 @@ from dsvl_cli import __version__
 from dsvl_cli.conversation import Conversation
 from dsvl_cli.errors import ContextLengthError, GenerationError, ModelError, UsageError
 from dsvl_cli.images import LoadedImage
-from dsvl_cli.results import Chunk, Result, Stats, TextChunk
+from dsvl_cli.results import Chunk, Result, Stats, TextChunk, last_result
 from dsvl_cli.settings import GenerationSettings
 
 CONNECT_TIMEOUT_S = 5.0
@@ -114,12 +114,7 @@ class RemoteEngine:
 
     def run(self, conversation: Conversation, gen: GenerationSettings, **kwargs) -> Result:
         """The non-streaming answer: the stream, joined."""
-        result = None
-        for chunk in self.stream(conversation, gen, **kwargs):
-            if isinstance(chunk, Result):
-                result = chunk
-        assert result is not None
-        return result
+        return last_result(self.stream(conversation, gen, **kwargs))
 
     # -- the request ----------------------------------------------------------------------------
     def request_body(self, conversation: Conversation, gen: GenerationSettings) -> dict:

@@ -5,6 +5,7 @@ No torch here: renderers, the batch writer and the server import this freely.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 
@@ -57,3 +58,14 @@ class Result:
 
 
 Chunk = TextChunk | Result
+
+
+def last_result(chunks: Iterable[Chunk]) -> Result:
+    """Drain a stream and return its final Result (a stream always ends with exactly one)."""
+    result = None
+    for chunk in chunks:
+        if isinstance(chunk, Result):
+            result = chunk
+    if result is None:
+        raise RuntimeError("the stream ended without a result")
+    return result

@@ -9,8 +9,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from conftest import EXAMPLES, REPO, load_reference, reference_generate
 
 SHAPES, SUNSET, CHART = (str(EXAMPLES / n) for n in ("shapes.png", "sunset.jpg", "chart.png"))
@@ -70,7 +68,7 @@ def test_openai_batch_shape():
 
 
 def test_tsv_and_plain_lines():
-    rows = _parse([f"{SHAPES}\tWhat is this?", f"\tNo image here", f"{CHART}\t"], prompt="Default?")
+    rows = _parse([f"{SHAPES}\tWhat is this?", "\tNo image here", f"{CHART}\t"], prompt="Default?")
     assert [(r.images, r.prompt) for r in rows] == [([SHAPES], "What is this?"), ([], "No image here"),
                                                      ([CHART], "Default?")]
     plain = _parse([SHAPES, "", SUNSET], prompt="Describe.")
