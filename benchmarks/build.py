@@ -1,7 +1,8 @@
 """Build a DeepSeek-VL model with the real shapes and random weights, directly on the device.
 
 Nothing is downloaded. `tiny` is dsvl's own tiny-random (built offline into DSVL_HOME). `1.3b` and
-`7b` come from the shapes file (`../shared/reference/deepseek_vl_shapes.json`, the configs the hub
+`7b` come from the shapes file (`deepseek_vl_shapes.json` here, a copy of
+`../shared/reference/deepseek_vl_shapes.json` that travels with the repo; the configs the hub
 checkpoints were converted with), instantiated under `torch.device(device)` in the benchmark dtype,
 so a 7B never passes through CPU memory. The tokenizer is tiny-random's byte-level BPE (the real one
 cannot be fetched): prompts tokenise into a similar number of tokens, and the image token id is
@@ -17,8 +18,7 @@ import json
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_SHAPES = REPO.parent / "shared" / "reference" / "deepseek_vl_shapes.json"
+DEFAULT_SHAPES = Path(__file__).resolve().parent / "deepseek_vl_shapes.json"
 SHAPE_KEYS = {"1.3b": "deepseek-vl-1.3b-chat", "7b": "deepseek-vl-7b-chat"}
 IMAGENET_STANDARD = ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
 OPENAI_CLIP = ([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711])
