@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dsvl_cli.conversation import Conversation
-from dsvl_cli.engine import Engine, _cut_at_stop
+from dsvl_cli.answer_text import cut_at_stop
+from dsvl_cli.engine import Engine
 from dsvl_cli.errors import ContextLengthError, DsvlError, GenerationError
 from dsvl_cli.images import LoadedImage
 from dsvl_cli.results import Result, Stats
@@ -240,7 +241,7 @@ def _generate(engine: Engine, items: list[BatchItem], gen: GenerationSettings, f
         if ended_by_own_stop:
             ids = ids[:clock.stopped_at[row]]
         ids, stopped = _row_tokens(eos_ids, engine, ids, gen)
-        answer, cut = _cut_at_stop(engine._decode(ids), gen.stop)
+        answer, cut = cut_at_stop(engine._decode(ids), gen.stop)
         finish = engine._finish_reason(ids, kwargs["max_new_tokens"], stopped or cut,
                                        interrupted or ended_by_own_stop)
         first = clock.times[0] if clock.times and ids else None
@@ -272,10 +273,10 @@ def _row_tokens(eos_ids: set, engine: Engine, ids: list[int], gen: GenerationSet
     ids = ids[:end]
     if gen.stop and not (ids and ids[-1] in eos_ids):
         lo, hi = 1, len(ids)  # the shortest prefix whose text holds a stop string (monotonic)
-        if hi and _cut_at_stop(engine.tokenizer.decode(ids, skip_special_tokens=True), gen.stop)[1]:
+        if hi and cut_at_stop(engine.tokenizer.decode(ids, skip_special_tokens=True), gen.stop)[1]:
             while lo < hi:
                 mid = (lo + hi) // 2
-                if _cut_at_stop(engine.tokenizer.decode(ids[:mid], skip_special_tokens=True), gen.stop)[1]:
+                if cut_at_stop(engine.tokenizer.decode(ids[:mid], skip_special_tokens=True), gen.stop)[1]:
                     hi = mid
                 else:
                     lo = mid + 1

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dsvl_cli import models
+from dsvl_cli.answer_text import AnswerText, decode_answer
 from dsvl_cli.conversation import IMAGE_TOKEN, Conversation
 from dsvl_cli.errors import ContextLengthError, GenerationError
 from dsvl_cli.results import Chunk, Result, Stats, TextChunk, last_result
@@ -291,11 +292,9 @@ class Engine:
 
         worker = threading.Thread(target=work, name="dsvl-generate", daemon=True)
         worker.start()
-        new_ids: list[int] = []
-        emitted = ""
+        answer_text = AnswerText(self.tokenizer, gen.stop)
         first_at = last_at = None
         interrupted = False
-        hold = max((len(s) for s in gen.stop), default=1) - 1
         try:
             while True:
                 try:
@@ -306,14 +305,9 @@ class Engine:
                     break
                 last_at = time.perf_counter()
                 first_at = first_at or last_at
-                new_ids.extend(item)
-                text = self._decode(new_ids)
-                safe = len(text) - hold
-                if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the rest
-                    safe = min(safe, len(text.rstrip("\ufffd")))
-                if safe > len(emitted) and not _cut_at_stop(text, gen.stop)[1]:
-                    yield TextChunk(text[len(emitted):safe])
-                    emitted = text[:safe]
+                delta = answer_text.add(item)
+                if delta:
+                    yield TextChunk(delta)
         except KeyboardInterrupt:
             interrupted = True
         finally:  # also on GeneratorExit: never leave the worker running
@@ -331,9 +325,10 @@ class Engine:
             cache.kv = out.cache
             cache.token_ids = out.sequences[0][: out.cache.get_seq_length()].tolist()
             cache.images = [loaded.image for loaded in conversation.images]
-        answer, stopped = _cut_at_stop(self._decode(new_ids), gen.stop)
-        if answer[len(emitted):]:
-            yield TextChunk(answer[len(emitted):])
+        new_ids = answer_text.ids
+        answer, stopped, rest = answer_text.finish()
+        if rest:
+            yield TextChunk(rest)
         interrupted = interrupted or bool(stop_event and stop_event.is_set())
         finish = self._finish_reason(new_ids, kwargs["max_new_tokens"], stopped, interrupted)
         done_at = time.perf_counter()
@@ -357,8 +352,7 @@ class Engine:
         return limit < 0 or limit >= needed
 
     def _decode(self, ids: list[int]) -> str:
-        """Answer text; the space the model puts after "Assistant:" is not part of the answer."""
-        return self.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
+        return decode_answer(self.tokenizer, ids)
 
     def _finish_reason(self, new_ids: list[int], max_new: int, stopped: bool, interrupted: bool) -> str:
         eos = self.model.generation_config.eos_token_id
@@ -372,10 +366,3 @@ class Engine:
     def run(self, conversation: Conversation, gen: GenerationSettings, **kwargs) -> Result:
         """The non-streaming answer: the stream, joined."""
         return last_result(self.stream(conversation, gen, **kwargs))
-
-
-def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
-    """Text up to the first stop string (excluded), and whether one was found."""
-    cuts = [text.find(s) for s in stops if s and s in text]
-    return (text[: min(cuts)], True) if cuts else (text, False)
-

@@ -23,7 +23,7 @@ import traceback
 from collections import deque
 from dataclasses import dataclass, field
 
-from dsvl_cli.engine import _cut_at_stop
+from dsvl_cli.answer_text import AnswerText
 from dsvl_cli.errors import DsvlError, GenerationError
 from dsvl_cli.results import Result, TextChunk
 from dsvl_cli.settings import GenerationSettings
@@ -61,29 +61,22 @@ class Job:
 
 
 class TextStream:
-    """A job's token ids -> TextChunks, holding back what could still become a stop string or a
-    half UTF-8 character (the rule Engine.stream follows)."""
+    """A job's token ids -> TextChunks as they become safe to show (see answer_text.AnswerText)."""
 
     def __init__(self, engine, job: Job):
-        self.engine, self.job = engine, job
-        self.ids: list[int] = []
-        self.emitted = ""
-        self.hold = max((len(s) for s in job.gen.stop), default=1) - 1
+        self.job = job
+        self.text = AnswerText(engine.tokenizer, job.gen.stop)
 
     def feed(self, ids: list[int]) -> None:
-        self.ids.extend(ids)
-        text = self.engine._decode(self.ids)
-        safe = len(text) - self.hold
-        if text.endswith("\ufffd"):
-            safe = min(safe, len(text.rstrip("\ufffd")))
-        if safe > len(self.emitted) and not _cut_at_stop(text, self.job.gen.stop)[1]:
-            self.job.emit(TextChunk(text[len(self.emitted):safe]))
-            self.emitted = text[:safe]
+        delta = self.text.add(ids)
+        if delta:
+            self.job.emit(TextChunk(delta))
 
     def finish(self, result: Result) -> None:
         """The rest of the answer, then the Result (its answer is the authority)."""
-        if result.answer.startswith(self.emitted) and result.answer[len(self.emitted):]:
-            self.job.emit(TextChunk(result.answer[len(self.emitted):]))
+        emitted = self.text.emitted
+        if result.answer.startswith(emitted) and result.answer[len(emitted):]:
+            self.job.emit(TextChunk(result.answer[len(emitted):]))
         self.job.emit(result)
 
 
