@@ -50,19 +50,33 @@ class PromptCache:
 
 
 class _TokenQueue:
-    """A transformers streamer that hands new token ids to the consuming thread."""
+    """A transformers streamer that hands new token ids to the consuming thread.
 
-    def __init__(self) -> None:
+    After the first token it hands them over at most every `interval` seconds: each hand-over wakes
+    the consumer, which then competes for the GIL with the thread launching the next decode step
+    (on a GPU that launch is the bottleneck). 20 ms is below what a reader notices.
+    """
+
+    def __init__(self, interval: float = 0.02) -> None:
         self.queue: queue.Queue = queue.Queue()
+        self.interval = interval
         self._prompt_seen = False
+        self._pending: list[int] = []
+        self._handed_at = 0.0
 
     def put(self, value) -> None:
         if not self._prompt_seen:  # generate() first puts the prompt
             self._prompt_seen = True
             return
-        self.queue.put(value.reshape(-1).tolist())
+        self._pending.extend(value.reshape(-1).tolist())
+        now = time.perf_counter()
+        if now - self._handed_at >= self.interval:
+            self.queue.put(self._pending)
+            self._pending, self._handed_at = [], now
 
     def end(self) -> None:
+        if self._pending:
+            self.queue.put(self._pending)
         self.queue.put(_DONE)
 
 
