@@ -217,7 +217,7 @@ def test_stdin_image_in_a_real_pipe():
     assert json.loads(result.stdout)["images"] == ["-"]
 
 
-@pytest.mark.parametrize("args", [["--help"], ["ask", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["ask", "--help"], ["chat", "--help"], ["batch", "--help"], ["serve", "--help"]])
 def test_help_imports_neither_torch_nor_transformers(args):
     import subprocess
     import sys
@@ -225,7 +225,7 @@ def test_help_imports_neither_torch_nor_transformers(args):
     code = ("import sys; sys.argv = ['dsvl', *sys.argv[1:]]\n"
             "from dsvl_cli.cli import app\n"
             "try:\n    app()\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('torch', 'transformers', 'PIL', 'requests') if m in sys.modules]\n"
+            "heavy = [m for m in ('torch', 'transformers', 'PIL', 'requests', 'pydantic', 'prompt_toolkit', 'fastapi') if m in sys.modules]\n"
             "print('HEAVY', heavy, file=sys.stderr)\n")
     result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
     assert "Usage" in result.stdout
@@ -237,7 +237,6 @@ def test_ctrl_c_while_streaming_keeps_the_text_and_exits_130():
     import signal
     import subprocess
     import sys
-
 
     proc = subprocess.Popen([sys.executable, "-m", "dsvl_cli", "ask", "Tell me a long story.", "-m", "tiny-random",
                              "-n", "3000", "--plain"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
