@@ -59,6 +59,9 @@ class BatchItem:
     images: list[PreparedImage] = field(default_factory=list)  # every image of the conversation, in order
     stop: threading.Event | None = None  # ends this item only (a server client that went away)
     on_tokens: Callable[[list[int]], None] | None = None  # new token ids, as they are generated
+    # This item's Result as soon as its row ends with EOS, while longer rows go on (a server client
+    # gets its answer without waiting for the batch). generate_batch still returns it too.
+    on_done: Callable[[Result], None] | None = None
 
     @property
     def image_s(self) -> float:
@@ -178,10 +181,12 @@ class _RowStreamer:
     A row's tokens end after its EOS or the step its own stop ended it; what follows is padding.
     """
 
-    def __init__(self, items: list[BatchItem], clock: _Clock, eos_ids: set):
-        self.items, self.clock, self.eos_ids = items, clock, eos_ids
+    def __init__(self, items: list[BatchItem], clock: _Clock, eos_ids: set,
+                 on_row_end: Callable[[int, list[int]], None]):
+        self.items, self.clock, self.eos_ids, self.on_row_end = items, clock, eos_ids, on_row_end
         self.steps = -1  # the first put is the prompt
         self.ended: set[int] = set()
+        self.ids: list[list[int]] = [[] for _ in items]
 
     def put(self, value) -> None:
         self.steps += 1
@@ -194,11 +199,13 @@ class _RowStreamer:
             if stopped is not None and stopped < self.steps:
                 self.ended.add(row)
                 continue
-            if token in self.eos_ids:
-                self.ended.add(row)
+            self.ids[row].append(token)
             callback = self.items[row].on_tokens
             if callback is not None:
                 callback([token])
+            if token in self.eos_ids:
+                self.ended.add(row)
+                self.on_row_end(row, self.ids[row])
 
     def end(self) -> None:
         pass
@@ -220,23 +227,10 @@ def _generate(engine: Engine, items: list[BatchItem], gen: GenerationSettings, f
                                                   needed=input_ids.shape[1] + kwargs["max_new_tokens"]))
     clock = _Clock(stop_event, items)
     eos_ids = _eos_ids(engine)
-    if any(item.on_tokens is not None for item in items):
-        kwargs["streamer"] = _RowStreamer(items, clock, eos_ids)
-    if engine.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats(engine.device)
-    if gen.seed is not None:
-        torch.manual_seed(gen.seed)
-    with torch.inference_mode():
-        images = [image for item in items for image in item.images]
-        if images:
-            kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features.encode(images))}
-        out = engine.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs,
-                                    stopping_criteria=StoppingCriteriaList([clock]))
-    interrupted = bool(stop_event and stop_event.is_set())
-    peak = torch.cuda.max_memory_allocated(engine.device) if engine.device.startswith("cuda") else None
-    results = []
-    for row, item in enumerate(items):
-        ids = out[row, input_ids.shape[1]:].tolist()
+    cuda = engine.device.startswith("cuda")
+    early: dict[int, Result] = {}
+
+    def row_result(row: int, ids: list[int], interrupted: bool, peak: int | None) -> Result:
         ended_by_own_stop = row in clock.stopped_at
         if ended_by_own_stop:
             ids = ids[:clock.stopped_at[row]]
@@ -249,14 +243,36 @@ def _generate(engine: Engine, items: list[BatchItem], gen: GenerationSettings, f
         stats = Stats(
             prompt_tokens=int(attention_mask[row].sum()),
             generated_tokens=len(ids),
-            image_s=item.image_s,
+            image_s=items[row].image_s,
             ttft_s=(first - started) if first else 0.0,
             decode_tokens_per_s=(len(ids) - 1) / (last - first) if first and last > first else 0.0,
             total_s=((last or time.perf_counter()) - started),
             peak_gpu_bytes=peak,
         )
-        results.append(Result(answer=answer, finish_reason=finish, stats=stats, token_ids=ids))
-    return results
+        return Result(answer=answer, finish_reason=finish, stats=stats, token_ids=ids)
+
+    def row_ended(row: int, ids: list[int]) -> None:
+        if items[row].on_done is not None:
+            peak_now = torch.cuda.max_memory_allocated(engine.device) if cuda else None
+            early[row] = row_result(row, list(ids), False, peak_now)
+            items[row].on_done(early[row])
+
+    if any(item.on_tokens is not None or item.on_done is not None for item in items):
+        kwargs["streamer"] = _RowStreamer(items, clock, eos_ids, row_ended)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(engine.device)
+    if gen.seed is not None:
+        torch.manual_seed(gen.seed)
+    with torch.inference_mode():
+        images = [image for item in items for image in item.images]
+        if images:
+            kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features.encode(images))}
+        out = engine.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs,
+                                    stopping_criteria=StoppingCriteriaList([clock]))
+    interrupted = bool(stop_event and stop_event.is_set())
+    peak = torch.cuda.max_memory_allocated(engine.device) if cuda else None
+    return [early.get(row) or row_result(row, out[row, input_ids.shape[1]:].tolist(), interrupted, peak)
+            for row in range(len(items))]
 
 
 def _eos_ids(engine: Engine) -> set:

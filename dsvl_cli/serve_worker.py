@@ -44,9 +44,14 @@ class Job:
     out: asyncio.Queue = field(default_factory=asyncio.Queue)
     stop: threading.Event = field(default_factory=threading.Event)
     batch_size: int = 0  # how many requests shared its generate call (0: not run)
+    ended: bool = False  # END was emitted (a batched row may end before its batch does)
 
     def emit(self, item) -> None:
-        """Hand an item to the request's event loop (from the worker thread)."""
+        """Hand an item to the request's event loop (from the worker thread); END only once."""
+        if item is END:
+            if self.ended:
+                return
+            self.ended = True
         try:
             self.loop.call_soon_threadsafe(self.out.put_nowait, item)
         except RuntimeError:  # the loop is closed: the server is gone and nobody reads this job
@@ -68,16 +73,22 @@ class TextStream:
         self.text = AnswerText(engine.tokenizer, job.gen.stop)
 
     def feed(self, ids: list[int]) -> None:
+        if self.job.ended:  # its answer was sent (a retried half of a batch generates it again)
+            return
         delta = self.text.add(ids)
         if delta:
             self.job.emit(TextChunk(delta))
 
     def finish(self, result: Result) -> None:
-        """The rest of the answer, then the Result (its answer is the authority)."""
+        """The rest of the answer, the Result (its answer is the authority), then END: called when
+        the job's row ends with EOS, while the rest of the batch goes on, or after the batch."""
+        if self.job.ended:
+            return
         emitted = self.text.emitted
         if result.answer.startswith(emitted) and result.answer[len(emitted):]:
             self.job.emit(TextChunk(result.answer[len(emitted):]))
         self.job.emit(result)
+        self.job.emit(END)
 
 
 class Worker:
@@ -174,7 +185,7 @@ class Worker:
         streams = [TextStream(self.engine, job) for job in jobs]
         try:
             items = [BatchItem(job.conversation, [prepare_image(self.engine, i) for i in job.conversation.images],
-                               stop=job.stop, on_tokens=stream.feed)
+                               stop=job.stop, on_tokens=stream.feed, on_done=stream.finish)
                      for job, stream in zip(jobs, streams)]
             results = generate_batch(self.engine, items, jobs[0].gen.replace(system=None))
         except DsvlError as err:

@@ -218,6 +218,50 @@ def test_waiting_requests_share_one_batch_stream_and_stop_alone(engine):
         engine.model.generation_config.eos_token_id = eos
 
 
+def test_a_batched_request_that_ends_early_is_answered_before_its_batch_ends(engine):
+    """A row that reaches EOS gets its Result and END at once; the longer row goes on streaming."""
+    import asyncio
+
+    from dsvl_cli.conversation import Conversation
+    from dsvl_cli.images import load_image
+    from dsvl_cli.results import Result, TextChunk
+    from dsvl_cli.serve_worker import END, Worker
+    from dsvl_cli.settings import GenerationSettings
+
+    # On tiny-random, greedy: this one ends with EOS after a few dozen tokens, the other runs on.
+    short = Conversation.single("Hi", [load_image(str(EXAMPLES / "sunset.jpg"))])
+    long = Conversation.single("Describe.", [load_image(str(EXAMPLES / "shapes.png"))])
+    gen = GenerationSettings(max_new_tokens=120)
+    alone = [engine.run(c, gen) for c in (short, long)]
+    assert alone[0].finish_reason == "stop" and alone[1].finish_reason == "length"
+    seen: dict[int, list] = {0: [], 1: []}
+    long_chunks_when_short_ended = []
+
+    async def run_both():
+        worker = Worker(engine, max_queue=8, max_batch=8)
+        jobs = [worker.submit(c, gen) for c in (short, long)]
+        worker.start()
+
+        async def read(k, job):
+            while (item := await job.out.get()) is not END:
+                seen[k].append(item)
+            if k == 0:
+                long_chunks_when_short_ended.append(len(seen[1]))
+
+        await asyncio.gather(*(read(k, job) for k, job in enumerate(jobs)))
+        worker.stop(5)
+        return jobs
+
+    jobs = asyncio.run(run_both())
+    assert [job.batch_size for job in jobs] == [2, 2]
+    results = [items[-1] for items in (seen[0], seen[1])]
+    assert all(isinstance(r, Result) for r in results)
+    assert [(r.answer, r.finish_reason) for r in results] == [(a.answer, a.finish_reason) for a in alone]
+    long_pieces = [i for i in seen[1] if isinstance(i, TextChunk)]
+    # When the short answer ended, the long one had streamed only part of its pieces.
+    assert long_chunks_when_short_ended[0] < len(long_pieces)
+
+
 # -- errors -------------------------------------------------------------------------------------------
 
 def _error(response: requests.Response, status: int) -> dict:
