@@ -2,7 +2,8 @@
 # Here (no GPU needed): fetch the wheels the GPU machine lacks into .whl/ (ignored by git), for
 # benchmarks/gpu.sh there. Its image has torch 2.11, transformers 5.17 and torchvision, no torchao:
 # dsvl needs transformers 5.2x, the typer it pins (<0.29: the --help row), and torchao for
-# --quantize. TORCHAO (default 0.17.0) should be the release built for the torch there (`python3 -m pip show torch` in a first run tells).
+# --quantize. TORCHAO (default 0.17.0) should be the release built for the torch there
+# (`python3 -m pip show torch` in a first run tells).
 set -e
 cd "$(dirname "$0")/.."
 exclude=$(git rev-parse --git-path info/exclude); mkdir -p "$(dirname "$exclude")"
