@@ -244,8 +244,6 @@ def parse(argv=None):
 def main(argv=None) -> int:
     args = parse(argv)
     plan, ways, scenarios = Plan.from_args(args), args.ways.split(","), set(args.scenarios.split(","))
-    import torch
-
     from dsvl_cli import models
     from dsvl_cli.engine import Engine
     from dsvl_cli.errors import DsvlError

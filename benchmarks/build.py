@@ -42,40 +42,29 @@ def _image_processor_class(name: str):
 
 def _configs(entry: dict, tokenizer):
     """(config, model class, processor) for one shapes-file entry, ids remapped to `tokenizer`."""
-    from transformers import (
-        DeepseekVLConfig,
-        DeepseekVLForConditionalGeneration,
-        DeepseekVLHybridConfig,
-        DeepseekVLHybridForConditionalGeneration,
-        DeepseekVLHybridProcessor,
-        DeepseekVLProcessor,
-    )
-
     from dsvl_cli import tiny_random
 
-    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-               pad_token_id=tokenizer.pad_token_id)
-    text = {**entry["text_config"], **ids}
+    hybrid = "high_res_vision_config" in entry
+    config_cls, model_cls, processor_cls = tiny_random.architecture(hybrid)
+    text = {**entry["text_config"], **tiny_random.special_ids(tokenizer)}
     text.setdefault("num_key_value_heads", text["num_attention_heads"])
     vision = entry["vision_config"]
     common = dict(text_config=text, vision_config=vision, tie_word_embeddings=False,
                   image_token_id=tokenizer.convert_tokens_to_ids(tiny_random.IMAGE_TOKEN))
     size = {"height": vision["image_size"], "width": vision["image_size"]}
     n_image_tokens = (vision["image_size"] // vision["patch_size"]) ** 2
-    if "high_res_vision_config" in entry:
+    if hybrid:
         ImageProcessor = _image_processor_class("DeepseekVLHybridImageProcessor")
         sam = entry["high_res_vision_config"]
-        config = DeepseekVLHybridConfig(high_res_vision_config=sam, **common)
+        config = config_cls(high_res_vision_config=sam, **common)
         high = {"height": sam["image_size"], "width": sam["image_size"]}
         image_processor = ImageProcessor(size=size, high_res_size=high, image_mean=IMAGENET_STANDARD[0],
                                          image_std=IMAGENET_STANDARD[1], high_res_image_mean=OPENAI_CLIP[0],
                                          high_res_image_std=OPENAI_CLIP[1], resample=2)
-        model_cls, processor_cls = DeepseekVLHybridForConditionalGeneration, DeepseekVLHybridProcessor
     else:
         ImageProcessor = _image_processor_class("DeepseekVLImageProcessor")
-        config = DeepseekVLConfig(**common)
+        config = config_cls(**common)
         image_processor = ImageProcessor(size=size, image_mean=IMAGENET_STANDARD[0], image_std=IMAGENET_STANDARD[1])
-        model_cls, processor_cls = DeepseekVLForConditionalGeneration, DeepseekVLProcessor
     processor = processor_cls(image_processor=image_processor, tokenizer=tokenizer,
                               chat_template=tiny_random.chat_template(), num_image_tokens=n_image_tokens)
     return config, model_cls, processor

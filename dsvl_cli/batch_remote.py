@@ -31,7 +31,6 @@ class _Images:
         self.uses = Counter(s for r in records for s in r.images)
         self.loaded: dict[str, Future] = {}
         self.lock = threading.Lock()
-        self.decode_lock = threading.Lock()  # images.py: decoding touches process-global warning filters
 
     def get(self, source: str):
         from dsvl_cli.images import load_image
@@ -43,8 +42,7 @@ class _Images:
                 self.loaded[source] = future
         if mine:
             try:
-                with self.decode_lock:
-                    future.set_result(load_image(source))
+                future.set_result(load_image(source))
             except DsvlError as err:
                 future.set_exception(err if isinstance(err, ImageLoadError) else ImageLoadError(source, err.message))
         return future.result()

@@ -11,8 +11,6 @@ Guarantees (DESIGN §6, nothing is lost):
   file without its error records (a temp file renamed over it, so a crash leaves the old or the new
   file, never half of one), then does those records again.
 - Images are loaded and preprocessed by background threads a few batches ahead of the model.
-  Decoding is serialised by a lock (images.py: warnings filters are process-global); the
-  preprocessing (resize, normalise) runs in parallel.
 """
 
 from __future__ import annotations
@@ -193,7 +191,6 @@ class Prefetcher:
         self.futures: dict[str, Future] = {}
         self.submitted = 0  # batches whose sources are queued
         self.pool = ThreadPoolExecutor(PREFETCH_WORKERS, thread_name_prefix="dsvl-prefetch")
-        self.decode_lock = threading.Lock()
 
     def take(self, index: int) -> dict:
         """source -> PreparedImage or ImageLoadError, for batch `index` (waits for them)."""
@@ -222,9 +219,7 @@ class Prefetcher:
         if self.stop.is_set():
             return ImageLoadError(source, "not loaded: the batch was interrupted")
         try:
-            with self.decode_lock:
-                loaded = load_image(source)
-            return prepare_image(self.engine, loaded)
+            return prepare_image(self.engine, load_image(source))
         except DsvlError as err:
             return err if isinstance(err, ImageLoadError) else ImageLoadError(source, err.message)
 
@@ -329,10 +324,9 @@ def run_batch(inputs: list[str], *, output: Path | None, prompt: str | None, bat
                 summary.failed += 1
             records = [i for i in todo if isinstance(i, Record)]
             if records and not stop.is_set():
-                from dsvl_cli import fastpath
                 from dsvl_cli.commands.common import load_engine
 
-                engine = load_engine(opts)
+                engine = load_engine(opts, prefer_fast=True)  # many generations: the fast path pays
                 started = time.perf_counter()  # rates count generation, not the model load
                 if opts.server:  # a running `dsvl serve` batches what arrives together
                     from dsvl_cli.batch_remote import run_remote
@@ -340,10 +334,6 @@ def run_batch(inputs: list[str], *, output: Path | None, prompt: str | None, bat
                     run_remote(engine, records, writer, summary, concurrency=batch_size or REMOTE_IN_FLIGHT,
                                stop=stop)
                 else:
-                    if engine.fast is None and fastpath.wanted(opts.model.compile, prefer_fast=True,
-                                                               device=engine.device):
-                        engine.enable_fast_path()  # many generations: compiling pays off (CUDA by default)
-                        started = time.perf_counter()
                     run_records(engine, records, writer, summary,
                                 batch_size=batch_size or default_batch_size(engine), stop=stop)
     except KeyboardInterrupt:  # the second Ctrl-C: everything written so far stays valid

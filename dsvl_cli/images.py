@@ -14,7 +14,8 @@ Limits, on purpose:
 - Transparency is composited on white; 16/32-bit and float images are scaled to 8 bits; EXIF
   orientation is applied. Colour profiles (ICC) are ignored.
 - `-` can be read once per process, so it may appear once among the sources of one question.
-- Decoding uses warnings.catch_warnings, which is process-global: decode from one thread at a time.
+- Decoding uses warnings.catch_warnings, which is process-global, so decoding holds a module lock:
+  callers may load images from several threads (fetching URLs overlaps; decoding takes turns).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import re
 import stat
 import struct
 import sys
+import threading
 import time
 import warnings
 import zlib
@@ -259,6 +261,9 @@ def _request_reason(e: Exception) -> str:
 # --- decoding ----------------------------------------------------------------------------------
 
 
+_DECODE_LOCK = threading.Lock()  # warnings.catch_warnings is process-global
+
+
 def _decode(source: str, fp: BinaryIO, *, empty_reason: str, url: bool = False) -> Image.Image:
     """Sniff, decode and normalise to RGB. `fp` must be seekable and positioned at the start."""
     head = fp.read(_SNIFF)
@@ -266,7 +271,7 @@ def _decode(source: str, fp: BinaryIO, *, empty_reason: str, url: bool = False) 
     if not head:
         raise ImageLoadError(source, empty_reason)
     _reject_text_formats(source, head, url)
-    with warnings.catch_warnings():
+    with _DECODE_LOCK, warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse, don't just warn
         try:
             with Image.open(fp) as opened:

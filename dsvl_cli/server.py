@@ -44,6 +44,7 @@ from dsvl_cli.serve_worker import END as _END
 from dsvl_cli.serve_worker import Job, QueueFull, Worker
 from dsvl_cli.settings import GenerationSettings
 
+IMAGE_WORKERS = 4  # requests whose images are fetched and decoded at once
 GRACE_S = 10.0  # how long shutdown waits for in-flight requests before cancelling them
 RETRY_AFTER_S = 1
 log = logging.getLogger("dsvl.serve")
@@ -83,7 +84,8 @@ def create_app(engine, *, defaults: GenerationSettings | None = None, api_key: s
     defaults = defaults or GenerationSettings()
     body_cap = max_body_bytes or default_max_body_bytes()
     worker = Worker(engine, max_queue, max_batch or _default_batch(engine))
-    images = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsvl-serve-images")
+    # Image fetching runs beside the event loop; a slow URL must not hold up other requests' images.
+    images = ThreadPoolExecutor(max_workers=IMAGE_WORKERS, thread_name_prefix="dsvl-serve-images")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -167,24 +167,31 @@ def _sam_config(spec: TinySpec) -> dict:
     )
 
 
+def architecture(hybrid: bool) -> tuple[type, type, type]:
+    """(config, model, processor) classes of DeepSeek-VL-Hybrid (SigLIP + SAM, the 7B) or of
+    DeepSeek-VL (SigLIP only, the 1.3B)."""
+    import transformers
+
+    prefix = "DeepseekVLHybrid" if hybrid else "DeepseekVL"
+    return tuple(getattr(transformers, prefix + part) for part in ("Config", "ForConditionalGeneration", "Processor"))
+
+
+def special_ids(tokenizer) -> dict[str, int]:
+    """The ids a model config and generation config take from the tokenizer."""
+    return dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id)
+
+
 def build(folder: Path, spec: TinySpec) -> None:
     """Write a complete model folder (config, safetensors, tokenizer, processor, template)."""
     import torch
-    from transformers import (
-        DeepseekVLConfig,
-        DeepseekVLForConditionalGeneration,
-        DeepseekVLHybridConfig,
-        DeepseekVLHybridForConditionalGeneration,
-        DeepseekVLHybridProcessor,
-        DeepseekVLProcessor,
-    )
 
     from dsvl_cli.models import quiet_transformers
 
     quiet_transformers()
     tokenizer = build_tokenizer()
-    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-               pad_token_id=tokenizer.pad_token_id)
+    ids = special_ids(tokenizer)
+    config_cls, model_cls, processor_cls = architecture(spec.hybrid)
     common = dict(
         text_config=_text_config(spec, len(tokenizer), ids),
         vision_config=_vision_config(spec),
@@ -197,8 +204,7 @@ def build(folder: Path, spec: TinySpec) -> None:
             DeepseekVLHybridImageProcessorPil as ImageProcessor,
         )
 
-        config = DeepseekVLHybridConfig(high_res_vision_config=_sam_config(spec), **common)
-        model_cls, processor_cls = DeepseekVLHybridForConditionalGeneration, DeepseekVLHybridProcessor
+        config = config_cls(high_res_vision_config=_sam_config(spec), **common)
         high = {"height": spec.high_res_size, "width": spec.high_res_size}
         image_processor = ImageProcessor(size=size, high_res_size=high)
     else:
@@ -206,8 +212,7 @@ def build(folder: Path, spec: TinySpec) -> None:
             DeepseekVLImageProcessorPil as ImageProcessor,
         )
 
-        config = DeepseekVLConfig(**common)
-        model_cls, processor_cls = DeepseekVLForConditionalGeneration, DeepseekVLProcessor
+        config = config_cls(**common)
         image_processor = ImageProcessor(size=size)
 
     torch.manual_seed(SEED)

@@ -8,6 +8,7 @@ run the static cache eagerly (compile=False); one test compiles, as compiling co
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -230,3 +231,26 @@ def test_quantization_config_keeps_the_vision_towers_unquantized():
     config = quantize.quantization_config("int4")
     assert "model.vision_model" in config.modules_to_not_convert
     assert type(config.quant_type).__name__ == "Int4WeightOnlyConfig"
+
+
+@pytest.mark.parametrize("command,prefer", [
+    (["ask", "Hi"], False),
+    (["chat"], True),
+    (["batch", "-", "--prompt", "Hi"], True),
+])
+def test_commands_that_generate_many_times_ask_for_the_fast_path(cli, monkeypatch, command, prefer):
+    """chat and batch load with prefer_fast (on by default where it pays: CUDA); ask does not."""
+    from dsvl_cli.engine import Engine
+
+    asked = []
+    real_load = Engine.load.__func__
+
+    def spy(cls, settings, **kwargs):
+        asked.append(kwargs.get("prefer_fast", False))
+        return real_load(cls, settings, **kwargs)
+
+    monkeypatch.setattr(Engine, "load", classmethod(spy))
+    shapes = Path(__file__).resolve().parent.parent / "examples" / "shapes.png"
+    stdin = {"ask": "", "chat": "Hi\n", "batch": f"{shapes}\n"}[command[0]]
+    result = cli([*command, "-m", "tiny-random", "-n", "2", "--no-compile"], input=stdin)
+    assert asked == [prefer], result.output

@@ -15,7 +15,7 @@ from dsvl_cli.results import Result, TextChunk
 def load_engine(opts: CommonOptions, *, prefer_fast: bool = False):
     """The local Engine, or with --server a RemoteEngine with the same interface (remote.py).
 
-    `prefer_fast`: the caller generates many times (chat), so the fast path pays where it is on by
+    `prefer_fast`: the caller generates many times (chat, batch), so the fast path pays where it is on by
     default (CUDA); --compile/--no-compile decides otherwise (fastpath.wanted)."""
     console = stderr_console()
     if opts.server:
