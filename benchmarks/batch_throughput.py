@@ -45,7 +45,7 @@ def make_images(folder: Path, count: int) -> list[str]:
 
 
 def make_records(images: list[str], total: int, base):
-    from dsvl_cli.batch_input import Record
+    from dsvl_cli.batch.inputs import Record
 
     records = []
     for k in range(total):
@@ -68,7 +68,8 @@ def one_at_a_time(engine, records, gen) -> tuple[float, int]:
 
 
 def batched(engine, records, batch_size) -> tuple[float, int]:
-    from dsvl_cli.batch_runner import Summary, Writer, run_records
+    from dsvl_cli.batch.output import Summary, Writer
+    from dsvl_cli.batch.runner import run_records
 
     summary, sink = Summary(), io.StringIO()
     started = time.perf_counter()
@@ -90,7 +91,7 @@ def main() -> None:
     import torch
     import transformers
 
-    from dsvl_cli.engine import Engine
+    from dsvl_cli.engine.local import Engine
     from dsvl_cli.settings import GenerationSettings, ModelSettings
 
     engine = Engine.load(ModelSettings(model=args.model, device=args.device))

@@ -202,7 +202,7 @@ def startup(runs: int) -> dict:
 
 def quantize_reason(kind: str, device: str, dtype) -> str | None:
     """Why `--quantize kind` cannot run here (dsvl's own check), or None."""
-    from dsvl_cli import quantize
+    from dsvl_cli.engine import quantize
     from dsvl_cli.errors import UsageError
 
     try:
@@ -244,17 +244,17 @@ def parse(argv=None):
 def main(argv=None) -> int:
     args = parse(argv)
     plan, ways, scenarios = Plan.from_args(args), args.ways.split(","), set(args.scenarios.split(","))
-    from dsvl_cli import models
-    from dsvl_cli.engine import Engine
+    from dsvl_cli.engine import loading, runtime
+    from dsvl_cli.engine.local import Engine
     from dsvl_cli.errors import DsvlError
     from dsvl_cli.settings import ModelSettings
     from ways import DsvlWay, SeedWay
 
     try:
-        device = models.pick_device(args.device)
+        device = runtime.pick_device(args.device)
     except DsvlError as exc:
         raise SystemExit(f"bench: {exc}") from None
-    dtype = models.pick_dtype(args.dtype, device)
+    dtype = runtime.pick_dtype(args.dtype, device)
     bandwidth = args.bandwidth or (H100_BANDWIDTH if device.startswith("cuda") else None)
     if args.quick:
         print(f"bench: --quick: decode {plan.new_tokens} tokens, batches of {plan.batch_tokens} tokens at "
@@ -271,7 +271,7 @@ def main(argv=None) -> int:
              "attention": model.config.get_text_config()._attn_implementation,
              "image_processor": type(processor.image_processor).__name__}
     runner = Runner(plan, scenarios, jpegs, device, bandwidth)
-    resolved = models.ResolvedModel(str(folder), folder, random_weights=True)
+    resolved = loading.ResolvedModel(str(folder), folder, random_weights=True)
 
     def settings(**extra) -> ModelSettings:
         return ModelSettings(model=str(folder), device=device, dtype=str(dtype).removeprefix("torch."), **extra)

@@ -42,7 +42,7 @@ def _image_processor_class(name: str):
 
 def _configs(entry: dict, tokenizer):
     """(config, model class, processor) for one shapes-file entry, ids remapped to `tokenizer`."""
-    from dsvl_cli import tiny_random
+    from dsvl_cli.engine import tiny_random
 
     hybrid = "high_res_vision_config" in entry
     config_cls, model_cls, processor_cls = tiny_random.architecture(hybrid)
@@ -81,14 +81,15 @@ def build(shape: str, device: str, dtype, workdir: Path, shapes_file: Path) -> t
     """(model, processor, folder, build_s): the model on `device` in `dtype`, saved in `folder`."""
     import torch
 
-    from dsvl_cli import models, tiny_random
+    from dsvl_cli.engine import runtime
+    from dsvl_cli.engine import tiny_random
 
     started = time.perf_counter()
-    models.quiet_transformers()
+    runtime.quiet_transformers()
     if shape == "tiny":
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        folder = tiny_random.ensure_built("tiny-random", models.dsvl_home())
+        folder = tiny_random.ensure_built("tiny-random", runtime.dsvl_home())
         processor = AutoProcessor.from_pretrained(folder)
         model = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype, device_map=device).eval()
     else:
@@ -119,7 +120,7 @@ def bytes_read_per_token(model, quantize: str | None = None) -> int:
     linear weights at 1 or 0.5 bytes a weight plus a bf16 scale (and, int4, zero point) per group
     (int8: per output row), as torchao stores them; lm_head and norms stay as they are
     (quantize.KEEP_UNQUANTIZED)."""
-    from dsvl_cli.quantize import INT4_GROUP_SIZE
+    from dsvl_cli.engine.quantize import INT4_GROUP_SIZE
 
     total = 0
     for name, param in model.named_parameters():

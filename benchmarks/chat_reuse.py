@@ -37,7 +37,7 @@ def script(turns: int) -> list[str]:
 
 def run_chat(engine, image: str, turns: int, new_tokens: int, reuse: bool) -> list[dict]:
     """One scripted chat through ChatSession; the stats of every turn, and its answer."""
-    from dsvl_cli.chat_session import ChatSession
+    from dsvl_cli.chat.session import ChatSession
     from dsvl_cli.images import load_images
     from dsvl_cli.settings import GenerationSettings
 
@@ -100,7 +100,7 @@ def main() -> None:
     import torch
     import transformers
 
-    from dsvl_cli.engine import Engine
+    from dsvl_cli.engine.local import Engine
     from dsvl_cli.settings import ModelSettings
 
     settings = ModelSettings(model=args.model, device=args.device, dtype=args.dtype, compile=args.compile)

@@ -34,7 +34,7 @@ def main() -> None:
     from build import suppress_eos
 
     from dsvl_cli.conversation import Conversation
-    from dsvl_cli.engine import Engine
+    from dsvl_cli.engine.local import Engine
     from dsvl_cli.images import load_images
     from dsvl_cli.settings import GenerationSettings, ModelSettings
 

@@ -123,7 +123,7 @@ class DsvlWay:
         `settings.compile` picks the path; the first token comes from the (eager) prefill, so this
         does not include compiling the decode step (the decode row's `first_call_s` shows that)."""
         from build import suppress_eos
-        from dsvl_cli.engine import Engine
+        from dsvl_cli.engine.local import Engine
 
         started = time.perf_counter()
         engine = Engine.load(settings)
@@ -150,7 +150,7 @@ class DsvlWay:
         return self.ask(jpeg, new_tokens)
 
     def batch(self, jpegs: list[Path], new_tokens: int) -> float:
-        from dsvl_cli import batching
+        from dsvl_cli.engine import batched as batching
         from dsvl_cli.conversation import Conversation
         from dsvl_cli.images import load_images
 
@@ -170,7 +170,7 @@ class DsvlWay:
         """Turn `n_turns` of a chat with the same history as the seed's; with `reuse`, the earlier
         turns ran through a PromptCache first (untimed), so turn n prefills only what is new."""
         from dsvl_cli.conversation import Conversation
-        from dsvl_cli.engine import PromptCache
+        from dsvl_cli.engine.local import PromptCache
         from dsvl_cli.images import load_images
 
         turns = chat_turns(n_turns)

@@ -6,12 +6,12 @@ Importing this module must not import torch or transformers: `dsvl --help` stays
 from __future__ import annotations
 
 import sys
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from dsvl_cli import __version__
-from dsvl_cli.errors import DsvlError, ExitCode
+from dsvl_cli.errors import ExitCode
 
 app = typer.Typer(
     name="dsvl",
@@ -22,56 +22,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain click help: skips importing rich_utils, about half of `--help` time
 )
-
-
-def fail(err: BaseException, *, debug: bool = False) -> NoReturn:
-    """Print one line for a user-facing error (a traceback with --debug) and exit with its code."""
-    from dsvl_cli.render import stderr_console
-
-    console = stderr_console()
-    if debug:
-        console.print_exception()
-    if isinstance(err, DsvlError):
-        from rich.markup import escape
-
-        console.print(f"[bold red]dsvl: error:[/] {escape(err.message)}", soft_wrap=True)
-        raise typer.Exit(int(err.exit_code))
-    print(f"dsvl: internal error: {type(err).__name__}: {err} (run with --debug for the traceback)",
-          file=sys.stderr)
-    raise typer.Exit(int(ExitCode.FAILURE))
-
-
-def guarded(debug: bool):
-    """Context for a command body: DsvlError -> its exit code, Ctrl-C -> 130, anything else -> 1."""
-    return _Guard(debug)
-
-
-class _Guard:
-    def __init__(self, debug: bool):
-        self.debug = debug
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc is None or isinstance(exc, (typer.Exit, SystemExit)):
-            return False
-        if isinstance(exc, KeyboardInterrupt):
-            print("\ndsvl: interrupted", file=sys.stderr)
-            raise typer.Exit(int(ExitCode.INTERRUPTED))
-        if isinstance(exc, BrokenPipeError):  # `dsvl ask ... | head`: the reader left; not an error
-            _silence_stdout()
-            raise typer.Exit(int(ExitCode.OK))
-        if isinstance(exc, Exception):
-            fail(exc, debug=self.debug)
-        return False
-
-
-def _silence_stdout() -> None:
-    import os
-
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
 
 
 def _version(value: bool) -> None:

@@ -1,12 +1,16 @@
-"""One error hierarchy and the exit codes of the command contract (DESIGN §2).
+"""One error hierarchy, the exit codes of the command contract, and how a command reports a failure.
 
-Every error the user can cause or meet is a DsvlError; the CLI layer prints `str(err)` as one line
-and exits with `err.exit_code`. Messages name the input they are about.
+Every error the user can cause or meet is a DsvlError; `guarded` (around each command body) prints
+its message as one line and exits with `err.exit_code`. Messages name the input they are about.
 """
 
 from __future__ import annotations
 
+import sys
 from enum import IntEnum
+from typing import NoReturn
+
+from typer import Exit
 
 
 class ExitCode(IntEnum):
@@ -63,3 +67,57 @@ class ContextLengthError(DsvlError):
 
     exit_code = ExitCode.USAGE
     kind = "context_length"
+
+
+# -- reporting: one line per user error, an exit code per failure -----------------------------------
+
+def fail(err: BaseException, *, debug: bool = False) -> NoReturn:
+    """Print one line for a user-facing error (a traceback with --debug) and exit with its code."""
+    from dsvl_cli.render import stderr_console
+
+    console = stderr_console()
+    if debug:
+        console.print_exception()
+    if isinstance(err, DsvlError):
+        from rich.markup import escape
+
+        console.print(f"[bold red]dsvl: error:[/] {escape(err.message)}", soft_wrap=True)
+        raise Exit(int(err.exit_code))
+    print(f"dsvl: internal error: {type(err).__name__}: {err} (run with --debug for the traceback)",
+          file=sys.stderr)
+    raise Exit(int(ExitCode.FAILURE))
+
+
+def guarded(debug: bool):
+    """Context for a command body: DsvlError -> its exit code, Ctrl-C -> 130, anything else -> 1."""
+    return _Guard(debug)
+
+
+class _Guard:
+    def __init__(self, debug: bool):
+        self.debug = debug
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None or isinstance(exc, (Exit, SystemExit)):
+            return False
+        if isinstance(exc, KeyboardInterrupt):
+            print("\ndsvl: interrupted", file=sys.stderr)
+            raise Exit(int(ExitCode.INTERRUPTED))
+        if isinstance(exc, BrokenPipeError):  # `dsvl ask ... | head`: the reader left; not an error
+            _silence_stdout()
+            raise Exit(int(ExitCode.OK))
+        if isinstance(exc, Exception):
+            fail(exc, debug=self.debug)
+        return False
+
+
+def _silence_stdout() -> None:
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+

@@ -107,8 +107,7 @@ def shared_options(command):
 
     @functools.wraps(command)
     def wrapper(**kwargs):
-        from dsvl_cli.errors import DsvlError
-        from dsvl_cli.cli import fail
+        from dsvl_cli.errors import DsvlError, fail
 
         raw = {name: kwargs.pop(name) for name in SHARED}
         try:

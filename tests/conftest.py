@@ -33,21 +33,23 @@ def pytest_sessionfinish(session, exitstatus):
 
 @pytest.fixture(scope="session")
 def tiny_folder() -> Path:
-    from dsvl_cli import models, tiny_random
+    from dsvl_cli.engine import runtime
+    from dsvl_cli.engine import tiny_random
 
-    return tiny_random.ensure_built("tiny-random", models.dsvl_home())
+    return tiny_random.ensure_built("tiny-random", runtime.dsvl_home())
 
 
 @pytest.fixture(scope="session")
 def tiny13_folder() -> Path:
-    from dsvl_cli import models, tiny_random
+    from dsvl_cli.engine import runtime
+    from dsvl_cli.engine import tiny_random
 
-    return tiny_random.ensure_built("tiny-random-1.3b", models.dsvl_home())
+    return tiny_random.ensure_built("tiny-random-1.3b", runtime.dsvl_home())
 
 
 @pytest.fixture(scope="session")
 def engine(tiny_folder):
-    from dsvl_cli.engine import Engine
+    from dsvl_cli.engine.local import Engine
     from dsvl_cli.settings import ModelSettings
 
     return Engine.load(ModelSettings(model="tiny-random", device="cpu"))

@@ -19,7 +19,7 @@ TEXTS = [
 
 @pytest.mark.parametrize("text", TEXTS)
 def test_streamed_pieces_join_to_the_full_decode(tokenizer, text):
-    from dsvl_cli.answer_text import AnswerText, decode_answer
+    from dsvl_cli.engine.detokenize import AnswerText, decode_answer
 
     ids = tokenizer.encode(text, add_special_tokens=False)
     stream = AnswerText(tokenizer)
@@ -32,7 +32,7 @@ def test_streamed_pieces_join_to_the_full_decode(tokenizer, text):
 
 
 def test_stop_string_is_held_back_and_cut(tokenizer):
-    from dsvl_cli.answer_text import AnswerText
+    from dsvl_cli.engine.detokenize import AnswerText
 
     ids = tokenizer.encode(" one two STOP three", add_special_tokens=False)
     stream = AnswerText(tokenizer, stops=("STOP",))

@@ -147,7 +147,7 @@ def _bad_inputs(tmp_path):
 
 
 def test_bad_inputs_exit_2_with_one_line_before_loading_the_model(cli, tmp_path, monkeypatch):
-    from dsvl_cli import engine as engine_module
+    from dsvl_cli.engine import local as engine_module
 
     def no_load(*a, **k):
         raise AssertionError("the model must not load for a bad input")

@@ -24,7 +24,7 @@ def _records(text: str) -> list[dict]:
 
 
 def _parse(lines, prompt=None, **base):
-    from dsvl_cli.batch_input import mark_duplicates, parse_lines
+    from dsvl_cli.batch.inputs import mark_duplicates, parse_lines
     from dsvl_cli.settings import GenerationSettings
 
     return mark_duplicates(parse_lines(lines, base=GenerationSettings(**base), prompt=prompt))
@@ -34,7 +34,7 @@ def _parse(lines, prompt=None, **base):
 
 
 def test_jsonl_records_with_options_and_default_ids():
-    from dsvl_cli.batch_input import BadRecord, Record
+    from dsvl_cli.batch.inputs import BadRecord, Record
 
     items = _parse([
         json.dumps({"id": "a", "image": SHAPES, "prompt": "What?", "max_new_tokens": 5, "stop": "x"}),
@@ -128,7 +128,7 @@ def test_batched_greedy_answers_equal_one_at_a_time_generate(cli, tiny_folder, t
 
 
 def test_generate_batch_token_ids_and_image_encoded_once(engine):
-    from dsvl_cli.batching import FeatureStore, generate_batch, prepare_item
+    from dsvl_cli.engine.batched import FeatureStore, generate_batch, prepare_item
     from dsvl_cli.conversation import Conversation
     from dsvl_cli.images import load_image
     from dsvl_cli.settings import GenerationSettings
@@ -150,7 +150,7 @@ def test_generate_batch_token_ids_and_image_encoded_once(engine):
 def test_out_of_memory_splits_the_batch(engine, monkeypatch):
     import torch
 
-    from dsvl_cli.batching import generate_batch, prepare_item
+    from dsvl_cli.engine.batched import generate_batch, prepare_item
     from dsvl_cli.conversation import Conversation
     from dsvl_cli.settings import GenerationSettings
 
@@ -229,7 +229,7 @@ def test_retry_failed_redoes_errors_and_writes_each_id_once(cli, tmp_path):
 
 
 def test_resume_drops_a_torn_last_line(tmp_path):
-    from dsvl_cli.batch_runner import read_previous
+    from dsvl_cli.batch.output import read_previous
 
     out = tmp_path / "out.jsonl"
     out.write_text('{"id": "a", "answer": "x"}\n{"id": 2, "line": 2, "error": {}}\n{"id": "c", "ans')

@@ -21,7 +21,7 @@ N = 8  # new tokens per answer: short answers keep the tests fast
 
 # -- helpers -------------------------------------------------------------------------------------
 def _session(engine, images=(), **gen):
-    from dsvl_cli.chat_session import ChatSession
+    from dsvl_cli.chat.session import ChatSession
     from dsvl_cli.images import load_images
     from dsvl_cli.settings import GenerationSettings
 
@@ -259,7 +259,7 @@ def test_set_changes_every_generation_option(engine):
 
 
 def test_context_overflow_says_so_and_forget_makes_room(engine, monkeypatch):
-    from dsvl_cli.engine import Engine
+    from dsvl_cli.engine.local import Engine
     from dsvl_cli.errors import ContextLengthError
 
     session = _session(engine, [str(EXAMPLES / "shapes.png")])
@@ -281,7 +281,7 @@ def test_context_overflow_says_so_and_forget_makes_room(engine, monkeypatch):
 
 
 def test_answer_cut_at_the_context_end_is_flagged(engine, monkeypatch):
-    from dsvl_cli.engine import Engine
+    from dsvl_cli.engine.local import Engine
 
     session = _session(engine)
     prompt_tokens = engine.encode(_question("Hi.")).input_ids.shape[1]
@@ -307,7 +307,7 @@ def test_bad_question_and_image_leave_the_session_as_it_was(engine):
 
 
 def test_worst_exit_code():
-    from dsvl_cli.repl import worst
+    from dsvl_cli.chat.terminal import worst
 
     assert worst(0, 0) == 0
     assert worst(0, 2) == 2
@@ -342,7 +342,7 @@ def test_pipe_plain_answers_exit_0(cli, tmp_path):
 
 
 def test_pipe_context_overflow_goes_on_and_exits_2(cli, monkeypatch):
-    from dsvl_cli.engine import Engine
+    from dsvl_cli.engine.local import Engine
 
     monkeypatch.setattr(Engine, "context_length", property(lambda self: 30))
     script = "Hi.\nTell me more about it?\n/clear\nHi.\n"  # 11, 22 alone, 30+ after Hi.
@@ -355,7 +355,7 @@ def test_pipe_context_overflow_goes_on_and_exits_2(cli, monkeypatch):
 
 
 def test_pipe_runtime_failure_outranks_bad_input(cli, monkeypatch):
-    from dsvl_cli.engine import Engine
+    from dsvl_cli.engine.local import Engine
     from dsvl_cli.errors import GenerationError
 
     calls = []

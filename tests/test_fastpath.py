@@ -24,7 +24,7 @@ def _loaded(colour, size=(48, 40)):
 
 @pytest.fixture(scope="module")
 def fast_engine(tiny_folder):
-    from dsvl_cli.engine import Engine
+    from dsvl_cli.engine.local import Engine
     from dsvl_cli.settings import ModelSettings
 
     engine = Engine.load(ModelSettings(model="tiny-random", device="cpu", compile=False))
@@ -58,7 +58,7 @@ TURNS = [
 
 
 def test_bucket_is_a_power_of_two_within_the_context():
-    from dsvl_cli.fastpath import bucket
+    from dsvl_cli.engine.fastpath import bucket
 
     assert bucket(10, 4096) == 512
     assert bucket(512, 4096) == 512
@@ -72,7 +72,7 @@ def test_bucket_is_a_power_of_two_within_the_context():
     (True, False, "cpu", True), (False, True, "cuda", False),
 ])
 def test_fast_path_is_on_where_it_pays_and_the_flag_overrides(setting, prefer, device, expected):
-    from dsvl_cli.fastpath import wanted
+    from dsvl_cli.engine.fastpath import wanted
 
     assert wanted(setting, prefer_fast=prefer, device=device) is expected
 
@@ -92,7 +92,7 @@ def test_fast_path_greedy_tokens_equal_plain_generate(fast_engine, reference):
 def test_chat_kv_reuse_through_the_static_cache_equals_a_full_recompute(fast_engine, engine):
     from transformers import StaticCache
 
-    from dsvl_cli.engine import PromptCache
+    from dsvl_cli.engine.local import PromptCache
 
     cache = PromptCache()
     reused = _chat(fast_engine, TURNS, cache)
@@ -106,7 +106,7 @@ def test_one_static_cache_is_reused_across_requests_but_a_chat_keeps_its_own(fas
     """Requests without a PromptCache reuse one reset cache (stable addresses for CUDA graphs); an
     ask between two chat turns must neither clobber the chat's cache nor see stale KV."""
     from dsvl_cli.conversation import Conversation
-    from dsvl_cli.engine import PromptCache
+    from dsvl_cli.engine.local import PromptCache
     from dsvl_cli.settings import GenerationSettings
 
     fast = fast_engine.fast
@@ -127,9 +127,9 @@ def test_one_static_cache_is_reused_across_requests_but_a_chat_keeps_its_own(fas
 
 
 def test_a_turn_that_outgrows_the_static_cache_recomputes_into_a_bigger_one(fast_engine, engine, monkeypatch):
-    from dsvl_cli import fastpath
+    from dsvl_cli.engine import fastpath
     from dsvl_cli.conversation import Conversation
-    from dsvl_cli.engine import PromptCache
+    from dsvl_cli.engine.local import PromptCache
 
     turns = [("describe the image", [_loaded("red")]), ("and this one, in more detail?", [_loaded("blue")])]
     first_needed = len(fast_engine.encode(Conversation.single(*turns[0]))["input_ids"][0]) + 10
@@ -145,7 +145,7 @@ def test_a_dynamic_cache_from_before_the_fast_path_is_dropped_cleanly(tiny_folde
     from transformers import DynamicCache, StaticCache
 
     from dsvl_cli.conversation import Conversation
-    from dsvl_cli.engine import Engine, PromptCache
+    from dsvl_cli.engine.local import Engine, PromptCache
     from dsvl_cli.settings import ModelSettings
 
     switching = Engine.load(ModelSettings(model="tiny-random", device="cpu"))
@@ -164,8 +164,8 @@ def test_a_dynamic_cache_from_before_the_fast_path_is_dropped_cleanly(tiny_folde
 
 def test_compiled_decode_equals_plain_generate_and_fills_the_compile_cache(cli, reference, monkeypatch):
     """`ask --compile`: the whole CLI path with a compiled decode step (the one slow test, ~30 s)."""
-    from dsvl_cli import models
-    from dsvl_cli.fastpath import compile_cache_dir
+    from dsvl_cli.engine import runtime
+    from dsvl_cli.engine.fastpath import compile_cache_dir
     from dsvl_cli.images import load_image
 
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
@@ -177,7 +177,7 @@ def test_compiled_decode_equals_plain_generate_and_fills_the_compile_cache(cli, 
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this image."}]}]
     ids = reference_generate(model, processor, messages, [load_image(str(image)).image], 16)
     assert json.loads(result.stdout)["answer"] == processor.batch_decode([ids], skip_special_tokens=True)[0].lstrip()
-    assert any(p.is_file() for p in compile_cache_dir(models.dsvl_home()).rglob("*"))
+    assert any(p.is_file() for p in compile_cache_dir(runtime.dsvl_home()).rglob("*"))
 
 
 def test_chat_with_compile_on_cpu_answers_each_turn_as_plain_generate(cli, reference):
@@ -212,7 +212,7 @@ def test_quantize_on_cpu_is_a_usage_error_before_loading(cli, kind):
 def test_quantize_without_torchao_or_in_fp16_says_why(monkeypatch):
     import torch
 
-    from dsvl_cli import quantize
+    from dsvl_cli.engine import quantize
     from dsvl_cli.errors import UsageError
 
     monkeypatch.setattr(quantize, "torchao_available", lambda: False)
@@ -226,7 +226,7 @@ def test_quantize_without_torchao_or_in_fp16_says_why(monkeypatch):
 
 def test_quantization_config_keeps_the_vision_towers_unquantized():
     pytest.importorskip("torchao")
-    from dsvl_cli import quantize
+    from dsvl_cli.engine import quantize
 
     config = quantize.quantization_config("int4")
     assert "model.vision_model" in config.modules_to_not_convert
@@ -240,7 +240,7 @@ def test_quantization_config_keeps_the_vision_towers_unquantized():
 ])
 def test_commands_that_generate_many_times_ask_for_the_fast_path(cli, monkeypatch, command, prefer):
     """chat and batch load with prefer_fast (on by default where it pays: CUDA); ask does not."""
-    from dsvl_cli.engine import Engine
+    from dsvl_cli.engine.local import Engine
 
     asked = []
     real_load = Engine.load.__func__

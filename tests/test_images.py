@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from dsvl_cli import __version__, images
+from dsvl_cli.images import decode, fetch, limits
 from dsvl_cli.errors import ExitCode, ImageLoadError, UsageError
 from dsvl_cli.images import LoadedImage, load_image, load_images
 
@@ -309,7 +310,7 @@ def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
 
 def test_unconvertible_mode_is_a_clear_error():
     with pytest.raises(ImageLoadError) as e:
-        images._to_rgb("odd.tif", Image.new("La", (2, 2)))
+        decode._to_rgb("odd.tif", Image.new("La", (2, 2)))
     assert_error(e, "odd.tif", "unsupported image mode 'La'")
 
 
@@ -394,7 +395,7 @@ def test_stdin_terminal_refused():
 
 
 def test_stdin_over_cap(monkeypatch):
-    monkeypatch.setattr(images, "MAX_IMAGE_BYTES", 100)
+    monkeypatch.setattr(limits, "MAX_IMAGE_BYTES", 100)
     with pytest.raises(ImageLoadError) as e:
         load_image("-", stdin=io.BytesIO(b"\x89PNG" + b"\0" * 500))
     assert_error(e, "-", "larger than the 100 B limit")
@@ -410,8 +411,8 @@ def test_cap_from_env(monkeypatch):
 
 def test_default_cap_is_50_mib(monkeypatch):
     monkeypatch.delenv("DSVL_MAX_IMAGE_BYTES", raising=False)
-    assert images.MAX_IMAGE_BYTES == 50 * 1024 * 1024
-    assert images._too_big() == "larger than the 50 MiB limit"
+    assert limits.MAX_IMAGE_BYTES == 50 * 1024 * 1024
+    assert limits.too_big() == "larger than the 50 MiB limit"
 
 
 @pytest.mark.parametrize("value", ["abc", "0", "-5"])
@@ -482,7 +483,7 @@ def test_data_uri_bad(uri, fragment):
 
 
 def test_data_uri_over_cap(monkeypatch):
-    monkeypatch.setattr(images, "MAX_IMAGE_BYTES", 50)
+    monkeypatch.setattr(limits, "MAX_IMAGE_BYTES", 50)
     uri = "data:image/png;base64," + base64.b64encode(b"\x89PNG" * 20).decode()
     with pytest.raises(ImageLoadError) as e:
         load_image(uri)
@@ -642,31 +643,31 @@ def test_redirect_loop_stops_after_five(server):
     Handler.user_agents.clear()
     with pytest.raises(ImageLoadError):
         load_image(server + "/loop")
-    assert len(Handler.user_agents) == images.MAX_REDIRECTS + 1
+    assert len(Handler.user_agents) == fetch.MAX_REDIRECTS + 1
 
 
 @pytest.mark.parametrize("path", ["/big", "/big-stream"])
 def test_url_over_cap(server, monkeypatch, path):
-    monkeypatch.setattr(images, "MAX_IMAGE_BYTES", 1024)
+    monkeypatch.setattr(limits, "MAX_IMAGE_BYTES", 1024)
     with pytest.raises(ImageLoadError) as e:
         load_image(server + path)
     assert_error(e, server + path, "larger than the 1 KiB limit")
 
 
 def test_url_under_cap_is_fine(server, monkeypatch):
-    monkeypatch.setattr(images, "MAX_IMAGE_BYTES", len(PNG))
+    monkeypatch.setattr(limits, "MAX_IMAGE_BYTES", len(PNG))
     assert px(load_image(server + "/img.png")) == RED
 
 
 def test_url_read_timeout(server, monkeypatch):
-    monkeypatch.setattr(images, "READ_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(fetch, "READ_TIMEOUT_S", 0.2)
     with pytest.raises(ImageLoadError) as e:
         load_image(server + "/slow")
     assert_error(e, server + "/slow", "timed out after 0.2 s")
 
 
 def test_url_read_timeout_while_streaming_body(server, monkeypatch):
-    monkeypatch.setattr(images, "READ_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(fetch, "READ_TIMEOUT_S", 0.2)
     with pytest.raises(ImageLoadError) as e:
         load_image(server + "/slow-body")
     assert_error(e, server + "/slow-body", "timed out after 0.2 s")
@@ -681,7 +682,7 @@ def test_dns_failure_reason_is_short():
         except socket.gaierror as inner:
             raise requests.ConnectionError("HTTPSConnectionPool(host='nope.invalid')...") from inner
     except requests.ConnectionError as outer:
-        reason = images._request_reason(outer)
+        reason = fetch._request_reason(outer)
     assert reason == "could not connect: could not resolve the host name"
 
 

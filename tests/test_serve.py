@@ -34,7 +34,7 @@ STATS_KEYS = {"prompt_tokens", "cached_tokens", "generated_tokens", "image_s", "
 
 def _start(app):
     """Serve `app` from a thread on a free port; returns (base URL, stop function)."""
-    from dsvl_cli.server import bind, make_server
+    from dsvl_cli.serve.app import bind, make_server
 
     sock = bind("127.0.0.1", 0)
     server = make_server(app, grace_s=2)
@@ -54,7 +54,7 @@ def _start(app):
 
 @pytest.fixture(scope="module")
 def server(engine):
-    from dsvl_cli.server import create_app
+    from dsvl_cli.serve.app import create_app
     from dsvl_cli.settings import GenerationSettings
 
     url, stop = _start(create_app(engine, defaults=GenerationSettings(max_new_tokens=12), api_key=KEY))
@@ -172,7 +172,7 @@ def test_waiting_requests_share_one_batch_stream_and_stop_alone(engine):
     from dsvl_cli.conversation import Conversation
     from dsvl_cli.images import load_image
     from dsvl_cli.results import Result, TextChunk
-    from dsvl_cli.serve_worker import END, Worker
+    from dsvl_cli.serve.scheduler import END, Worker
     from dsvl_cli.settings import GenerationSettings
 
     shapes = load_image(str(EXAMPLES / "shapes.png"))
@@ -225,7 +225,7 @@ def test_a_batched_request_that_ends_early_is_answered_before_its_batch_ends(eng
     from dsvl_cli.conversation import Conversation
     from dsvl_cli.images import load_image
     from dsvl_cli.results import Result, TextChunk
-    from dsvl_cli.serve_worker import END, Worker
+    from dsvl_cli.serve.scheduler import END, Worker
     from dsvl_cli.settings import GenerationSettings
 
     # On tiny-random, greedy: this one ends with EOS after a few dozen tokens, the other runs on.
@@ -324,7 +324,7 @@ class _BlockingEngine:
 
 
 def test_queue_bound_body_cap_and_disconnect_stop(caplog):
-    from dsvl_cli.server import create_app
+    from dsvl_cli.serve.app import create_app
 
     caplog.set_level(logging.INFO, logger="dsvl.serve")
     fake = _BlockingEngine()
@@ -390,10 +390,10 @@ def test_ask_server_errors_are_one_clear_line(cli, server):
 
 
 def test_serve_without_fastapi_says_how_to_install(cli, monkeypatch):
-    import dsvl_cli
+    import dsvl_cli.serve
 
-    monkeypatch.delitem(sys.modules, "dsvl_cli.server", raising=False)
-    monkeypatch.delattr(dsvl_cli, "server", raising=False)
+    monkeypatch.delitem(sys.modules, "dsvl_cli.serve.app", raising=False)
+    monkeypatch.delattr(dsvl_cli.serve, "app", raising=False)
     monkeypatch.setitem(sys.modules, "fastapi", None)
     result = cli(["serve", "-m", "tiny-random"])
     assert result.exit_code == 1

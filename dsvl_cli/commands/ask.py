@@ -26,7 +26,7 @@ def ask(
       curl -s https://example.com/cat.jpg | dsvl ask - "What breed is this?" --plain
       dsvl ask examples/shapes.png "Describe this image." --model tiny-random --json
     """
-    from dsvl_cli.cli import guarded
+    from dsvl_cli.errors import guarded
     from dsvl_cli.commands.common import answer_once
 
     with guarded(opts.debug):

@@ -67,8 +67,8 @@ def batch(
       dsvl batch jobs.jsonl -o answers.jsonl --resume
       ls photos/*.jpg | dsvl batch --prompt "Describe this photo." -o captions.jsonl
     """
-    from dsvl_cli.batch_runner import run_batch
-    from dsvl_cli.cli import guarded
+    from dsvl_cli.batch.runner import run_batch
+    from dsvl_cli.errors import guarded
     from dsvl_cli.errors import ExitCode
 
     with guarded(opts.debug):

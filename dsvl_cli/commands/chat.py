@@ -41,7 +41,7 @@ def chat(
       dsvl chat diagram.png
       printf 'What is this?\\nAnd the colours?\\n' | dsvl chat photo.jpg --json
     """
-    from dsvl_cli.cli import guarded
+    from dsvl_cli.errors import guarded
 
     with guarded(opts.debug):
         code = _run(images or [], opts)
@@ -52,8 +52,8 @@ def chat(
 def _run(sources: list[str], opts: CommonOptions) -> int:
     import sys
 
-    from dsvl_cli import repl
-    from dsvl_cli.chat_session import ChatSession, check_chat_sources
+    from dsvl_cli.chat import terminal as repl
+    from dsvl_cli.chat.session import ChatSession, check_chat_sources
     from dsvl_cli.commands.common import load_engine
     from dsvl_cli.images import load_images
     from dsvl_cli.render import wants_markdown

@@ -19,11 +19,11 @@ def load_engine(opts: CommonOptions, *, prefer_fast: bool = False):
     default (CUDA); --compile/--no-compile decides otherwise (fastpath.wanted)."""
     console = stderr_console()
     if opts.server:
-        from dsvl_cli.remote import RemoteEngine
+        from dsvl_cli.engine.remote import RemoteEngine
 
         engine = RemoteEngine(opts.server, api_key=opts.api_key)
     else:
-        from dsvl_cli.engine import Engine
+        from dsvl_cli.engine.local import Engine
 
         with status(console, f"Loading {opts.model.model}…"):
             engine = Engine.load(opts.model, verbose=opts.debug, prefer_fast=prefer_fast)

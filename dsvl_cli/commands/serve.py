@@ -41,7 +41,7 @@ def serve(
       curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
         -d '{"messages": [{"role": "user", "content": "Hello"}]}'
     """
-    from dsvl_cli.cli import guarded
+    from dsvl_cli.errors import guarded
     from dsvl_cli.errors import DsvlError, UsageError
     from dsvl_cli.render import note, stderr_console
 
@@ -49,7 +49,7 @@ def serve(
         if opts.server:
             raise UsageError("--server (DSVL_SERVER) is for ask, chat and batch; dsvl serve loads the model itself")
         try:
-            from dsvl_cli import server
+            from dsvl_cli.serve import app as server
         except ImportError as exc:
             raise DsvlError(f"dsvl serve needs {exc.name or 'fastapi and uvicorn'}: "
                             "pip install 'dsvl-cli[serve]'") from None

@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from dsvl_cli import tiny_random
+from dsvl_cli.engine import tiny_random
+from dsvl_cli.engine.runtime import dsvl_home, pick_device, pick_dtype, quiet_transformers
 from dsvl_cli.errors import ModelError, UsageError
 from dsvl_cli.settings import ModelSettings
 
@@ -23,14 +24,6 @@ HUB_ALIASES = {
 # Only these file kinds are fetched from the hub: never pickles, never code.
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
-
-
-def dsvl_home() -> Path:
-    """`DSVL_HOME`, else the user cache dir (`$XDG_CACHE_HOME/dsvl` or `~/.cache/dsvl`)."""
-    if os.environ.get("DSVL_HOME"):
-        return Path(os.environ["DSVL_HOME"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "dsvl"
 
 
 @dataclass(frozen=True)
@@ -87,46 +80,6 @@ def _snapshot(repo_id: str, settings: ModelSettings) -> Path:
                          f"{hint}") from None
 
 
-def quiet_transformers() -> None:
-    """Local loads are fast: no per-weight progress bar, and warnings only at error level.
-
-    `--debug` leaves transformers' own logging as it is.
-    """
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
-def pick_device(requested: str) -> str:
-    import torch
-
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {requested}: CUDA is not available on this machine (try --device cpu)")
-    if requested == "mps" and not torch.backends.mps.is_available():
-        raise UsageError("--device mps: MPS is not available on this machine (try --device cpu)")
-    return requested
-
-
-def pick_dtype(requested: str, device: str):
-    """auto: bf16 on CUDA when supported (else fp16), fp16 on MPS, fp32 on CPU."""
-    import torch
-
-    if requested != "auto":
-        return getattr(torch, requested)
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device == "mps":
-        return torch.float16
-    return torch.float32
-
-
 def load(resolved: ResolvedModel, settings: ModelSettings, *, verbose: bool = False):
     """Load (model, processor, device) straight onto the device in the chosen dtype."""
     import torch
@@ -136,7 +89,7 @@ def load(resolved: ResolvedModel, settings: ModelSettings, *, verbose: bool = Fa
     dtype = pick_dtype(settings.dtype, device)
     extra = {}
     if settings.quantize:
-        from dsvl_cli import quantize
+        from dsvl_cli.engine import quantize
 
         quantize.check(settings.quantize, device, dtype)
         extra["quantization_config"] = quantize.quantization_config(settings.quantize)

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from dsvl_cli import models
-from dsvl_cli.answer_text import AnswerText, decode_answer
+from dsvl_cli.engine import loading, runtime
+from dsvl_cli.engine.detokenize import AnswerText, decode_answer
 from dsvl_cli.conversation import IMAGE_TOKEN, Conversation
 from dsvl_cli.errors import ContextLengthError, GenerationError
 from dsvl_cli.results import Chunk, Result, Stats, TextChunk, last_result
@@ -94,7 +94,7 @@ class _StopOnEvent:
 
 
 class Engine:
-    def __init__(self, model, processor, device: str, resolved: models.ResolvedModel, settings: ModelSettings):
+    def __init__(self, model, processor, device: str, resolved: loading.ResolvedModel, settings: ModelSettings):
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -110,13 +110,14 @@ class Engine:
     def load(cls, settings: ModelSettings, *, verbose: bool = False, prefer_fast: bool = False) -> Engine:
         """Load the model. `prefer_fast`: the caller runs many generations (chat, batch, serve), so
         the fast path pays off; `--compile/--no-compile` (settings.compile) overrides it."""
-        from dsvl_cli import fastpath, quantize
+        from dsvl_cli.engine import fastpath
+        from dsvl_cli.engine import quantize
 
         if settings.quantize:  # fail before a 14 GB download, not after it
-            device = models.pick_device(settings.device)
-            quantize.check(settings.quantize, device, models.pick_dtype(settings.dtype, device))
-        resolved = models.resolve(settings)
-        model, processor, device = models.load(resolved, settings, verbose=verbose)
+            device = runtime.pick_device(settings.device)
+            quantize.check(settings.quantize, device, runtime.pick_dtype(settings.dtype, device))
+        resolved = loading.resolve(settings)
+        model, processor, device = loading.load(resolved, settings, verbose=verbose)
         engine = cls(model, processor, device, resolved, settings)
         if fastpath.wanted(settings.compile, prefer_fast=prefer_fast, device=device):
             engine.enable_fast_path()
@@ -124,9 +125,9 @@ class Engine:
 
     def enable_fast_path(self, *, compile: bool = True) -> None:
         """Static KV cache + compiled decode step for every later generation (see fastpath.py)."""
-        from dsvl_cli.fastpath import FastPath
+        from dsvl_cli.engine.fastpath import FastPath
 
-        self.fast = FastPath.for_engine(self.model, self.device, models.dsvl_home(), compile=compile)
+        self.fast = FastPath.for_engine(self.model, self.device, runtime.dsvl_home(), compile=compile)
 
     # -- facts ----------------------------------------------------------------------------------
     @property

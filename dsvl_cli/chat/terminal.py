@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
 
-from dsvl_cli.chat_session import COMMANDS, ChatSession, Reply, Turn, block_open
+from dsvl_cli.chat.session import COMMANDS, ChatSession, Reply, Turn, block_open
 from dsvl_cli.commands.common import stream_answer
 from dsvl_cli.errors import DsvlError, ExitCode
 from dsvl_cli.options import CommonOptions

@@ -36,12 +36,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from dsvl_cli import chat_api
+from dsvl_cli.serve import protocol as chat_api
 from dsvl_cli.errors import ContextLengthError, DsvlError, ExitCode, GenerationError, ImageLoadError
 from dsvl_cli.images import load_image, max_image_bytes
 from dsvl_cli.results import Result, TextChunk
-from dsvl_cli.serve_worker import END as _END
-from dsvl_cli.serve_worker import Job, QueueFull, Worker
+from dsvl_cli.serve.scheduler import END as _END
+from dsvl_cli.serve.scheduler import Job, QueueFull, Worker
 from dsvl_cli.settings import GenerationSettings
 
 IMAGE_WORKERS = 4  # requests whose images are fetched and decoded at once
@@ -177,11 +177,11 @@ def create_app(engine, *, defaults: GenerationSettings | None = None, api_key: s
 
 
 def _default_batch(engine) -> int:
-    from dsvl_cli.engine import Engine
+    from dsvl_cli.engine.local import Engine
 
     if not isinstance(engine, Engine):
         return 1
-    from dsvl_cli.batch_runner import default_batch_size
+    from dsvl_cli.batch.runner import default_batch_size
 
     return default_batch_size(engine)
 

@@ -161,9 +161,9 @@ class RemoteEngine:
                 response = self._session.request(method, self.url + path,
                                                  timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S), **kwargs)
             except requests.ConnectionError as exc:
-                from dsvl_cli.images import _connection_text  # the root cause: refused, DNS, reset
+                from dsvl_cli.images.fetch import connection_text  # the root cause: refused, DNS, reset
 
-                raise ModelError(f"server {self.url} is not reachable ({_connection_text(exc)}); "
+                raise ModelError(f"server {self.url} is not reachable ({connection_text(exc)}); "
                                  "start one with `dsvl serve` or check --server / DSVL_SERVER") from None
             except requests.Timeout:
                 raise GenerationError(f"server {self.url} did not answer within {READ_TIMEOUT_S:g} s") from None

@@ -19,7 +19,7 @@ import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from dsvl_cli import chat_files
+from dsvl_cli.chat import files as chat_files
 from dsvl_cli.conversation import Conversation, Message, check_text
 from dsvl_cli.errors import ContextLengthError, DsvlError, ExitCode, ImageLoadError, UsageError
 from dsvl_cli.images import LoadedImage, load_images
@@ -156,7 +156,7 @@ def _plural(n: int, word: str) -> str:
 class ChatSession:
     def __init__(self, engine, generation: GenerationSettings, *, images: Sequence[LoadedImage] = (),
                  reuse: bool = True):
-        from dsvl_cli.engine import PromptCache
+        from dsvl_cli.engine.local import PromptCache
 
         self.engine = engine
         self.generation = generation

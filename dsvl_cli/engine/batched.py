@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dsvl_cli.conversation import Conversation
-from dsvl_cli.answer_text import cut_at_stop
-from dsvl_cli.engine import Engine
+from dsvl_cli.engine.detokenize import cut_at_stop
+from dsvl_cli.engine.local import Engine
 from dsvl_cli.errors import ContextLengthError, DsvlError, GenerationError
 from dsvl_cli.images import LoadedImage
 from dsvl_cli.results import Result, Stats

@@ -20,7 +20,7 @@ import threading
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from dsvl_cli.batch_input import Record
+from dsvl_cli.batch.inputs import Record
 from dsvl_cli.errors import DsvlError, ImageLoadError, ModelError
 
 
@@ -60,7 +60,7 @@ def run_remote(engine, records: list[Record], writer, summary, *, concurrency: i
     """Answer `records` through `engine` (a RemoteEngine), `concurrency` requests at a time.
 
     Raises the ModelError of a server that could not be reached (after writing what finished)."""
-    from dsvl_cli.batch_runner import error_record
+    from dsvl_cli.batch.output import error_record
     from dsvl_cli.conversation import Conversation
 
     images = _Images(records)

@@ -23,7 +23,7 @@ import traceback
 from collections import deque
 from dataclasses import dataclass, field
 
-from dsvl_cli.answer_text import AnswerText
+from dsvl_cli.engine.detokenize import AnswerText
 from dsvl_cli.errors import DsvlError, GenerationError
 from dsvl_cli.results import Result, TextChunk
 from dsvl_cli.settings import GenerationSettings
@@ -180,7 +180,7 @@ class Worker:
             job.emit(GenerationError(f"generation failed: {type(exc).__name__}: {exc}"))
 
     def _run_batch(self, jobs: list[Job]) -> None:
-        from dsvl_cli.batching import BatchItem, generate_batch, prepare_image
+        from dsvl_cli.engine.batched import BatchItem, generate_batch, prepare_image
 
         streams = [TextStream(self.engine, job) for job in jobs]
         try:
@@ -205,6 +205,6 @@ class Worker:
 
 
 def _can_batch(engine) -> bool:
-    from dsvl_cli.engine import Engine
+    from dsvl_cli.engine.local import Engine
 
     return isinstance(engine, Engine)

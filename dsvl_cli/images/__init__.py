@@ -1,0 +1,172 @@
+"""The one resolver for every image source: path, http(s) URL, `-` (stdin) or `data:` URI.
+
+Every failure is an `ImageLoadError(source, reason)` whose reason is one short line; nothing else
+escapes for bad input. What comes back is always an RGB, fully decoded PIL image.
+
+Limits, on purpose:
+- URLs are http(s) only: connect timeout 5 s, read timeout 30 s (per read, not for the whole body),
+  at most 5 redirects, body streamed and refused past MAX_IMAGE_BYTES (50 MiB, or the env var
+  DSVL_MAX_IMAGE_BYTES). The same cap applies to stdin and data: URIs. Local files are not capped
+  by size (they are read lazily by Pillow); the pixel guard below protects memory for all sources.
+- PIL's decompression-bomb guard stays on; its warning is treated as an error too, so images past
+  Image.MAX_IMAGE_PIXELS are refused. ImageFile.LOAD_TRUNCATED_IMAGES stays False.
+- Animated images (GIF, WebP, APNG) give their first frame. SVG is not rasterised.
+- Transparency is composited on white; 16/32-bit and float images are scaled to 8 bits; EXIF
+  orientation is applied. Colour profiles (ICC) are ignored.
+- `-` can be read once per process, so it may appear once among the sources of one question.
+- Decoding uses warnings.catch_warnings, which is process-global, so decoding holds a module lock:
+  callers may load images from several threads (fetching URLs overlaps; decoding takes turns).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+import re
+import stat
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import BinaryIO
+from urllib.parse import unquote_to_bytes
+
+from PIL import Image
+
+from dsvl_cli.errors import ImageLoadError
+from dsvl_cli.images.decode import decode_image
+from dsvl_cli.images.limits import max_image_bytes, oserror_text, read_capped, too_big
+
+# `scheme://...` is always treated as a URL; a bare `scheme:` only when no such file exists.
+_URL_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")  # 2+ chars, so `C:\\...` stays a path
+_NON_FILE_SCHEMES = frozenset("file ftp sftp ssh javascript mailto about blob s3 gs hf".split())
+
+__all__ = ["LoadedImage", "load_image", "load_images", "max_image_bytes"]
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    source: str  # the source string as the user gave it (used in messages and JSON output)
+    image: Image.Image  # RGB mode, fully loaded, EXIF orientation applied
+    load_s: float  # seconds spent reading/fetching + decoding
+
+
+def load_image(source: str, *, stdin: BinaryIO | None = None) -> LoadedImage:
+    """Read, fetch or decode one image source; raise ImageLoadError with a one-line reason."""
+    start = time.perf_counter()
+    image = _resolve(source, stdin)
+    return LoadedImage(source=source, image=image, load_s=time.perf_counter() - start)
+
+
+def load_images(sources: Sequence[str], *, stdin: BinaryIO | None = None) -> list[LoadedImage]:
+    """Load every source in order; the first bad one raises. `-` may appear at most once."""
+    if sum(1 for s in sources if s == "-") > 1:
+        raise ImageLoadError("-", "stdin can only be read once")
+    return [load_image(s, stdin=stdin) for s in sources]
+
+
+def _resolve(source: str, stdin: BinaryIO | None) -> Image.Image:
+    if source == "-":
+        return _from_stdin(stdin)
+    if not source:
+        raise ImageLoadError(source, "empty image source")
+    url = _URL_RE.match(source)
+    if url:
+        scheme = url.group(1).lower()
+        if scheme in ("http", "https"):
+            from dsvl_cli.images.fetch import from_url
+
+            return from_url(source)
+        raise _unsupported_scheme(source, scheme)
+    scheme_match = _SCHEME_RE.match(source)
+    if scheme_match and not os.path.lexists(os.path.expanduser(source)):
+        scheme = scheme_match.group(1).lower()  # `a:b.png` on disk stays a path
+        if scheme == "data":
+            return _from_data_uri(source)
+        if scheme in ("http", "https"):
+            raise ImageLoadError(source, f"malformed URL (expected {scheme}://host/...)")
+        if scheme in _NON_FILE_SCHEMES:
+            raise _unsupported_scheme(source, scheme)
+    return _from_path(source)
+
+
+def _unsupported_scheme(source: str, scheme: str) -> ImageLoadError:
+    hint = "(use a path, http(s) URL, data: URI or -)"
+    return ImageLoadError(source, f"unsupported URL scheme '{scheme}' {hint}")
+
+
+# --- sources -----------------------------------------------------------------------------------
+
+
+def _from_path(source: str) -> Image.Image:
+    path = os.path.expanduser(source)
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise ImageLoadError(source, "no such file") from None
+    except PermissionError:
+        raise ImageLoadError(source, "permission denied") from None
+    except ValueError:  # e.g. an embedded NUL byte
+        raise ImageLoadError(source, "invalid path") from None
+    except OSError as e:
+        raise ImageLoadError(source, f"cannot access file: {oserror_text(e)}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageLoadError(source, "is a directory, not an image file")
+    if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+        raise ImageLoadError(source, "empty file")
+    try:
+        with open(path, "rb") as f:
+            if f.seekable():
+                return decode_image(source, f, empty_reason="empty file")
+            # A pipe such as <(curl ...): buffer it, under the same cap as stdin.
+            data = read_capped(source, f)
+            return decode_image(source, io.BytesIO(data), empty_reason="empty file")
+    except PermissionError:
+        raise ImageLoadError(source, "permission denied") from None
+    except OSError as e:  # read errors outside decoding (decode errors are mapped in _decode)
+        raise ImageLoadError(source, f"cannot read file: {oserror_text(e)}") from None
+
+
+def _from_stdin(stdin: BinaryIO | None) -> Image.Image:
+    stream = stdin if stdin is not None else getattr(sys.stdin, "buffer", None)
+    if stream is None:
+        raise ImageLoadError("-", "no stdin available to read image bytes from")
+    isatty = getattr(stream, "isatty", None)
+    if isatty is not None and isatty():
+        raise ImageLoadError("-", "stdin is a terminal; pipe image bytes into it (< photo.jpg)")
+    try:
+        data = read_capped("-", stream)
+    except OSError as e:
+        raise ImageLoadError("-", f"cannot read stdin: {oserror_text(e)}") from None
+    return decode_image("-", io.BytesIO(data), empty_reason="no bytes on stdin")
+
+
+def _from_data_uri(uri: str) -> Image.Image:
+    # Errors name a shortened URI: a multi-megabyte error line helps nobody.
+    source = uri if len(uri) <= 80 else f"{uri[:60]}…({len(uri)} chars)"
+    header, comma, payload = uri[len("data:"):].partition(",")
+    if not comma:
+        raise ImageLoadError(source, "malformed data: URI (no ',' before the data)")
+    params = [p.strip().lower() for p in header.split(";")]
+    media_type = params[0] or "text/plain"
+    if not media_type.startswith("image/"):
+        raise ImageLoadError(source, f"data: URI media type is '{media_type}', not image/*")
+    if "base64" not in params[1:]:
+        raise ImageLoadError(source, "data: URI is not base64-encoded (expected ';base64,')")
+    text = re.sub(r"\s+", "", payload)
+    if not text:
+        raise ImageLoadError(source, "data: URI has no image data")
+    try:
+        raw = unquote_to_bytes(text) if "%" in text else text.encode("ascii")
+        raw = raw.replace(b"-", b"+").replace(b"_", b"/")  # accept the URL-safe alphabet too
+        data = base64.b64decode(raw + b"=" * (-len(raw) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageLoadError(source, "data: URI has invalid base64 data") from None
+    if len(data) > max_image_bytes():
+        raise ImageLoadError(source, too_big())
+    return decode_image(source, io.BytesIO(data), empty_reason="data: URI has no image data")
+
+

@@ -1,0 +1,105 @@
+"""Fetching an image over http(s): timeouts, a redirect limit and a byte cap.
+
+requests is imported only when a URL is fetched.
+"""
+
+from __future__ import annotations
+
+import io
+from http import HTTPStatus
+
+from PIL import Image
+
+from dsvl_cli import __version__
+from dsvl_cli.errors import ImageLoadError
+from dsvl_cli.images.decode import decode_image
+from dsvl_cli.images.limits import CHUNK, max_image_bytes, one_line, too_big
+
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 30.0
+MAX_REDIRECTS = 5
+
+
+def from_url(source: str) -> Image.Image:
+    import requests  # only URL sources pay for importing requests
+
+    cap = max_image_bytes()
+    timeout = (CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
+    try:
+        with requests.Session() as session:
+            session.max_redirects = MAX_REDIRECTS
+            session.headers["User-Agent"] = f"dsvl/{__version__}"
+            with session.get(source, stream=True, timeout=timeout) as resp:
+                body = _read_response(source, resp, cap)
+    except requests.RequestException as e:
+        raise ImageLoadError(source, _request_reason(e)) from None
+    return decode_image(source, io.BytesIO(body), empty_reason="URL returned an empty body", url=True)
+
+
+def _read_response(source: str, resp, cap: int) -> bytes:
+    """Check status and headers, then stream the body under the byte cap."""
+    if resp.status_code >= 400:
+        try:
+            phrase = HTTPStatus(resp.status_code).phrase
+        except ValueError:
+            phrase = one_line(resp.reason or "")
+        raise ImageLoadError(source, f"HTTP {resp.status_code} {phrase}".rstrip())
+    ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if ctype in ("text/html", "application/xhtml+xml"):
+        raise ImageLoadError(source, "URL returned an HTML page, not an image")
+    if ctype == "image/svg+xml":
+        raise ImageLoadError(source, "SVG is not supported; convert it to PNG first")
+    length = resp.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) > cap:
+        raise ImageLoadError(source, too_big())
+    body = bytearray()
+    for chunk in resp.iter_content(CHUNK):  # decoded bytes, so a gzip bomb meets the cap too
+        body += chunk
+        if len(body) > cap:
+            raise ImageLoadError(source, too_big())
+    return bytes(body)
+
+
+def _request_reason(e: Exception) -> str:
+    """One short line for a requests failure; the most specific classes are tested first."""
+    from requests import exceptions as rex
+    from urllib3.exceptions import ReadTimeoutError
+
+    # A read timeout while streaming the body surfaces as ConnectionError(ReadTimeoutError).
+    if isinstance(e, rex.ReadTimeout) or (e.args and isinstance(e.args[0], ReadTimeoutError)):
+        return f"timed out after {READ_TIMEOUT_S:g} s"
+    if isinstance(e, rex.ConnectTimeout):
+        return f"could not connect: timed out after {CONNECT_TIMEOUT_S:g} s"
+    if isinstance(e, rex.TooManyRedirects):
+        return "too many redirects"
+    if isinstance(e, rex.SSLError):
+        verify = "CERTIFICATE_VERIFY_FAILED" in str(e)
+        return "could not connect: " + ("certificate verify failed" if verify else "SSL error")
+    if isinstance(e, rex.ConnectionError):
+        return f"could not connect: {connection_text(e)}"
+    if isinstance(e, rex.ChunkedEncodingError):
+        return "connection broken while downloading"
+    if isinstance(e, (rex.InvalidURL, rex.InvalidSchema, rex.MissingSchema)):
+        return f"invalid URL ({one_line(str(e))})"
+    return f"request failed: {type(e).__name__}"
+
+
+def connection_text(exc: BaseException) -> str:
+    """The root cause under requests' and urllib3's wrappers: DNS failure, refused, reset..."""
+    import socket
+
+    todo, seen = [exc], set()
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, socket.gaierror):
+            return "could not resolve the host name"
+        if isinstance(e, OSError) and e.strerror:
+            return one_line(e.strerror)
+        links = (e.__cause__, e.__context__, getattr(e, "reason", None), *e.args)
+        todo.extend(x for x in links if isinstance(x, BaseException))
+    return "network error"
+
+
