@@ -128,7 +128,7 @@ def test_batched_greedy_answers_equal_one_at_a_time_generate(cli, tiny_folder, t
 
 
 def test_generate_batch_token_ids_and_image_encoded_once(engine):
-    from dsvl_cli.engine.batched import FeatureStore, generate_batch, prepare_item
+    from dsvl_cli.engine.batched import BatchItem, FeatureStore, generate_batch
     from dsvl_cli.conversation import Conversation
     from dsvl_cli.images import load_image
     from dsvl_cli.settings import GenerationSettings
@@ -139,7 +139,7 @@ def test_generate_batch_token_ids_and_image_encoded_once(engine):
                      Conversation.single("Shapes?", [shapes])]
     gen = GenerationSettings(max_new_tokens=10)
     store = FeatureStore(engine)
-    results = generate_batch(engine, [prepare_item(engine, c) for c in conversations], gen, features=store)
+    results = generate_batch(engine, [BatchItem.prepare(engine, c) for c in conversations], gen, features=store)
     assert store.encoded == 2  # five image uses, two distinct images
     for conversation, result in zip(conversations, results):
         single = engine.run(conversation, gen)
@@ -150,7 +150,7 @@ def test_generate_batch_token_ids_and_image_encoded_once(engine):
 def test_out_of_memory_splits_the_batch(engine, monkeypatch):
     import torch
 
-    from dsvl_cli.engine.batched import generate_batch, prepare_item
+    from dsvl_cli.engine.batched import BatchItem, generate_batch
     from dsvl_cli.conversation import Conversation
     from dsvl_cli.settings import GenerationSettings
 
@@ -165,7 +165,7 @@ def test_out_of_memory_splits_the_batch(engine, monkeypatch):
     monkeypatch.setattr(engine.model, "generate", generate)
     conversations = [Conversation.single(p) for p in ("a", "bb bb", "c c c")]
     gen = GenerationSettings(max_new_tokens=5)
-    results = generate_batch(engine, [prepare_item(engine, c) for c in conversations], gen)
+    results = generate_batch(engine, [BatchItem.prepare(engine, c) for c in conversations], gen)
     assert sizes == [3, 1, 2, 1, 1]
     monkeypatch.setattr(engine.model, "generate", real)
     assert [r.token_ids for r in results] == [engine.run(c, gen).token_ids for c in conversations]

@@ -24,10 +24,10 @@ def _loaded(colour, size=(48, 40)):
 
 @pytest.fixture(scope="module")
 def fast_engine(tiny_folder):
-    from dsvl_cli.engine.local import Engine
+    from dsvl_cli.engine.local import LocalEngine
     from dsvl_cli.settings import ModelSettings
 
-    engine = Engine.load(ModelSettings(model="tiny-random", device="cpu", compile=False))
+    engine = LocalEngine.load(ModelSettings(model="tiny-random", device="cpu", compile=False))
     assert engine.fast is None  # --no-compile: the plain path
     engine.enable_fast_path(compile=False)
     return engine
@@ -92,7 +92,7 @@ def test_fast_path_greedy_tokens_equal_plain_generate(fast_engine, reference):
 def test_chat_kv_reuse_through_the_static_cache_equals_a_full_recompute(fast_engine, engine):
     from transformers import StaticCache
 
-    from dsvl_cli.engine.local import PromptCache
+    from dsvl_cli.engine.streaming import PromptCache
 
     cache = PromptCache()
     reused = _chat(fast_engine, TURNS, cache)
@@ -106,7 +106,7 @@ def test_one_static_cache_is_reused_across_requests_but_a_chat_keeps_its_own(fas
     """Requests without a PromptCache reuse one reset cache (stable addresses for CUDA graphs); an
     ask between two chat turns must neither clobber the chat's cache nor see stale KV."""
     from dsvl_cli.conversation import Conversation
-    from dsvl_cli.engine.local import PromptCache
+    from dsvl_cli.engine.streaming import PromptCache
     from dsvl_cli.settings import GenerationSettings
 
     fast = fast_engine.fast
@@ -129,7 +129,7 @@ def test_one_static_cache_is_reused_across_requests_but_a_chat_keeps_its_own(fas
 def test_a_turn_that_outgrows_the_static_cache_recomputes_into_a_bigger_one(fast_engine, engine, monkeypatch):
     from dsvl_cli.engine import fastpath
     from dsvl_cli.conversation import Conversation
-    from dsvl_cli.engine.local import PromptCache
+    from dsvl_cli.engine.streaming import PromptCache
 
     turns = [("describe the image", [_loaded("red")]), ("and this one, in more detail?", [_loaded("blue")])]
     first_needed = len(fast_engine.encode(Conversation.single(*turns[0]))["input_ids"][0]) + 10
@@ -145,10 +145,11 @@ def test_a_dynamic_cache_from_before_the_fast_path_is_dropped_cleanly(tiny_folde
     from transformers import DynamicCache, StaticCache
 
     from dsvl_cli.conversation import Conversation
-    from dsvl_cli.engine.local import Engine, PromptCache
+    from dsvl_cli.engine.local import LocalEngine
+    from dsvl_cli.engine.streaming import PromptCache
     from dsvl_cli.settings import ModelSettings
 
-    switching = Engine.load(ModelSettings(model="tiny-random", device="cpu"))
+    switching = LocalEngine.load(ModelSettings(model="tiny-random", device="cpu"))
     cache, conversation = PromptCache(), Conversation()
     _chat(switching, TURNS[:1], cache, conversation=conversation)
     assert isinstance(cache.kv, DynamicCache)
@@ -240,16 +241,16 @@ def test_quantization_config_keeps_the_vision_towers_unquantized():
 ])
 def test_commands_that_generate_many_times_ask_for_the_fast_path(cli, monkeypatch, command, prefer):
     """chat and batch load with prefer_fast (on by default where it pays: CUDA); ask does not."""
-    from dsvl_cli.engine.local import Engine
+    from dsvl_cli.engine.local import LocalEngine
 
     asked = []
-    real_load = Engine.load.__func__
+    real_load = LocalEngine.load.__func__
 
     def spy(cls, settings, **kwargs):
         asked.append(kwargs.get("prefer_fast", False))
         return real_load(cls, settings, **kwargs)
 
-    monkeypatch.setattr(Engine, "load", classmethod(spy))
+    monkeypatch.setattr(LocalEngine, "load", classmethod(spy))
     shapes = Path(__file__).resolve().parent.parent / "examples" / "shapes.png"
     stdin = {"ask": "", "chat": "Hi\n", "batch": f"{shapes}\n"}[command[0]]
     result = cli([*command, "-m", "tiny-random", "-n", "2", "--no-compile"], input=stdin)

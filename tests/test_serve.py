@@ -302,32 +302,42 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, cli
     assert any("POST /v1/chat/completions 200 tokens=" in line and line.endswith("s") for line in lines)
 
 
-class _BlockingEngine:
-    """Yields one piece, then waits until released or stopped (records which)."""
+def _blocking_engine():
+    """A test backend that yields one piece, then waits (no polling) until released or stopped."""
+    from dsvl_cli.engine.backend import Backend
+    from dsvl_cli.results import Result, TextChunk
 
-    name = "fake"
-    random_weights = False
+    class BlockingEngine(Backend):
+        name = "fake"  # streams one request at a time: no batching, no KV reuse (Backend's defaults)
 
-    def __init__(self):
-        self.release = threading.Event()
-        self.stopped = threading.Event()
+        def __init__(self):
+            self.stopped = threading.Event()
+            self.released = False
+            self._waiting: list[threading.Event] = []
 
-    def stream(self, conversation, gen, *, cache=None, stop_event=None):
-        from dsvl_cli.results import Result, TextChunk
+        def release(self):
+            """Let every waiting and later stream finish normally."""
+            self.released = True
+            for event in self._waiting:
+                event.set()
 
-        yield TextChunk("first")
-        while not (self.release.is_set() or stop_event.is_set()):
-            time.sleep(0.01)
-        if stop_event.is_set():
-            self.stopped.set()
-        yield Result("first", "interrupted" if stop_event.is_set() else "stop")
+        def stream(self, conversation, gen, *, cache=None, stop_event=None):
+            yield TextChunk("first")
+            self._waiting.append(stop_event)
+            if not self.released:
+                stop_event.wait(30)  # set by the server when the client goes away, or by release()
+            if not self.released:
+                self.stopped.set()
+            yield Result("first", "stop" if self.released else "interrupted")
+
+    return BlockingEngine()
 
 
 def test_queue_bound_body_cap_and_disconnect_stop(caplog):
     from dsvl_cli.serve.app import create_app
 
     caplog.set_level(logging.INFO, logger="dsvl.serve")
-    fake = _BlockingEngine()
+    fake = _blocking_engine()
     url, stop = _start(create_app(fake, max_queue=0, max_body_bytes=2000))
     user = {"messages": [{"role": "user", "content": "Hi"}]}
     try:
@@ -343,11 +353,11 @@ def test_queue_bound_body_cap_and_disconnect_stop(caplog):
 
         running.close()  # the client goes away mid-stream: its generation must stop
         assert fake.stopped.wait(10), "disconnect did not stop the generation"
-        fake.release.set()
+        fake.release()
         done = _post(url, user, key=None)
         assert done.status_code == 200 and done.json()["choices"][0]["message"]["content"] == "first"
     finally:
-        fake.release.set()
+        fake.release()
         stop()
     assert any("client-gone" in r.getMessage() for r in caplog.records if r.name == "dsvl.serve")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,9 +130,7 @@ def split_done(items: list[Record | BadRecord], prev: Previous) -> tuple[list, i
     return todo, skipped, failed_before
 
 
-def open_output(output: Path | None, *, append: bool) -> TextIO:
-    if output is None:
-        return sys.stdout
+def open_output(output: Path, *, append: bool) -> TextIO:
     try:
         return open(output, "a" if append else "w", encoding="utf-8")
     except OSError as exc:

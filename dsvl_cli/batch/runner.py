@@ -55,16 +55,6 @@ def plan_batches(engine, records: list[Record], batch_size: int) -> list[list[Re
     return batches
 
 
-def default_batch_size(engine) -> int:
-    """8 on CPU and MPS; on CUDA 16, or 32 with 40 GiB free after loading the model."""
-    if not engine.device.startswith("cuda"):
-        return 8
-    import torch
-
-    free, _ = torch.cuda.mem_get_info(engine.device)
-    return 32 if free >= 40 * 2**30 else 16
-
-
 class Prefetcher:
     """Loads and preprocesses each image source once, a few batches ahead of the model."""
 
@@ -183,7 +173,7 @@ def run_batch(inputs: list[str], *, output: Path | None, prompt: str | None, bat
     (the caller maps it to an exit code); raises UsageError for bad usage, before any model load."""
     from dsvl_cli.batch.inputs import read_inputs
     from dsvl_cli.conversation import check_text
-    from dsvl_cli.render import note, stderr_console
+    from dsvl_cli.render import load_backend, note
 
     if (resume or retry_failed) and output is None:
         raise UsageError("--resume and --retry-failed need -o FILE (the output of the earlier run)")
@@ -191,12 +181,12 @@ def run_batch(inputs: list[str], *, output: Path | None, prompt: str | None, bat
         raise UsageError(f"--batch-size {batch_size}: must be at least 1")
     if opts.generation.system is not None:
         check_text(opts.generation.system, "--system")
-    items = read_inputs(inputs, base=opts.generation, prompt=prompt)
+    items = read_inputs(inputs, base=opts.generation, prompt=prompt, stdin=opts.env.stdin)
     prev = read_previous(output, retry_failed=retry_failed) if (resume or retry_failed) else Previous()
     todo, skipped, failed_before = split_done(items, prev)
     summary = Summary(skipped=skipped, failed_before=failed_before)
-    console = stderr_console()
-    stream = open_output(output, append=resume or retry_failed)
+    console = opts.env.stderr_console()
+    stream = open_output(output, append=resume or retry_failed) if output else opts.env.stdout
     stop = threading.Event()
     started = time.perf_counter()
     try:
@@ -207,24 +197,22 @@ def run_batch(inputs: list[str], *, output: Path | None, prompt: str | None, bat
                 summary.failed += 1
             records = [i for i in todo if isinstance(i, Record)]
             if records and not stop.is_set():
-                from dsvl_cli.commands.common import load_engine
-
-                engine = load_engine(opts, prefer_fast=True)  # many generations: the fast path pays
+                engine = load_backend(opts, prefer_fast=True)  # many generations: the fast path pays
                 started = time.perf_counter()  # rates count generation, not the model load
-                if opts.server:  # a running `dsvl serve` batches what arrives together
+                if not engine.supports_batching:  # a running `dsvl serve` batches what arrives together
                     from dsvl_cli.batch.remote import run_remote
 
                     run_remote(engine, records, writer, summary, concurrency=batch_size or REMOTE_IN_FLIGHT,
                                stop=stop)
                 else:
                     run_records(engine, records, writer, summary,
-                                batch_size=batch_size or default_batch_size(engine), stop=stop)
+                                batch_size=batch_size or engine.default_batch_size, stop=stop)
     except KeyboardInterrupt:  # the second Ctrl-C: everything written so far stays valid
         stop.set()
     finally:
         summary.seconds = time.perf_counter() - started
         summary.interrupted = stop.is_set()
-        if stream is not sys.stdout:
+        if output is not None:
             stream.close()
     note(console, summary.line(), style="dim")
     return summary

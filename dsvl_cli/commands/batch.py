@@ -9,29 +9,27 @@ import typer
 
 from dsvl_cli.options import CommonOptions, shared_options
 
-BATCH = "Batch"
-
-
-@shared_options
+# batch always writes JSONL records, each with its stats: --plain, --json and --stats have nothing to change.
+@shared_options(exclude=("plain", "json", "stats"))
 def batch(
     inputs: Annotated[Optional[list[str]], typer.Argument(
         metavar="INPUT", help="Batch files (JSONL, OpenAI batch JSONL, TSV or plain lines); "
         "stdin when none or -.", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option(
-        "-o", "--output", rich_help_panel=BATCH, dir_okay=False,
+        "-o", "--output", dir_okay=False,
         help="Write JSONL here (overwritten unless --resume); default stdout.")] = None,
     prompt: Annotated[Optional[str], typer.Option(
-        "--prompt", rich_help_panel=BATCH,
+        "--prompt",
         help="The question for records without one (plain lines of image sources, TSV, JSONL).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(
-        "--batch-size", rich_help_panel=BATCH,
+        "--batch-size",
         help="Questions per generate call [default: 8 on CPU, 16-32 on CUDA by free memory]; "
         "with --server, requests open at once [default: 8].")] = None,
     resume: Annotated[bool, typer.Option(
-        "--resume", rich_help_panel=BATCH,
+        "--resume",
         help="Append to -o FILE, skipping ids already answered (or failed) there.")] = False,
     retry_failed: Annotated[bool, typer.Option(
-        "--retry-failed", rich_help_panel=BATCH,
+        "--retry-failed",
         help="Like --resume, but first drop the error records from -o FILE and redo them.")] = False,
     *,
     opts: CommonOptions,

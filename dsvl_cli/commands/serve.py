@@ -8,23 +8,21 @@ import typer
 
 from dsvl_cli.options import CommonOptions, shared_options
 
-SERVE = "Server"
-
-
-@shared_options
+# The output options and --server belong to the clients (ask, chat, batch): serve reads none of them,
+# and a DSVL_SERVER exported for those clients must not stop a server from starting.
+@shared_options(exclude=("plain", "json", "stats", "server"))
 def serve(
     opts: CommonOptions,
-    host: Annotated[str, typer.Option("--host", envvar="DSVL_HOST", show_envvar=True, rich_help_panel=SERVE,
+    host: Annotated[str, typer.Option("--host", envvar="DSVL_HOST", show_envvar=True,
                                       help="Address to listen on (0.0.0.0: every interface; set an API key).")]
     = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", envvar="DSVL_PORT", show_envvar=True, rich_help_panel=SERVE,
+    port: Annotated[int, typer.Option("--port", envvar="DSVL_PORT", show_envvar=True,
                                       help="Port to listen on (0: any free port).")] = 8000,
-    max_queue: Annotated[int, typer.Option("--max-queue", envvar="DSVL_MAX_QUEUE", show_envvar=True,
-                                           rich_help_panel=SERVE, min=0,
+    max_queue: Annotated[int, typer.Option("--max-queue", envvar="DSVL_MAX_QUEUE", show_envvar=True, min=0,
                                            help="Requests that may wait behind the running batch; more get 429.")]
     = 16,
     batch_size: Annotated[Optional[int], typer.Option(
-        "--batch-size", envvar="DSVL_BATCH_SIZE", show_envvar=True, rich_help_panel=SERVE, min=1,
+        "--batch-size", envvar="DSVL_BATCH_SIZE", show_envvar=True, min=1,
         help="Most waiting requests answered together in one generate call "
              "[default: 8 on CPU, 16-32 on CUDA by free memory].")] = None,
 ) -> None:
@@ -41,25 +39,20 @@ def serve(
       curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
         -d '{"messages": [{"role": "user", "content": "Hello"}]}'
     """
-    from dsvl_cli.errors import guarded
-    from dsvl_cli.errors import DsvlError, UsageError
-    from dsvl_cli.render import note, stderr_console
+    from dsvl_cli.errors import DsvlError, guarded
+    from dsvl_cli.render import load_backend, note
 
     with guarded(opts.debug):
-        if opts.server:
-            raise UsageError("--server (DSVL_SERVER) is for ask, chat and batch; dsvl serve loads the model itself")
         try:
             from dsvl_cli.serve import app as server
         except ImportError as exc:
             raise DsvlError(f"dsvl serve needs {exc.name or 'fastapi and uvicorn'}: "
                             "pip install 'dsvl-cli[serve]'") from None
-        from dsvl_cli.commands.common import load_engine
-
         sock = server.bind(host, port)  # before loading: a busy port fails fast
-        engine = load_engine(opts)
+        engine = load_backend(opts)
         app = server.create_app(engine, defaults=opts.generation, api_key=opts.api_key, max_queue=max_queue,
                                  max_batch=batch_size)
-        console = stderr_console()
+        console = opts.env.stderr_console()
         shown_host = f"[{host}]" if ":" in host else host
         url = f"http://{shown_host}:{sock.getsockname()[1]}"
         if opts.api_key is None and host not in ("127.0.0.1", "localhost", "::1"):

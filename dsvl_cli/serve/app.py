@@ -1,4 +1,4 @@
-"""`dsvl serve`: an OpenAI-compatible HTTP API over one warm Engine (FastAPI + uvicorn).
+"""`dsvl serve`: an OpenAI-compatible HTTP API over one warm LocalEngine (FastAPI + uvicorn).
 
 Why: loading the model costs seconds (tiny-random) to minutes (7B); a server keeps it loaded for
 shell loops (`dsvl ask --server`) and for any OpenAI client. The wire format lives in chat_api.py.
@@ -83,7 +83,7 @@ def create_app(engine, *, defaults: GenerationSettings | None = None, api_key: s
     `max_batch`: most requests in one generate call (default: batch's default for the device)."""
     defaults = defaults or GenerationSettings()
     body_cap = max_body_bytes or default_max_body_bytes()
-    worker = Worker(engine, max_queue, max_batch or _default_batch(engine))
+    worker = Worker(engine, max_queue, max_batch or engine.default_batch_size)
     # Image fetching runs beside the event loop; a slow URL must not hold up other requests' images.
     images = ThreadPoolExecutor(max_workers=IMAGE_WORKERS, thread_name_prefix="dsvl-serve-images")
 
@@ -174,16 +174,6 @@ def create_app(engine, *, defaults: GenerationSettings | None = None, api_key: s
         return chat_api.completion(cid, engine.name, result)
 
     return app
-
-
-def _default_batch(engine) -> int:
-    from dsvl_cli.engine.local import Engine
-
-    if not isinstance(engine, Engine):
-        return 1
-    from dsvl_cli.batch.runner import default_batch_size
-
-    return default_batch_size(engine)
 
 
 async def _read_body(request: Request, cap: int) -> bytes:
