@@ -10,7 +10,6 @@ import functools
 import json
 import os
 import sys
-import time
 
 import pytest
 
@@ -389,8 +388,10 @@ def test_repl_on_a_pty_interrupt_then_answer_history(tiny_folder, isolated_home,
                           env=env, cwd=str(REPO), encoding="utf-8", timeout=60, dimensions=(30, 100))
 
     def prompt():
+        # prompt_toolkit turns bracketed paste on once it holds the terminal in raw mode, then
+        # draws the prompt: typing before that would be echoed by the cooked tty, not read.
+        child.expect_exact("\x1b[?2004h")
         child.expect(">>>")
-        time.sleep(0.3)  # let prompt_toolkit switch the terminal to raw mode
 
     try:
         prompt()

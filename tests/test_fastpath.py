@@ -120,7 +120,6 @@ def test_one_static_cache_is_reused_across_requests_but_a_chat_keeps_its_own(fas
     question = Conversation.single("what is this?", [_loaded("green")])
     asks = [fast_engine.run(question, GenerationSettings(max_new_tokens=10)).token_ids for _ in range(2)]
     assert asks[0] == asks[1] == engine.run(question, GenerationSettings(max_new_tokens=10)).token_ids
-    assert cache.kv is not fast._shared[1]
     turn2 = _chat(fast_engine, TURNS[1:2], cache, conversation=conversation)
     assert turn2[0][1] > 0  # reused the chat's own KV...
     assert [ids for ids, _ in turn1 + turn2] == [ids for ids, _ in _chat(engine, TURNS[:2], None)]  # ...intact
@@ -163,16 +162,29 @@ def test_a_dynamic_cache_from_before_the_fast_path_is_dropped_cleanly(tiny_folde
     assert second[0][0] == engine.run(conversation, GenerationSettings(max_new_tokens=10)).token_ids
 
 
-def test_compiled_decode_equals_plain_generate_and_fills_the_compile_cache(cli, reference, monkeypatch):
+@pytest.fixture(scope="module")
+def compiled_ask(tiny_folder):
+    """`ask --compile` once per module: it compiles the decode step (~30 s on 2 cores) into
+    DSVL_HOME's compile cache, which every later compiled run (the chat test) then reads. Tests
+    that need a warm cache ask for this fixture instead of relying on test order."""
+    from typer.testing import CliRunner
+
+    from dsvl_cli.cli import app
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+        return CliRunner().invoke(app, ["ask", str(EXAMPLES / "shapes.png"), "Describe this image.", "-m",
+                                        "tiny-random", "-n", "16", "--json", "--compile", "--device", "cpu"],
+                                  catch_exceptions=False)
+
+
+def test_compiled_decode_equals_plain_generate_and_fills_the_compile_cache(compiled_ask, reference):
     """`ask --compile`: the whole CLI path with a compiled decode step (the one slow test, ~30 s)."""
     from dsvl_cli.engine import runtime
     from dsvl_cli.engine.fastpath import compile_cache_dir
     from dsvl_cli.images import load_image
 
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
-    image = EXAMPLES / "shapes.png"
-    result = cli(["ask", str(image), "Describe this image.", "-m", "tiny-random", "-n", "16", "--json",
-                  "--compile", "--device", "cpu"])
+    result, image = compiled_ask, EXAMPLES / "shapes.png"
     assert result.exit_code == 0, result.output
     model, processor = reference
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this image."}]}]
@@ -181,9 +193,10 @@ def test_compiled_decode_equals_plain_generate_and_fills_the_compile_cache(cli, 
     assert any(p.is_file() for p in compile_cache_dir(runtime.dsvl_home()).rglob("*"))
 
 
-def test_chat_with_compile_on_cpu_answers_each_turn_as_plain_generate(cli, reference):
+def test_chat_with_compile_on_cpu_answers_each_turn_as_plain_generate(cli, reference, compiled_ask):
     """`chat --compile`: compiled decode + static-cache KV reuse across turns, token for token
-    against plain `generate` on the whole re-encoded conversation (warm compile cache: ~10 s)."""
+    against plain `generate` on the whole re-encoded conversation (compile cache warmed by
+    `compiled_ask`: ~10 s)."""
     from dsvl_cli.images import load_image
 
     image = EXAMPLES / "shapes.png"

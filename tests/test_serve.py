@@ -383,6 +383,30 @@ def test_ask_through_the_server_equals_local_ask(cli, server, local_answer):
     assert "12 generated" in plain.stderr
 
 
+def test_chat_through_the_server_equals_local_chat(cli, server):
+    """A scripted chat with --server answers each turn as a local chat does (greedy): the server
+    re-reads the whole conversation each turn (no KV reuse there, so cached_tokens is 0)."""
+    script = "describe it\nwhat colour is the square?\n/image {0}\nand now?\n".format(EXAMPLES / "shapes.png")
+    args = ["chat", str(EXAMPLES / "shapes.png"), "--json", "-n", "8"]
+    local = cli([*args, "-m", "tiny-random", "--device", "cpu"], input=script)
+    remote = cli([*args, "--server", server, "--api-key", KEY], input=script)
+    assert local.exit_code == 0 and remote.exit_code == 0, remote.output
+    local_turns = [json.loads(line) for line in local.stdout.splitlines()]
+    remote_turns = [json.loads(line) for line in remote.stdout.splitlines()]
+    assert len(remote_turns) == 3
+    assert [t["answer"] for t in remote_turns] == [t["answer"] for t in local_turns]
+    assert [t["turn"] for t in remote_turns] == [1, 2, 3]
+    assert local_turns[1]["stats"]["cached_tokens"] > 0 and remote_turns[1]["stats"]["cached_tokens"] == 0
+
+
+def test_local_model_flags_are_refused_with_server(cli, server):
+    for flag in (["--quantize", "int8"], ["--compile"], ["--revision", "main"], ["--device", "cpu"]):
+        result = cli(["ask", "hi", "--server", server, *flag])
+        assert result.exit_code == 2, flag
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and flag[0] in lines[0] and "--server" in lines[0], lines
+
+
 def test_ask_server_errors_are_one_clear_line(cli, server):
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))

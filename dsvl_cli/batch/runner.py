@@ -1,6 +1,6 @@
 """Running a batch: plan, prefetch images, generate, write each record the moment it is done.
 
-Guarantees (DESIGN §6, nothing is lost):
+Guarantees (nothing is lost):
 - Each output record is one `write` of one JSON line, flushed at once; Ctrl-C lets the running
   batch stop at its next decode step, writes what had already finished, and leaves valid JSONL.
   Records cut short are not written, so `--resume` does them again. A second Ctrl-C aborts at once.

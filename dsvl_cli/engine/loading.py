@@ -33,10 +33,6 @@ class ResolvedModel:
     random_weights: bool  # tiny-random: say so wherever its answers are shown
 
 
-def is_random(name: str) -> bool:
-    return name in tiny_random.SPECS
-
-
 def resolve(settings: ModelSettings) -> ResolvedModel:
     """Turn a model name into a local folder, building tiny-random or downloading as needed."""
     name = settings.model

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 
 import requests
 
-from dsvl_cli import __version__
+from dsvl_cli import __version__, wire
 from dsvl_cli.conversation import Conversation
 from dsvl_cli.engine.backend import Backend
 from dsvl_cli.errors import ContextLengthError, GenerationError, ModelError, UsageError
@@ -41,7 +41,6 @@ from dsvl_cli.settings import GenerationSettings
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 600.0
 BUSY_RETRY_S = 120.0
-_PASS_THROUGH = re.compile(r"^(https?://|data:)", re.IGNORECASE)
 _URI_CACHE_SIZE = 16
 POOL_SIZE = 64  # kept-alive connections; more open streams than this still work, with a urllib3 warning
 
@@ -115,26 +114,11 @@ class RemoteEngine(Backend):
 
     # -- the request ----------------------------------------------------------------------------
     def request_body(self, conversation: Conversation, gen: GenerationSettings) -> dict:
-        messages: list[dict] = []
-        if conversation.system is not None:
-            messages.append({"role": "system", "content": conversation.system})
-        for m in conversation.messages:
-            if m.role == "assistant":
-                messages.append({"role": "assistant", "content": m.text})
-                continue
-            parts = [{"type": "image_url", "image_url": {"url": self._image_ref(i)}} for i in m.images]
-            parts.append({"type": "text", "text": m.text})
-            messages.append({"role": "user", "content": parts})
-        body = {"model": self.name, "messages": messages, "stream": True,
-                "stream_options": {"include_usage": True},
-                "max_tokens": gen.max_new_tokens, "temperature": gen.temperature}
-        optional = {"top_p": gen.top_p, "top_k": gen.top_k, "repetition_penalty": gen.repetition_penalty,
-                    "seed": gen.seed, "stop": list(gen.stop) or None}
-        body.update({k: v for k, v in optional.items() if v is not None})
-        return body
+        return {"model": self.name, "messages": wire.to_messages(conversation, self._image_ref), "stream": True,
+                "stream_options": {"include_usage": True}, **wire.sampling_fields(gen)}
 
     def _image_ref(self, loaded: LoadedImage) -> str:
-        if _PASS_THROUGH.match(loaded.source):
+        if wire.IMAGE_URL.match(loaded.source):  # the server fetches these itself
             return loaded.source
 
         def png_uri(_key) -> tuple[LoadedImage, str]:  # holds `loaded`, so its id stays its own

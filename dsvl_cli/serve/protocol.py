@@ -116,12 +116,6 @@ def generation_settings(req: ChatRequest, defaults: GenerationSettings) -> Gener
     return defaults.replace(**changes)
 
 
-def image_sources(req: ChatRequest) -> list[str]:
-    """Every image URL in the request, in order (what build_conversation will load)."""
-    return [part.image_url.url for m in req.messages if isinstance(m.content, list)
-            for part in m.content if part.type == "image_url"]
-
-
 def build_conversation(req: ChatRequest, load: Callable[[str], LoadedImage]) -> Conversation:
     """A Conversation from the request's messages; `load` resolves each image (blocking)."""
     systems: list[str] = []
