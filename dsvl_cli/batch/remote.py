@@ -27,7 +27,8 @@ from dsvl_cli.errors import DsvlError, ImageLoadError, ModelError
 class _Images:
     """Each source loaded once by the first record that needs it, dropped after its last use."""
 
-    def __init__(self, records: list[Record]):
+    def __init__(self, records: list[Record], *, exact: bool = False):
+        self.exact = exact
         self.uses = Counter(s for r in records for s in r.images)
         self.loaded: dict[str, Future] = {}
         self.lock = threading.Lock()
@@ -42,7 +43,7 @@ class _Images:
                 self.loaded[source] = future
         if mine:
             try:
-                future.set_result(load_image(source))
+                future.set_result(load_image(source, exact=self.exact))
             except DsvlError as err:
                 future.set_exception(err if isinstance(err, ImageLoadError) else ImageLoadError(source, err.message))
         return future.result()
@@ -56,14 +57,14 @@ class _Images:
 
 
 def run_remote(engine, records: list[Record], writer, summary, *, concurrency: int,
-               stop: threading.Event) -> None:
+               stop: threading.Event, exact: bool = False) -> None:
     """Answer `records` through `engine` (a RemoteEngine), `concurrency` requests at a time.
 
     Raises the ModelError of a server that could not be reached (after writing what finished)."""
     from dsvl_cli.batch.output import error_record
     from dsvl_cli.conversation import Conversation
 
-    images = _Images(records)
+    images = _Images(records, exact=exact)
     lock = threading.Lock()  # one writer, one summary, several threads
     fatal: list[ModelError] = []
     slots = threading.BoundedSemaphore(concurrency)

@@ -58,8 +58,8 @@ def plan_batches(engine, records: list[Record], batch_size: int) -> list[list[Re
 class Prefetcher:
     """Loads and preprocesses each image source once, a few batches ahead of the model."""
 
-    def __init__(self, engine, batches: list[list[Record]], stop: threading.Event):
-        self.engine, self.batches, self.stop = engine, batches, stop
+    def __init__(self, engine, batches: list[list[Record]], stop: threading.Event, *, exact: bool = False):
+        self.engine, self.batches, self.stop, self.exact = engine, batches, stop, exact
         self.uses: Counter = Counter(s for batch in batches for r in batch for s in r.images)
         self.futures: dict[str, Future] = {}
         self.submitted = 0  # batches whose sources are queued
@@ -92,7 +92,7 @@ class Prefetcher:
         if self.stop.is_set():
             return ImageLoadError(source, "not loaded: the batch was interrupted")
         try:
-            return prepare_image(self.engine, load_image(source))
+            return prepare_image(self.engine, load_image(source, exact=self.exact))
         except DsvlError as err:
             return err if isinstance(err, ImageLoadError) else ImageLoadError(source, err.message)
 
@@ -123,7 +123,7 @@ class _Interrupts:
 
 
 def run_records(engine, records: list[Record], writer: Writer, summary: Summary, *,
-                batch_size: int, stop: threading.Event) -> None:
+                batch_size: int, stop: threading.Event, exact: bool = False) -> None:
     """Answer `records`, writing each result as soon as its batch is done."""
     from dsvl_cli.engine.batched import BatchItem, FeatureStore, generate_batch
     from dsvl_cli.conversation import Conversation
@@ -132,7 +132,7 @@ def run_records(engine, records: list[Record], writer: Writer, summary: Summary,
     features = FeatureStore(engine)
     for source in (s for r in records for s in r.images):
         features.expect(source)
-    prefetcher = Prefetcher(engine, batches, stop)
+    prefetcher = Prefetcher(engine, batches, stop, exact=exact)
     try:
         for index, batch in enumerate(batches):
             if stop.is_set():
@@ -203,10 +203,11 @@ def run_batch(inputs: list[str], *, output: Path | None, prompt: str | None, bat
                     from dsvl_cli.batch.remote import run_remote
 
                     run_remote(engine, records, writer, summary, concurrency=batch_size or REMOTE_IN_FLIGHT,
-                               stop=stop)
+                               stop=stop, exact=opts.exact_pixels)
                 else:
                     run_records(engine, records, writer, summary,
-                                batch_size=batch_size or engine.default_batch_size, stop=stop)
+                                batch_size=batch_size or engine.default_batch_size, stop=stop,
+                                exact=opts.exact_pixels)
     except KeyboardInterrupt:  # the second Ctrl-C: everything written so far stays valid
         stop.set()
     finally:

@@ -106,8 +106,9 @@ def _plural(n: int, word: str) -> str:
 
 class ChatSession:
     def __init__(self, engine: Backend, generation: GenerationSettings, *, images: Sequence[LoadedImage] = (),
-                 reuse: bool = True):
+                 reuse: bool = True, exact_pixels: bool = False):
         self.engine = engine
+        self.exact_pixels = exact_pixels  # --exact-pixels: how /image and /load decode
         self.generation = generation
         self.conversation = Conversation(system=generation.system)
         self.cache = engine.new_cache() if reuse else None  # None where the backend keeps no KV
@@ -199,7 +200,7 @@ class ChatSession:
         if not sources:
             raise UsageError("usage: /image SRC... (a path, http(s) URL or data: URI)")
         check_chat_sources(sources)
-        images = load_images(sources)
+        images = load_images(sources, exact=self.exact_pixels)
         self.pending.extend(images)
         return Reply(f"attached {', '.join(i.source for i in images)} to your next question "
                      f"({_plural(len(self.pending), 'image')} attached)")
@@ -305,7 +306,7 @@ class ChatSession:
         return Reply(f"saved {_plural(len(exchanges(self.conversation)), 'exchange')} to {path} ({what}){unsaved}")
 
     def _cmd_load(self, arg: str) -> Reply:
-        path, self.conversation = chat_files.load(arg)
+        path, self.conversation = chat_files.load(arg, exact=self.exact_pixels)
         self.generation = self.generation.replace(system=self.conversation.system)
         self.pending, self.last = [], None
         if self.cache is not None:

@@ -42,7 +42,7 @@ def _answer(sources: list[str], prompt: str, opts: CommonOptions) -> str:
     from dsvl_cli.render import load_backend, print_json, print_stats, stream_answer
 
     env = opts.env
-    images = load_images(sources, stdin=env.stdin_bytes)
+    images = load_images(sources, stdin=env.stdin_bytes, exact=opts.exact_pixels)
     conversation = Conversation.single(prompt, images, system=opts.generation.system)
     backend = load_backend(opts)
     result = stream_answer(backend, conversation, opts.generation, env, markdown=env.markdown(opts.plain),

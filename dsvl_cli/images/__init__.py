@@ -54,23 +54,26 @@ class LoadedImage:
     load_s: float  # seconds spent reading/fetching + decoding
 
 
-def load_image(source: str, *, stdin: BinaryIO | None = None) -> LoadedImage:
-    """Read, fetch or decode one image source; raise ImageLoadError with a one-line reason."""
+def load_image(source: str, *, stdin: BinaryIO | None = None, exact: bool = False) -> LoadedImage:
+    """Read, fetch or decode one image source; raise ImageLoadError with a one-line reason.
+
+    Images over ~4 MP are decoded at the size the model needs (images/decode.py); `exact`
+    decodes every image in full, as the model card's way does (--exact-pixels)."""
     start = time.perf_counter()
-    image = _resolve(source, stdin)
+    image = _resolve(source, stdin, exact)
     return LoadedImage(source=source, image=image, load_s=time.perf_counter() - start)
 
 
-def load_images(sources: Sequence[str], *, stdin: BinaryIO | None = None) -> list[LoadedImage]:
+def load_images(sources: Sequence[str], *, stdin: BinaryIO | None = None, exact: bool = False) -> list[LoadedImage]:
     """Load every source in order; the first bad one raises. `-` may appear at most once."""
     if sum(1 for s in sources if s == "-") > 1:
         raise ImageLoadError("-", "stdin can only be read once")
-    return [load_image(s, stdin=stdin) for s in sources]
+    return [load_image(s, stdin=stdin, exact=exact) for s in sources]
 
 
-def _resolve(source: str, stdin: BinaryIO | None) -> Image.Image:
+def _resolve(source: str, stdin: BinaryIO | None, exact: bool) -> Image.Image:
     if source == "-":
-        return _from_stdin(stdin)
+        return _from_stdin(stdin, exact)
     if not source:
         raise ImageLoadError(source, "empty image source")
     url = _URL_RE.match(source)
@@ -79,18 +82,18 @@ def _resolve(source: str, stdin: BinaryIO | None) -> Image.Image:
         if scheme in ("http", "https"):
             from dsvl_cli.images.fetch import from_url
 
-            return from_url(source)
+            return from_url(source, exact)
         raise _unsupported_scheme(source, scheme)
     scheme_match = _SCHEME_RE.match(source)
     if scheme_match and not os.path.lexists(os.path.expanduser(source)):
         scheme = scheme_match.group(1).lower()  # `a:b.png` on disk stays a path
         if scheme == "data":
-            return _from_data_uri(source)
+            return _from_data_uri(source, exact)
         if scheme in ("http", "https"):
             raise ImageLoadError(source, f"malformed URL (expected {scheme}://host/...)")
         if scheme in _NON_FILE_SCHEMES:
             raise _unsupported_scheme(source, scheme)
-    return _from_path(source)
+    return _from_path(source, exact)
 
 
 def _unsupported_scheme(source: str, scheme: str) -> ImageLoadError:
@@ -101,7 +104,7 @@ def _unsupported_scheme(source: str, scheme: str) -> ImageLoadError:
 # --- sources -----------------------------------------------------------------------------------
 
 
-def _from_path(source: str) -> Image.Image:
+def _from_path(source: str, exact: bool) -> Image.Image:
     path = os.path.expanduser(source)
     try:
         st = os.stat(path)
@@ -120,17 +123,17 @@ def _from_path(source: str) -> Image.Image:
     try:
         with open(path, "rb") as f:
             if f.seekable():
-                return decode_image(source, f, empty_reason="empty file")
+                return decode_image(source, f, empty_reason="empty file", exact=exact)
             # A pipe such as <(curl ...): buffer it, under the same cap as stdin.
             data = read_capped(source, f)
-            return decode_image(source, io.BytesIO(data), empty_reason="empty file")
+            return decode_image(source, io.BytesIO(data), empty_reason="empty file", exact=exact)
     except PermissionError:
         raise ImageLoadError(source, "permission denied") from None
     except OSError as e:  # read errors outside decoding (decode errors are mapped in _decode)
         raise ImageLoadError(source, f"cannot read file: {oserror_text(e)}") from None
 
 
-def _from_stdin(stdin: BinaryIO | None) -> Image.Image:
+def _from_stdin(stdin: BinaryIO | None, exact: bool) -> Image.Image:
     stream = stdin if stdin is not None else getattr(sys.stdin, "buffer", None)
     if stream is None:
         raise ImageLoadError("-", "no stdin available to read image bytes from")
@@ -141,10 +144,10 @@ def _from_stdin(stdin: BinaryIO | None) -> Image.Image:
         data = read_capped("-", stream)
     except OSError as e:
         raise ImageLoadError("-", f"cannot read stdin: {oserror_text(e)}") from None
-    return decode_image("-", io.BytesIO(data), empty_reason="no bytes on stdin")
+    return decode_image("-", io.BytesIO(data), empty_reason="no bytes on stdin", exact=exact)
 
 
-def _from_data_uri(uri: str) -> Image.Image:
+def _from_data_uri(uri: str, exact: bool) -> Image.Image:
     # Errors name a shortened URI: a multi-megabyte error line helps nobody.
     source = uri if len(uri) <= 80 else f"{uri[:60]}…({len(uri)} chars)"
     header, comma, payload = uri[len("data:"):].partition(",")
@@ -167,6 +170,6 @@ def _from_data_uri(uri: str) -> Image.Image:
         raise ImageLoadError(source, "data: URI has invalid base64 data") from None
     if len(data) > max_image_bytes():
         raise ImageLoadError(source, too_big())
-    return decode_image(source, io.BytesIO(data), empty_reason="data: URI has no image data")
+    return decode_image(source, io.BytesIO(data), empty_reason="data: URI has no image data", exact=exact)
 
 

@@ -1,11 +1,22 @@
 """Decoding: sniff, decode with Pillow, apply EXIF orientation, normalise to RGB.
 
+Photo intake at the size the model needs: no DeepSeek-VL processor looks at more than INTAKE_SIDE
+pixels on the long side (SAM-B's 1024 px), so an image of more than INTAKE_MIN_PIXELS (a 12 MP
+phone photo) is decoded at the smallest JPEG DCT scale that still gives >= INTAKE_SIDE (Pillow's
+`draft`), or for other formats reduced by a whole factor, then resized once (bicubic, as the
+processor resizes) to INTAKE_SIDE on the long side, and only then rotated per EXIF (rotating the
+small image is cheaper and gives the same pixels). The processor's own resize to 1024 then keeps
+the size. Smaller images take the exact path, bit for bit as before; `exact=True` (--exact-pixels)
+takes it for every image. Limits: for the 1.3B model (384 px) the 1024 px intermediate is still
+larger than needed; the decompression-bomb guard checks the full size before anything is decoded.
+
 Decoding uses warnings.catch_warnings, which is process-global, so it holds a module lock: callers
 may load images from several threads (fetching URLs overlaps; decoding takes turns).
 """
 
 from __future__ import annotations
 
+import math
 import re
 import struct
 import threading
@@ -18,6 +29,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from dsvl_cli.errors import ImageLoadError
 
 _SNIFF = 4096
+INTAKE_SIDE = 1024  # the longest side any DeepSeek-VL processor resizes to
+INTAKE_MIN_PIXELS = 4_000_000  # below this, decoding is a few ms: the exact path, bit for bit
 # Pillow raises these on corrupt or truncated data (some plugins leak non-OSError exceptions).
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error, zlib.error)
 
@@ -25,8 +38,10 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct
 _DECODE_LOCK = threading.Lock()  # warnings.catch_warnings is process-global
 
 
-def decode_image(source: str, fp: BinaryIO, *, empty_reason: str, url: bool = False) -> Image.Image:
-    """Sniff, decode and normalise to RGB. `fp` must be seekable and positioned at the start."""
+def decode_image(source: str, fp: BinaryIO, *, empty_reason: str, url: bool = False,
+                 exact: bool = False) -> Image.Image:
+    """Sniff, decode and normalise to RGB (large images at the size the model needs, see above).
+    `fp` must be seekable and positioned at the start."""
     head = fp.read(_SNIFF)
     fp.seek(0)
     if not head:
@@ -36,6 +51,8 @@ def decode_image(source: str, fp: BinaryIO, *, empty_reason: str, url: bool = Fa
         warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse, don't just warn
         try:
             with Image.open(fp) as opened:
+                if not exact and opened.width * opened.height > INTAKE_MIN_PIXELS:
+                    return _decode_shrunk(source, opened)
                 opened.load()  # decode now, so truncation is caught here and not later
                 rgb = _to_rgb(source, _apply_orientation(opened))
                 return rgb.copy() if rgb is opened else rgb
@@ -47,6 +64,37 @@ def decode_image(source: str, fp: BinaryIO, *, empty_reason: str, url: bool = Fa
             raise ImageLoadError(source, "not enough memory to decode the image") from None
         except _DECODE_ERRORS:
             raise ImageLoadError(source, "truncated or corrupt image data") from None
+
+
+def _decode_shrunk(source: str, opened: Image.Image) -> Image.Image:
+    """A large image decoded straight to INTAKE_SIDE on its long side, then oriented per EXIF."""
+    if opened.format == "JPEG":  # DCT scaling: the decoder skips most of the work
+        scale = INTAKE_SIDE / max(opened.size)
+        opened.draft(opened.mode, (math.ceil(opened.width * scale), math.ceil(opened.height * scale)))
+    orientation = _orientation(opened)
+    opened.load()
+    image = _to_rgb(source, opened)
+    factor = max(image.size) // INTAKE_SIDE
+    if factor >= 2:  # a box filter by a whole factor first: the bicubic pass then reads far less
+        image = image.reduce(factor)
+    ratio = INTAKE_SIDE / max(image.size)
+    if ratio < 1:
+        image = image.resize((max(1, round(image.width * ratio)), max(1, round(image.height * ratio))),
+                             Image.Resampling.BICUBIC)
+    elif image is opened:
+        image = image.copy()
+    return image.transpose(orientation) if orientation is not None else image
+
+
+def _orientation(image: Image.Image) -> Image.Transpose | None:
+    """The transpose that EXIF orientation 2-8 asks for (what ImageOps.exif_transpose applies)."""
+    try:
+        value = image.getexif().get(0x0112)
+    except (SyntaxError, ValueError, TypeError, KeyError, struct.error):
+        return None
+    return {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}.get(value)
 
 
 def _reject_text_formats(source: str, head: bytes, url: bool) -> None:
