@@ -126,3 +126,28 @@ def test_the_bomb_guard_still_checks_the_full_size(tmp_path, monkeypatch):
     with pytest.raises(ImageLoadError) as err:
         load_image(path)
     assert "decompression bomb" in str(err.value)
+
+
+@pytest.mark.parametrize("size", [(1024, 768), (768, 1024), (1024, 1024), (1024, 300)])
+def test_one_pass_preprocessing_equals_the_processor(hybrid_processor, size):
+    """A picture already at the SAM size skips the processor's no-op resize and its numpy/PIL round
+    trips (engine/preprocess.py); the tensors are the processor's to float rounding."""
+    import torch
+
+    from dsvl_cli.engine.preprocess import hybrid_pixels
+
+    image = photo(size, seed=5)
+    expected = hybrid_processor(images=[image], return_tensors="pt")
+    got = hybrid_pixels(hybrid_processor, image)
+    for key in ("pixel_values", "high_res_pixel_values"):
+        assert got[key].shape == expected[key].shape and got[key].dtype == torch.float32
+        assert torch.allclose(got[key], expected[key], atol=1e-5), key
+
+
+def test_other_pictures_and_processors_go_through_the_processor(hybrid_processor, engine):
+    from dsvl_cli.engine.preprocess import hybrid_pixels
+
+    assert hybrid_pixels(hybrid_processor, photo((800, 600))) is None  # not at the SAM size
+    assert hybrid_pixels(hybrid_processor, photo((1024, 768)).convert("L")) is None
+    tiny = engine.processor.image_processor  # tiny-random: its SAM size is 64 px
+    assert hybrid_pixels(tiny, photo((64, 48))) is not None and hybrid_pixels(tiny, photo((65, 48))) is None
