@@ -61,7 +61,7 @@ def run_remote(engine, records: list[Record], writer, summary, *, concurrency: i
     """Answer `records` through `engine` (a RemoteEngine), `concurrency` requests at a time.
 
     Raises the ModelError of a server that could not be reached (after writing what finished)."""
-    from dsvl_cli.batch.output import error_record
+    from dsvl_cli.batch.output import OutputClosed, answer_record, error_record
     from dsvl_cli.conversation import Conversation
 
     images = _Images(records, exact=exact)
@@ -71,7 +71,11 @@ def run_remote(engine, records: list[Record], writer, summary, *, concurrency: i
 
     def write(record: Record, obj: dict, *, failed: bool, tokens: int = 0) -> None:
         with lock:
-            writer.write(obj)
+            try:
+                writer.write(obj)
+            except OutputClosed:  # the reader went away: stop; run_batch reports it (writer.closed)
+                stop.set()
+                return
             if failed:
                 summary.failed += 1
             else:
@@ -94,7 +98,7 @@ def run_remote(engine, records: list[Record], writer, summary, *, concurrency: i
                 write(record, error_record(record, err.kind, err.message), failed=True)
                 return
             if result.finish_reason != "interrupted":  # cut short: left for --resume
-                write(record, {"id": record.id, **result.to_dict()}, failed=False,
+                write(record, answer_record(record, result), failed=False,
                       tokens=result.stats.generated_tokens)
         finally:
             images.release(record.images)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dsvl_cli.chat.session import ChatSession
 from dsvl_cli.chat.turns import Reply, Turn
 from dsvl_cli.errors import DsvlError, ExitCode
+from dsvl_cli.images import display_source
 from dsvl_cli.options import CommonOptions
 from dsvl_cli.render import note, print_json, print_stats, stream_answer
 from dsvl_cli.results import Stats
@@ -64,7 +65,8 @@ class ChatUI:
             self.error(err.message, int(err.exit_code))
             if self.opts.json:
                 number = len([m for m in self.session.conversation.messages if m.role == "user"]) + 1
-                print_json({"turn": number, "prompt": question.text, "images": [i.source for i in question.images],
+                shown = [display_source(i.source) for i in question.images]
+                print_json({"turn": number, "prompt": question.text, "images": shown,
                             "answer": "", "finish_reason": "error", "stats": Stats().to_dict(),
                             "error": {"kind": err.kind, "message": err.message}, "model": self.session.engine.name},
                            self.stdout)

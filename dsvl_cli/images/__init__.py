@@ -15,7 +15,11 @@ Limits, on purpose:
   orientation is applied. Colour profiles (ICC) are ignored.
 - `-` can be read once per process, so it may appear once among the sources of one question.
 - Decoding uses warnings.catch_warnings, which is process-global, so decoding holds a module lock:
-  callers may load images from several threads (fetching URLs overlaps; decoding takes turns).
+  callers may load images from several threads (fetching URLs overlaps; decoding takes turns);
+  such callers call prepare_for_threads(sources) first. Pillow's warnings about a damaged file
+  (a corrupt EXIF block) are not printed: the pixels are used, the damaged metadata ignored.
+- A named pipe (FIFO, `<(curl ...)`) is read without blocking forever (images/pipes.py); other
+  non-regular files (terminals, devices, sockets) are refused.
 """
 
 from __future__ import annotations
@@ -37,14 +41,14 @@ from PIL import Image
 
 from dsvl_cli.errors import ImageLoadError
 from dsvl_cli.images.decode import decode_image
-from dsvl_cli.images.limits import max_image_bytes, oserror_text, read_capped, too_big
+from dsvl_cli.images.limits import display_source, max_image_bytes, oserror_text, read_capped, too_big
 
 # `scheme://...` is always treated as a URL; a bare `scheme:` only when no such file exists.
 _URL_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")  # 2+ chars, so `C:\\...` stays a path
 _NON_FILE_SCHEMES = frozenset("file ftp sftp ssh javascript mailto about blob s3 gs hf".split())
 
-__all__ = ["LoadedImage", "load_image", "load_images", "max_image_bytes"]
+__all__ = ["LoadedImage", "display_source", "load_image", "load_images", "max_image_bytes", "prepare_for_threads"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,18 @@ def load_images(sources: Sequence[str], *, stdin: BinaryIO | None = None, exact:
     if sum(1 for s in sources if s == "-") > 1:
         raise ImageLoadError("-", "stdin can only be read once")
     return [load_image(s, stdin=stdin, exact=exact) for s in sources]
+
+
+def prepare_for_threads(sources: Sequence[str]) -> None:
+    """Import the HTTP stack now, in the calling thread, when any source is a URL.
+
+    Why: callers that load images on worker threads would otherwise import `requests` on one of
+    them while another decodes inside warnings.catch_warnings (process-global); the decoder's exit
+    then drops the filter requests installs for urllib3's DependencyWarning, and "SOCKS support
+    requires PySocks" reached stderr in most runs. Call it before the threads start.
+    """
+    if any(_URL_RE.match(s) for s in sources):
+        import requests  # noqa: F401  (imports urllib3 and its optional SOCKS support, once)
 
 
 def _resolve(source: str, stdin: BinaryIO | None, exact: bool) -> Image.Image:
@@ -118,19 +134,30 @@ def _from_path(source: str, exact: bool) -> Image.Image:
         raise ImageLoadError(source, f"cannot access file: {oserror_text(e)}") from None
     if stat.S_ISDIR(st.st_mode):
         raise ImageLoadError(source, "is a directory, not an image file")
-    if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+    if stat.S_ISFIFO(st.st_mode):  # a named pipe, or <(curl ...): read without blocking forever
+        from dsvl_cli.images.pipes import read_pipe
+
+        return decode_image(source, io.BytesIO(read_pipe(source, path)), empty_reason="the pipe was empty",
+                            exact=exact)
+    if not stat.S_ISREG(st.st_mode):  # a terminal, /dev/zero, a socket: nothing an image comes from
+        raise ImageLoadError(source, f"not a regular file ({_file_kind(st.st_mode)})")
+    if st.st_size == 0:
         raise ImageLoadError(source, "empty file")
     try:
         with open(path, "rb") as f:
-            if f.seekable():
-                return decode_image(source, f, empty_reason="empty file", exact=exact)
-            # A pipe such as <(curl ...): buffer it, under the same cap as stdin.
-            data = read_capped(source, f)
-            return decode_image(source, io.BytesIO(data), empty_reason="empty file", exact=exact)
+            return decode_image(source, f, empty_reason="empty file", exact=exact)
     except PermissionError:
         raise ImageLoadError(source, "permission denied") from None
     except OSError as e:  # read errors outside decoding (decode errors are mapped in _decode)
         raise ImageLoadError(source, f"cannot read file: {oserror_text(e)}") from None
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    return "a socket" if stat.S_ISSOCK(mode) else "a special file"
 
 
 def _from_stdin(stdin: BinaryIO | None, exact: bool) -> Image.Image:
@@ -148,8 +175,7 @@ def _from_stdin(stdin: BinaryIO | None, exact: bool) -> Image.Image:
 
 
 def _from_data_uri(uri: str, exact: bool) -> Image.Image:
-    # Errors name a shortened URI: a multi-megabyte error line helps nobody.
-    source = uri if len(uri) <= 80 else f"{uri[:60]}…({len(uri)} chars)"
+    source = display_source(uri)  # a multi-megabyte error line helps nobody
     header, comma, payload = uri[len("data:"):].partition(",")
     if not comma:
         raise ImageLoadError(source, "malformed data: URI (no ',' before the data)")

@@ -48,6 +48,7 @@ def decode_image(source: str, fp: BinaryIO, *, empty_reason: str, url: bool = Fa
         raise ImageLoadError(source, empty_reason)
     _reject_text_formats(source, head, url)
     with _DECODE_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's notes on damaged metadata ("Corrupt EXIF data")
         warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse, don't just warn
         try:
             with Image.open(fp) as opened:
