@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from dsvl_cli import wire
 from dsvl_cli.conversation import check_text
 from dsvl_cli.errors import DsvlError, UsageError
 from dsvl_cli.settings import GenerationSettings
@@ -32,10 +33,6 @@ from dsvl_cli.settings import GenerationSettings
 _INT_OPTIONS = ("max_new_tokens", "top_k", "seed")
 _FLOAT_OPTIONS = ("temperature", "top_p", "repetition_penalty")
 _RECORD_KEYS = {"id", "custom_id", "image", "images", "prompt", "system", "stop", *_INT_OPTIONS, *_FLOAT_OPTIONS}
-# OpenAI body keys -> our option names ("model" is ignored: the command's --model is used).
-_OPENAI_BODY = {"max_tokens": "max_new_tokens", "max_completion_tokens": "max_new_tokens",
-                "temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "seed": "seed",
-                "stop": "stop", "repetition_penalty": "repetition_penalty"}
 
 
 @dataclass
@@ -202,12 +199,12 @@ def _from_openai(data: dict, number: int, id_: Any, base: GenerationSettings) ->
         raise _BadLine("invalid_record", "body.messages must be a list")
     options: dict = {}
     for key, value in body.items():
-        if key in ("messages", "model") or (key == "n" and value == 1):
+        if key in ("messages", "model") or (key == "n" and value == 1):  # the command's --model answers
             continue
-        if key not in _OPENAI_BODY:
+        if key not in wire.SAMPLING_FIELDS:
             raise _BadLine("invalid_record", f"unsupported body field: {key}")
         if value is not None:
-            options[_OPENAI_BODY[key]] = value
+            options[wire.SAMPLING_FIELDS[key]] = value
     system, user = None, None
     for message in body["messages"]:
         role = message.get("role") if isinstance(message, dict) else None
@@ -224,24 +221,15 @@ def _from_openai(data: dict, number: int, id_: Any, base: GenerationSettings) ->
 
 
 def _openai_text(content: Any, *, allow_images: bool) -> tuple[str, list[str]]:
-    if isinstance(content, str):
-        return content, []
-    if not isinstance(content, list):
+    if content is None:
         raise _BadLine("invalid_record", "message content must be a string or a list of parts")
-    texts, images = [], []
-    for part in content:
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text" and isinstance(part.get("text"), str):
-            texts.append(part["text"])
-        elif kind == "image_url" and allow_images:
-            url = part.get("image_url")
-            url = url.get("url") if isinstance(url, dict) else url
-            if not isinstance(url, str):
-                raise _BadLine("invalid_record", "image_url part without a url")
-            images.append(url)
-        else:
-            raise _BadLine("invalid_record", f"unsupported content part: {kind!r}")
-    return "\n".join(texts), images
+    try:
+        text, images = wire.split_content(content)
+    except ValueError as exc:
+        raise _BadLine("invalid_record", str(exc)) from None
+    if images and not allow_images:
+        raise _BadLine("invalid_record", "unsupported content part: 'image_url'")
+    return text, images
 
 
 def _sources(images: list[str]) -> list[str]:

@@ -17,11 +17,11 @@ Ctrl-C closes the open streams (the server stops those generations); their recor
 from __future__ import annotations
 
 import threading
-from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 from dsvl_cli.batch.inputs import Record
 from dsvl_cli.errors import DsvlError, ImageLoadError, ModelError
+from dsvl_cli.images.cache import SourceCache
 
 
 class _Images:
@@ -29,31 +29,24 @@ class _Images:
 
     def __init__(self, records: list[Record], *, exact: bool = False):
         self.exact = exact
-        self.uses = Counter(s for r in records for s in r.images)
-        self.loaded: dict[str, Future] = {}
-        self.lock = threading.Lock()
+        self.cache = SourceCache(self._load)
+        for source in (s for r in records for s in r.images):
+            self.cache.expect(source)
 
     def get(self, source: str):
-        from dsvl_cli.images import load_image
-
-        with self.lock:
-            future, mine = self.loaded.get(source), False
-            if future is None:
-                future, mine = Future(), True
-                self.loaded[source] = future
-        if mine:
-            try:
-                future.set_result(load_image(source, exact=self.exact))
-            except DsvlError as err:
-                future.set_exception(err if isinstance(err, ImageLoadError) else ImageLoadError(source, err.message))
-        return future.result()
+        return self.cache.get(source)  # raises the ImageLoadError of a bad source, for each record
 
     def release(self, sources: list[str]) -> None:
-        with self.lock:
-            for source in sources:
-                self.uses[source] -= 1
-                if self.uses[source] <= 0:
-                    self.loaded.pop(source, None)
+        for source in sources:
+            self.cache.release(source)
+
+    def _load(self, source: str):
+        from dsvl_cli.images import load_image
+
+        try:
+            return load_image(source, exact=self.exact)
+        except DsvlError as err:
+            raise err if isinstance(err, ImageLoadError) else ImageLoadError(source, err.message) from None
 
 
 def run_remote(engine, records: list[Record], writer, summary, *, concurrency: int,

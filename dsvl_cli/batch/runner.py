@@ -22,14 +22,24 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from dsvl_cli.batch.inputs import BadRecord, Record
-from dsvl_cli.batch.output import (OutputClosed, Previous, Summary, Writer, answer_record, error_record, open_output,
-                                   read_previous, refuse_input_as_output, split_done)
+from dsvl_cli.batch.output import (
+    OutputClosed,
+    Previous,
+    Summary,
+    Writer,
+    answer_record,
+    error_record,
+    open_output,
+    read_previous,
+    refuse_input_as_output,
+    split_done,
+)
 from dsvl_cli.errors import DsvlError, ImageLoadError, UsageError
+from dsvl_cli.images.cache import SourceCache
 
 PREFETCH_WORKERS = 4
 PREFETCH_BATCHES = 2  # how many batches ahead of the model images are prepared
@@ -60,36 +70,34 @@ def plan_batches(engine, records: list[Record], batch_size: int) -> list[list[Re
 
 
 class Prefetcher:
-    """Loads and preprocesses each image source once, a few batches ahead of the model."""
+    """Loads and preprocesses each image source once, a few batches ahead of the model (a
+    SourceCache filled by a thread pool; a source is dropped after the last batch that uses it)."""
 
     def __init__(self, engine, batches: list[list[Record]], stop: threading.Event, *, exact: bool = False):
         self.engine, self.batches, self.stop, self.exact = engine, batches, stop, exact
-        self.uses: Counter = Counter(s for batch in batches for r in batch for s in r.images)
-        self.futures: dict[str, Future] = {}
-        self.submitted = 0  # batches whose sources are queued
         self.pool = ThreadPoolExecutor(PREFETCH_WORKERS, thread_name_prefix="dsvl-prefetch")
+        self.cache = SourceCache(self._prepare, pool=self.pool)
+        for source in (s for batch in batches for r in batch for s in r.images):
+            self.cache.expect(source)
+        self.submitted = 0  # batches whose sources are queued
 
     def take(self, index: int) -> dict:
         """source -> PreparedImage or ImageLoadError, for batch `index` (waits for them)."""
         while self.submitted < min(len(self.batches), index + 1 + PREFETCH_BATCHES):
-            for record in self.batches[self.submitted]:
-                for source in record.images:
-                    if source not in self.futures:
-                        self.futures[source] = self.pool.submit(self._prepare, source)
+            for source in (s for r in self.batches[self.submitted] for s in r.images):
+                self.cache.prefetch(source)
             self.submitted += 1
-        wanted = {s for r in self.batches[index] for s in r.images}
-        return {s: self.futures[s].result() for s in wanted}
+        return {s: self.cache.get(s) for r in self.batches[index] for s in r.images}
 
     def release(self, batch: list[Record]) -> None:
         for source in (s for r in batch for s in r.images):
-            self.uses[source] -= 1
-            if self.uses[source] <= 0:
-                self.futures.pop(source, None)
+            self.cache.release(source)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def _prepare(self, source: str):
+        """The prepared image, or the ImageLoadError for it (a value: each record reports it)."""
         from dsvl_cli.engine.batched import prepare_image
         from dsvl_cli.images import load_image
 
@@ -137,8 +145,8 @@ class _Interrupts:
 def run_records(engine, records: list[Record], writer: Writer, summary: Summary, *,
                 batch_size: int, stop: threading.Event, exact: bool = False) -> None:
     """Answer `records`, writing each result as soon as its batch is done."""
-    from dsvl_cli.engine.batched import BatchItem, FeatureStore, generate_batch
     from dsvl_cli.conversation import Conversation
+    from dsvl_cli.engine.batched import BatchItem, FeatureStore, generate_batch
     from dsvl_cli.images import prepare_for_threads
 
     prepare_for_threads([s for r in records for s in r.images])  # before the prefetch threads start
@@ -271,7 +279,13 @@ class _progress:
     def __enter__(self):
         if not self.console.is_terminal or not self.total:
             return lambda: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         self.bar = Progress(TextColumn("batch"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                             console=self.console, transient=True)
