@@ -10,8 +10,10 @@ the size. Smaller images take the exact path, bit for bit as before; `exact=True
 takes it for every image. Limits: for the 1.3B model (384 px) the 1024 px intermediate is still
 larger than needed; the decompression-bomb guard checks the full size before anything is decoded.
 
-Decoding uses warnings.catch_warnings, which is process-global, so it holds a module lock: callers
-may load images from several threads (fetching URLs overlaps; decoding takes turns).
+Threads: images decode in parallel (Pillow's decoders release the GIL), so batch's prefetch
+threads keep several photos in flight. Pillow's warnings are therefore filtered once for the
+process (`_pillow_warning_filters`), never with warnings.catch_warnings around each decode, which
+swaps the process-wide filter list and made decodes take turns under a lock.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import math
 import re
 import struct
-import threading
 import warnings
 import zlib
 from typing import BinaryIO
@@ -35,7 +36,13 @@ INTAKE_MIN_PIXELS = 4_000_000  # below this, decoding is a few ms: the exact pat
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error, zlib.error)
 
 
-_DECODE_LOCK = threading.Lock()  # warnings.catch_warnings is process-global
+def _pillow_warning_filters() -> None:
+    """A decompression-bomb warning is an error (the image is refused, not just noted); Pillow's
+    notes on damaged metadata ("Corrupt EXIF data") are dropped: warnings raised by Pillow or
+    attributed to this package's calls into it. Set before every decode (filterwarnings replaces
+    an identical entry, so the list does not grow): something else may have reset the filters."""
+    warnings.filterwarnings("ignore", module=r"(PIL|dsvl_cli\.images)(\.|$)")
+    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
 def decode_image(source: str, fp: BinaryIO, *, empty_reason: str, url: bool = False,
@@ -47,24 +54,22 @@ def decode_image(source: str, fp: BinaryIO, *, empty_reason: str, url: bool = Fa
     if not head:
         raise ImageLoadError(source, empty_reason)
     _reject_text_formats(source, head, url)
-    with _DECODE_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Pillow's notes on damaged metadata ("Corrupt EXIF data")
-        warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse, don't just warn
-        try:
-            with Image.open(fp) as opened:
-                if not exact and opened.width * opened.height > INTAKE_MIN_PIXELS:
-                    return _decode_shrunk(source, opened)
-                opened.load()  # decode now, so truncation is caught here and not later
-                rgb = _to_rgb(source, _apply_orientation(opened))
-                return rgb.copy() if rgb is opened else rgb
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise ImageLoadError(source, _bomb_reason(e)) from None
-        except UnidentifiedImageError:
-            raise ImageLoadError(source, "not a recognised image format") from None
-        except MemoryError:
-            raise ImageLoadError(source, "not enough memory to decode the image") from None
-        except _DECODE_ERRORS:
-            raise ImageLoadError(source, "truncated or corrupt image data") from None
+    _pillow_warning_filters()
+    try:
+        with Image.open(fp) as opened:
+            if not exact and opened.width * opened.height > INTAKE_MIN_PIXELS:
+                return _decode_shrunk(source, opened)
+            opened.load()  # decode now, so truncation is caught here and not later
+            rgb = _to_rgb(source, _apply_orientation(opened))
+            return rgb.copy() if rgb is opened else rgb
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageLoadError(source, _bomb_reason(e)) from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(source, "not a recognised image format") from None
+    except MemoryError:
+        raise ImageLoadError(source, "not enough memory to decode the image") from None
+    except _DECODE_ERRORS:
+        raise ImageLoadError(source, "truncated or corrupt image data") from None
 
 
 def _decode_shrunk(source: str, opened: Image.Image) -> Image.Image:
