@@ -5,7 +5,10 @@ EXIF-rotated, made here), alternating, `--repeats` times each; the figure is the
 dsvl's own summary line (model load excluded), median over the repeats. `exact` is
 `--exact-pixels`: every photo decoded in full and preprocessed from 12 MP, as before photo intake.
 
-    DSVL_HOME=/tmp/dsvl-bench python benchmarks/photo_batch.py --photos 16 --repeats 2
+    DSVL_HOME=/tmp/dsvl-bench python benchmarks/photo_batch.py --photos 16 --repeats 2 [--before CHECKOUT]
+
+`--before CHECKOUT`: also run an older checkout of dsvl (e.g. `git worktree add /tmp/before c3c73f4`,
+the commit before photo intake, whose decodes also took turns under a lock) as a third way.
 """
 
 from __future__ import annotations
@@ -42,11 +45,11 @@ def make_photos(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-def run(photos: list[Path], model: str, extra: list[str]) -> float:
+def run(photos: list[Path], model: str, extra: list[str], repo: Path = REPO) -> float:
     listing = "".join(f"{p}\n" for p in photos)
     proc = subprocess.run([sys.executable, "-m", "dsvl_cli", "batch", "--prompt", "Describe this photo.", "-m", model,
                            "--device", "cpu", "-n", "8", *extra], input=listing, capture_output=True, text=True,
-                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
+                          cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)}, check=True)
     found = re.search(r"([\d.]+) records/s", proc.stderr)
     if not found:
         raise SystemExit(f"no summary line in: {proc.stderr}")
@@ -58,16 +61,20 @@ def main() -> None:
     parser.add_argument("--model", default="tiny-random")
     parser.add_argument("--photos", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--before", type=Path, help="an older dsvl checkout to run as well")
     parser.add_argument("--out")
     args = parser.parse_args()
     photos = make_photos(Path(tempfile.mkdtemp()), args.photos)
-    rates: dict[str, list[float]] = {"exact": [], "intake": []}
+    rates: dict[str, list[float]] = {"exact": [], "intake": [], **({"before": []} if args.before else {})}
     for _ in range(args.repeats):
+        if args.before:
+            rates["before"].append(run(photos, args.model, [], args.before))
         rates["exact"].append(run(photos, args.model, ["--exact-pixels"]))
         rates["intake"].append(run(photos, args.model, []))
     medians = {way: statistics.median(r) for way, r in rates.items()}
-    print(f"{args.photos} photos, {args.model}: exact {medians['exact']:.2f} records/s, "
-          f"intake {medians['intake']:.2f} records/s, x{medians['intake'] / medians['exact']:.2f}")
+    print(f"{args.photos} photos, {args.model}: " + ", ".join(f"{way} {rate:.2f} records/s" for way, rate in
+                                                            medians.items())
+          + f"; intake/exact x{medians['intake'] / medians['exact']:.2f}")
     if args.out:
         Path(args.out).write_text(json.dumps({"model": args.model, "photos": args.photos, "rates": rates,
                                               "medians": medians}, indent=2) + "\n")
