@@ -28,6 +28,7 @@ class CommonOptions:
     debug: bool = False
     server: str | None = None  # --server: a running `dsvl serve` does the work (remote.py)
     api_key: str | None = None
+    requested_model: str | None = None  # -m/DSVL_MODEL as given; None: not given (--server sends "default")
 
 
 def _opt(*decls: str, env: str, help: str, panel: str, **kw) -> typer.models.OptionInfo:
@@ -37,8 +38,8 @@ def _opt(*decls: str, env: str, help: str, panel: str, **kw) -> typer.models.Opt
 # name -> (annotation, default); the order is the order in --help.
 SHARED: dict[str, tuple] = {
     "model": (Annotated[str, _opt("-m", "--model", env="DSVL_MODEL", panel=MODEL,
-              help="Hub id, local folder, or alias: 7b, 1.3b, tiny-random (random weights, offline).")],
-              DEFAULT_MODEL),
+              help="Hub id, local folder, or alias: 7b, 1.3b, tiny-random (random weights, offline).",
+              show_default=DEFAULT_MODEL)], None),
     "revision": (Annotated[Optional[str], _opt("--revision", env="DSVL_REVISION", panel=MODEL,
                  help="Hub branch, tag or commit.")], None),
     "device": (Annotated[str, _opt("--device", env="DSVL_DEVICE", panel=MODEL,
@@ -86,8 +87,10 @@ GEN_FIELDS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_pen
 
 def build_common(values: dict) -> CommonOptions:
     """Validated settings from raw option values (raises UsageError)."""
+    model = {k: values[k] for k in MODEL_FIELDS}
+    model["model"] = values["model"] if values["model"] is not None else DEFAULT_MODEL
     return CommonOptions(
-        model=ModelSettings(**{k: values[k] for k in MODEL_FIELDS}),
+        model=ModelSettings(**model),
         generation=GenerationSettings(**{k: values[k] for k in GEN_FIELDS}),
         plain=values["plain"],
         json=values["json"],
@@ -95,6 +98,7 @@ def build_common(values: dict) -> CommonOptions:
         debug=values["debug"],
         server=values.get("server") or None,
         api_key=values.get("api_key") or None,
+        requested_model=values["model"],
     )
 
 

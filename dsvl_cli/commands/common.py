@@ -21,7 +21,8 @@ def load_engine(opts: CommonOptions, *, prefer_fast: bool = False):
     if opts.server:
         from dsvl_cli.engine.remote import RemoteEngine
 
-        engine = RemoteEngine(opts.server, api_key=opts.api_key)
+        engine = RemoteEngine(opts.server, api_key=opts.api_key, model=opts.requested_model,
+                              on_note=lambda text: note(console, text))
     else:
         from dsvl_cli.engine.local import Engine
 

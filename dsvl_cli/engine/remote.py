@@ -15,6 +15,9 @@ Limits, on purpose:
   up to BUSY_RETRY_S in all.
 - Result.token_ids is empty (the API sends text, not token ids). Against a server other than
   dsvl's, stats hold what `usage` and the client's own clock can tell.
+- The request names the model `-m` gave, or "default" (whatever the server has loaded) when `-m`
+  was not given; a dsvl server answers 404 for another model. If a server answers with a model
+  other than the one asked for, `on_note` is told once per model.
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import requests
 
 from dsvl_cli import __version__
 from dsvl_cli.conversation import Conversation
+from dsvl_cli.engine.loading import HUB_ALIASES
 from dsvl_cli.errors import ContextLengthError, GenerationError, ModelError, UsageError
 from dsvl_cli.images import LoadedImage
 from dsvl_cli.results import Chunk, Result, Stats, TextChunk, last_result
@@ -58,8 +62,12 @@ def base_url(url: str) -> str:
 class RemoteEngine:
     """The Engine interface (`stream`, `run`, `name`, `random_weights`) over HTTP."""
 
-    def __init__(self, url: str, *, api_key: str | None = None):
+    def __init__(self, url: str, *, api_key: str | None = None, model: str | None = None,
+                 on_note: Callable[[str], None] | None = None):
         self.url = base_url(url)
+        self.requested_model = model
+        self._on_note = on_note
+        self._noted: set[str] = set()
         self._session = requests.Session()
         for scheme in ("http://", "https://"):  # batch --server keeps several streams open at once
             self._session.mount(scheme, requests.adapters.HTTPAdapter(pool_maxsize=POOL_SIZE))
@@ -90,6 +98,7 @@ class RemoteEngine:
                 if "error" in obj:
                     raise self._error(obj["error"], status=None)
                 usage = obj.get("usage") or usage
+                self._note_model(obj.get("model"))
                 for choice in obj.get("choices") or []:
                     piece = (choice.get("delta") or {}).get("content")
                     if piece:
@@ -128,13 +137,25 @@ class RemoteEngine:
             parts = [{"type": "image_url", "image_url": {"url": self._image_ref(i)}} for i in m.images]
             parts.append({"type": "text", "text": m.text})
             messages.append({"role": "user", "content": parts})
-        body = {"model": self.name, "messages": messages, "stream": True,
+        body = {"model": self.requested_model or "default", "messages": messages, "stream": True,
                 "stream_options": {"include_usage": True},
                 "max_tokens": gen.max_new_tokens, "temperature": gen.temperature}
         optional = {"top_p": gen.top_p, "top_k": gen.top_k, "repetition_penalty": gen.repetition_penalty,
                     "seed": gen.seed, "stop": list(gen.stop) or None}
         body.update({k: v for k, v in optional.items() if v is not None})
         return body
+
+    def _note_model(self, answered) -> None:
+        """Tell the user once when the server answered with another model than -m asked for."""
+        asked = self.requested_model
+        if not asked or not isinstance(answered, str) or answered in self._noted:
+            return
+        same = {asked, *(alias for alias, hub in HUB_ALIASES.items() if asked in (alias, hub)),
+                *(hub for alias, hub in HUB_ALIASES.items() if asked in (alias, hub))}
+        if answered not in same:
+            self._noted.add(answered)
+            if self._on_note is not None:
+                self._on_note(f"note: asked for model {asked}; server {self.url} answered with {answered}")
 
     def _image_ref(self, loaded: LoadedImage) -> str:
         if _PASS_THROUGH.match(loaded.source):
@@ -188,6 +209,8 @@ class RemoteEngine:
             return UsageError(f"server {self.url}: {message}; set DSVL_API_KEY or --api-key")
         if error.get("code") == "context_length_exceeded":
             return ContextLengthError(message)
+        if error.get("code") == "model_not_found":
+            return UsageError(f"server {self.url}: {message}")
         if status == 400:
             return UsageError(message)
         if status == 404 and path == "/v1/models":

@@ -37,7 +37,8 @@ from PIL import Image
 
 from dsvl_cli.errors import ImageLoadError
 from dsvl_cli.images.decode import decode_image
-from dsvl_cli.images.limits import max_image_bytes, oserror_text, read_capped, too_big
+from dsvl_cli.images.guard import ImageGuard
+from dsvl_cli.images.limits import fmt_bytes, max_image_bytes, oserror_text, read_capped, too_big
 
 # `scheme://...` is always treated as a URL; a bare `scheme:` only when no such file exists.
 _URL_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -54,10 +55,13 @@ class LoadedImage:
     load_s: float  # seconds spent reading/fetching + decoding
 
 
-def load_image(source: str, *, stdin: BinaryIO | None = None) -> LoadedImage:
-    """Read, fetch or decode one image source; raise ImageLoadError with a one-line reason."""
+def load_image(source: str, *, stdin: BinaryIO | None = None, guard: ImageGuard | None = None) -> LoadedImage:
+    """Read, fetch or decode one image source; raise ImageLoadError with a one-line reason.
+
+    `guard`: the source comes from an untrusted client (the server): URLs go through its media
+    policy, data: URIs meet its caps, local files and stdin are refused (guard.py)."""
     start = time.perf_counter()
-    image = _resolve(source, stdin)
+    image = _resolve(source, stdin) if guard is None else _resolve_guarded(source, guard)
     return LoadedImage(source=source, image=image, load_s=time.perf_counter() - start)
 
 
@@ -91,6 +95,17 @@ def _resolve(source: str, stdin: BinaryIO | None) -> Image.Image:
         if scheme in _NON_FILE_SCHEMES:
             raise _unsupported_scheme(source, scheme)
     return _from_path(source)
+
+
+def _resolve_guarded(source: str, guard: ImageGuard) -> Image.Image:
+    url = _URL_RE.match(source)
+    if url and url.group(1).lower() in ("http", "https"):
+        from dsvl_cli.images.guarded import from_url_guarded
+
+        return from_url_guarded(source, guard)
+    if source[:5].lower() == "data:":
+        return _from_data_uri(source, guard)
+    raise ImageLoadError(source[:80], "only http(s) URLs and data: URIs are accepted here")
 
 
 def _unsupported_scheme(source: str, scheme: str) -> ImageLoadError:
@@ -144,7 +159,7 @@ def _from_stdin(stdin: BinaryIO | None) -> Image.Image:
     return decode_image("-", io.BytesIO(data), empty_reason="no bytes on stdin")
 
 
-def _from_data_uri(uri: str) -> Image.Image:
+def _from_data_uri(uri: str, guard: ImageGuard | None = None) -> Image.Image:
     # Errors name a shortened URI: a multi-megabyte error line helps nobody.
     source = uri if len(uri) <= 80 else f"{uri[:60]}…({len(uri)} chars)"
     header, comma, payload = uri[len("data:"):].partition(",")
@@ -165,8 +180,13 @@ def _from_data_uri(uri: str) -> Image.Image:
         data = base64.b64decode(raw + b"=" * (-len(raw) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise ImageLoadError(source, "data: URI has invalid base64 data") from None
-    if len(data) > max_image_bytes():
-        raise ImageLoadError(source, too_big())
-    return decode_image(source, io.BytesIO(data), empty_reason="data: URI has no image data")
+    if guard is None:
+        if len(data) > max_image_bytes():
+            raise ImageLoadError(source, too_big())
+        return decode_image(source, io.BytesIO(data), empty_reason="data: URI has no image data")
+    if len(data) > guard.max_bytes:
+        raise ImageLoadError(source, f"larger than the server's {fmt_bytes(guard.max_bytes)} limit")
+    return decode_image(source, io.BytesIO(data), empty_reason="data: URI has no image data",
+                        max_pixels=guard.max_pixels, max_side=guard.max_side)
 
 

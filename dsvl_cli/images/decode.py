@@ -2,6 +2,12 @@
 
 Decoding uses warnings.catch_warnings, which is process-global, so it holds a module lock: callers
 may load images from several threads (fetching URLs overlaps; decoding takes turns).
+
+With `max_pixels` (the server) a picture larger than that is refused from its header, before its
+pixels are decoded; a JPEG is first asked to decode at a reduced scale (Pillow's draft mode), so a
+large photo may still fit. With `max_side`, the decoded picture is downscaled at once so its long
+side is at most that many pixels: the model's processor never uses more, and the full-resolution
+copy is dropped before the next picture is decoded.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct
 _DECODE_LOCK = threading.Lock()  # warnings.catch_warnings is process-global
 
 
-def decode_image(source: str, fp: BinaryIO, *, empty_reason: str, url: bool = False) -> Image.Image:
+def decode_image(source: str, fp: BinaryIO, *, empty_reason: str, url: bool = False,
+                 max_pixels: int | None = None, max_side: int | None = None) -> Image.Image:
     """Sniff, decode and normalise to RGB. `fp` must be seekable and positioned at the start."""
     head = fp.read(_SNIFF)
     fp.seek(0)
@@ -36,9 +43,13 @@ def decode_image(source: str, fp: BinaryIO, *, empty_reason: str, url: bool = Fa
         warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse, don't just warn
         try:
             with Image.open(fp) as opened:
+                _check_pixels(source, opened, max_pixels, max_side)
                 opened.load()  # decode now, so truncation is caught here and not later
                 rgb = _to_rgb(source, _apply_orientation(opened))
-                return rgb.copy() if rgb is opened else rgb
+                rgb = rgb.copy() if rgb is opened else rgb
+                if max_side is not None and max(rgb.size) > max_side:
+                    rgb.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+                return rgb
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise ImageLoadError(source, _bomb_reason(e)) from None
         except UnidentifiedImageError:
@@ -47,6 +58,17 @@ def decode_image(source: str, fp: BinaryIO, *, empty_reason: str, url: bool = Fa
             raise ImageLoadError(source, "not enough memory to decode the image") from None
         except _DECODE_ERRORS:
             raise ImageLoadError(source, "truncated or corrupt image data") from None
+
+
+def _check_pixels(source: str, opened: Image.Image, max_pixels: int | None, max_side: int | None) -> None:
+    """Refuse, from the header, a picture with more pixels than `max_pixels` (JPEG: after draft)."""
+    if max_pixels is None:
+        return
+    if opened.format == "JPEG" and max_side is not None:
+        opened.draft("RGB", (max_side, max_side))  # decode at 1/2, 1/4 or 1/8 scale when that is enough
+    width, height = opened.size
+    if width * height > max_pixels:
+        raise ImageLoadError(source, f"image is {width}x{height} pixels, more than the {max_pixels} allowed")
 
 
 def _reject_text_formats(source: str, head: bytes, url: bool) -> None:
