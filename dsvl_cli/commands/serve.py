@@ -50,6 +50,8 @@ MaxText = Annotated[int, _opt("--max-text-chars", env="DSVL_MAX_TEXT_CHARS", pan
                               help="Most characters of text per request, all messages together.")]
 FetchTimeout = Annotated[float, _opt("--fetch-timeout", env="DSVL_FETCH_TIMEOUT", panel=SECURITY,
                                      help="Seconds one image URL may take in all (connect, redirects, body).")]
+Grace = Annotated[float, _opt("--grace-period", env="DSVL_GRACE_PERIOD", min=0.0,
+                              help="On SIGINT/SIGTERM, seconds open requests may finish before they are cut.")]
 MaxConnections = Annotated[int, _opt("--max-connections", env="DSVL_MAX_CONNECTIONS", panel=SECURITY, min=1,
                                      help="Open connections beyond this are closed at once.")]
 
@@ -60,7 +62,8 @@ def serve(ctx: typer.Context, opts: CommonOptions, host: Host = "127.0.0.1", por
           allowed_media_domains: MediaDomains = None, no_url_images: NoUrls = False,
           allowed_hosts: AllowedHosts = None, max_images: MaxImages = 8, max_image_pixels: MaxPixels = 4096 * 4096,
           max_image_bytes: MaxImageBytes = 10 * 1024 * 1024, max_text_chars: MaxText = 64_000,
-          fetch_timeout: FetchTimeout = 20.0, max_connections: MaxConnections = 512) -> None:
+          fetch_timeout: FetchTimeout = 20.0, max_connections: MaxConnections = 512,
+          grace_period: Grace = 10.0) -> None:
     """Keep the model warm behind an OpenAI-compatible API (Chat Completions, streaming, images).
 
     Generation options set the defaults for requests that leave them out. With --api-key,
@@ -108,4 +111,4 @@ def serve(ctx: typer.Context, opts: CommonOptions, host: Host = "127.0.0.1", por
             note(console, f"warning: listening on {host} without an API key; anyone who can reach it can use it")
         note(console, f"dsvl serve: {engine.name} at {url}/v1 (OpenAI API; Ctrl-C to stop)", style="green")
         server.configure_logging()
-        server.make_server(app, max_connections=max_connections).run(sockets=[sock])
+        server.make_server(app, grace_period, max_connections=max_connections).run(sockets=[sock])

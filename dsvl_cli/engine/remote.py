@@ -148,7 +148,7 @@ class RemoteEngine:
     def _note_model(self, answered) -> None:
         """Tell the user once when the server answered with another model than -m asked for."""
         asked = self.requested_model
-        if not asked or not isinstance(answered, str) or answered in self._noted:
+        if asked in (None, "default") or not isinstance(answered, str) or answered in self._noted:
             return
         same = {asked, *(alias for alias, hub in HUB_ALIASES.items() if asked in (alias, hub)),
                 *(hub for alias, hub in HUB_ALIASES.items() if asked in (alias, hub))}

@@ -49,7 +49,7 @@ from dsvl_cli.serve.logs import AccessLog
 from dsvl_cli.serve.media import ClientGone, MediaLoader
 from dsvl_cli.serve.scheduler import END as _END
 from dsvl_cli.serve.scheduler import Drain, Job, QueueFull, Worker
-from dsvl_cli.serve.transport import BODY_TIMEOUT_S, GRACE_S, bind, configure_logging, make_server
+from dsvl_cli.serve.transport import GRACE_S, bind, configure_logging, make_server
 from dsvl_cli.settings import GenerationSettings
 
 __all__ = ["create_app", "bind", "make_server", "configure_logging", "GRACE_S"]
@@ -167,7 +167,7 @@ class Intake:
         loop = asyncio.get_running_loop()
         gate.check_key(request, self.api_key)
         gate.require_json(request)
-        raw = await gate.read_body(request, self.body_cap, BODY_TIMEOUT_S)
+        raw = await gate.read_body(request, self.body_cap, self.limits.body_timeout_s)
         req = await loop.run_in_executor(self._pool, chat_api.parse_request, raw)
         del raw  # the body can be megabytes of base64: keep only what was parsed out of it
         chat_api.check_model(req.model, self.engine.name, self.names)

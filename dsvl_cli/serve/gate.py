@@ -7,7 +7,7 @@ Why each:
 - API key: compared in constant time, before the body is read.
 - `Content-Type: application/json` only: a web page may POST a form or text/plain cross-site
   without a CORS preflight, but not application/json.
-- The body: at most the cap (413, from Content-Length when given), within BODY_TIMEOUT_S (408);
+- The body: at most the cap (413, from Content-Length when given), within its timeout (408);
   a client that hangs up while sending it ends the request quietly (no traceback).
 """
 

@@ -26,6 +26,7 @@ MAX_IMAGE_BYTES = 10 * 1024 * 1024
 MAX_IMAGE_PIXELS = 4096 * 4096
 MAX_TEXT_CHARS = 64_000
 FETCH_TIMEOUT_S = 20.0
+BODY_TIMEOUT_S = 60.0  # the whole request body, from the end of its headers
 MIN_SIDE = 1024  # the model never sees more (the 7B's SAM input); a bigger processor size wins
 
 
@@ -36,6 +37,7 @@ class ServeLimits:
     max_image_pixels: int = MAX_IMAGE_PIXELS
     max_text_chars: int = MAX_TEXT_CHARS
     fetch_timeout_s: float = FETCH_TIMEOUT_S
+    body_timeout_s: float = BODY_TIMEOUT_S
 
     def __post_init__(self) -> None:
         for name in ("max_images", "max_image_bytes", "max_image_pixels", "max_text_chars"):

@@ -5,7 +5,7 @@ sends its request headers one byte at a time; a thousand of those used to stay o
 under a 1,024-descriptor limit, lock everyone else out. Here:
 - the request line and headers must arrive within HEADER_TIMEOUT_S of the connection opening (or
   of the previous response, on a kept-alive connection), else the connection is closed;
-- the body must arrive within BODY_TIMEOUT_S (408, in app.py);
+- the body must arrive within ServeLimits.body_timeout_s (408, in gate.py);
 - an idle kept-alive connection is closed after KEEP_ALIVE_S;
 - past `max_connections` open connections a new one is closed at once (a reverse proxy in front
   can queue and rate-limit per client; this server cannot tell clients apart).
@@ -25,7 +25,6 @@ from dsvl_cli.errors import UsageError
 GRACE_S = 10.0  # how long shutdown waits for in-flight requests before cutting them
 CUT_MARGIN_S = 3.0  # after the cut, time for streams to send their last chunks
 HEADER_TIMEOUT_S = 10.0
-BODY_TIMEOUT_S = 60.0
 KEEP_ALIVE_S = 5
 MAX_CONNECTIONS = 512
 log = logging.getLogger("dsvl.serve")
