@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -87,7 +88,8 @@ def serve(ctx: typer.Context, opts: CommonOptions, host: Host = "127.0.0.1", por
     with guarded(opts.debug):
         if opts.server and source("server").name == "COMMANDLINE":  # DSVL_SERVER is for clients: ignored
             raise UsageError("--server is for ask, chat and batch; dsvl serve loads the model itself")
-        key = config.api_key(opts.api_key, source("api_key").name != "DEFAULT", api_key_file)
+        flag = (opts.api_key or "") if source("api_key").name == "COMMANDLINE" else None
+        key = config.api_key(flag, os.environ.get("DSVL_API_KEY"), api_key_file)
         limits = ServeLimits(max_images=max_images, max_image_bytes=max_image_bytes,
                              max_image_pixels=max_image_pixels, max_text_chars=max_text_chars,
                              fetch_timeout_s=fetch_timeout)

@@ -29,11 +29,12 @@ def check_key(key: str, where: str) -> str:
     return key
 
 
-def api_key(given: str | None, given_explicitly: bool, key_file: Path | None) -> str | None:
-    """The key clients must send, from --api-key/DSVL_API_KEY or --api-key-file (None: no key)."""
+def api_key(flag: str | None, env: str | None, key_file: Path | None) -> str | None:
+    """The key clients must send (None: no key): from --api-key-file, else --api-key, else
+    DSVL_API_KEY. `flag`/`env` are None when not given at all; "" when given empty."""
     if key_file is not None:
-        if given_explicitly:
-            raise UsageError("--api-key-file and --api-key (or DSVL_API_KEY): give the key one way")
+        if flag is not None:
+            raise UsageError("--api-key-file and --api-key: give the key one way")
         try:
             text = key_file.expanduser().read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -42,8 +43,10 @@ def api_key(given: str | None, given_explicitly: bool, key_file: Path | None) ->
             raise UsageError(f"--api-key-file {key_file}: cannot read it ({exc})") from None
         lines = text.splitlines()
         return check_key(lines[0] if lines else "", f"--api-key-file {key_file}")
-    if given_explicitly:
-        return check_key(given or "", "--api-key (or DSVL_API_KEY)")
+    if flag is not None:
+        return check_key(flag, "--api-key")
+    if env is not None:
+        return check_key(env, "DSVL_API_KEY")
     return None
 
 
