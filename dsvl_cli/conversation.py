@@ -47,6 +47,13 @@ class Conversation:
     messages: list[Message] = field(default_factory=list)
     system: str | None = None
 
+    def __setattr__(self, name: str, value) -> None:
+        # Every way a system prompt is set (--system, /system, a batch record, a loaded file) meets
+        # the same check: a placeholder in it would break the image count at generation time.
+        if name == "system" and value is not None:
+            check_text(value, "system prompt")
+        super().__setattr__(name, value)
+
     @classmethod
     def single(cls, prompt: str, images: list[LoadedImage] | None = None, system: str | None = None) -> Conversation:
         return cls([Message("user", check_text(prompt), list(images or []))], system=system)

@@ -29,6 +29,7 @@ class CommonOptions:
     server: str | None = None  # --server: a running `dsvl serve` does the work (engine/remote.py)
     api_key: str | None = None
     env: Environment | None = None  # the process's streams, read when the command starts
+    requested_model: str | None = None  # -m/DSVL_MODEL as given; None: not given (--server sends "default")
 
 
 def _opt(*decls: str, env: str, help: str, **kw) -> typer.models.OptionInfo:
@@ -38,8 +39,8 @@ def _opt(*decls: str, env: str, help: str, **kw) -> typer.models.OptionInfo:
 # name -> (annotation, default); the order is the order in --help.
 SHARED: dict[str, tuple] = {
     "model": (Annotated[str, _opt("-m", "--model", env="DSVL_MODEL",
-              help="Hub id, local folder, or alias: 7b, 1.3b, tiny-random (random weights, offline).")],
-              DEFAULT_MODEL),
+              help="Hub id, local folder, or alias: 7b, 1.3b, tiny-random (random weights, offline).",
+              show_default=DEFAULT_MODEL)], None),
     "revision": (Annotated[Optional[str], _opt("--revision", env="DSVL_REVISION",
                  help="Hub branch, tag or commit.")], None),
     "device": (Annotated[str, _opt("--device", env="DSVL_DEVICE",
@@ -100,7 +101,7 @@ def _flag(name: str) -> str:
 
 def build_common(values: dict, env: Environment | None = None) -> CommonOptions:
     """Validated settings from raw option values (raises UsageError). Options a command excluded
-    take their defaults."""
+    take their defaults; -m not given means the default model (and "default" for --server)."""
     values = {**{name: default for name, (_, default) in SHARED.items()}, **values}
     server = values["server"] or None
     if server:
@@ -108,8 +109,10 @@ def build_common(values: dict, env: Environment | None = None) -> CommonOptions:
         if given:
             raise UsageError(f"{given[0]} applies to a model loaded here; with --server {server} the "
                              "server's own settings apply (drop the option, or run without --server)")
+    model = {k: values[k] for k in MODEL_FIELDS}
+    model["model"] = values["model"] if values["model"] is not None else DEFAULT_MODEL
     return CommonOptions(
-        model=ModelSettings(**{k: values[k] for k in MODEL_FIELDS}),
+        model=ModelSettings(**model),
         generation=GenerationSettings(**{k: values[k] for k in GEN_FIELDS}),
         plain=values["plain"],
         json=values["json"],
@@ -119,6 +122,7 @@ def build_common(values: dict, env: Environment | None = None) -> CommonOptions:
         server=server,
         api_key=values["api_key"] or None,
         env=env or Environment.current(),
+        requested_model=values["model"],
     )
 
 

@@ -41,7 +41,8 @@ from PIL import Image
 
 from dsvl_cli.errors import ImageLoadError
 from dsvl_cli.images.decode import decode_image
-from dsvl_cli.images.limits import display_source, max_image_bytes, oserror_text, read_capped, too_big
+from dsvl_cli.images.guard import ImageGuard
+from dsvl_cli.images.limits import display_source, fmt_bytes, max_image_bytes, oserror_text, read_capped, too_big
 
 # `scheme://...` is always treated as a URL; a bare `scheme:` only when no such file exists.
 _URL_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -58,13 +59,16 @@ class LoadedImage:
     load_s: float  # seconds spent reading/fetching + decoding
 
 
-def load_image(source: str, *, stdin: BinaryIO | None = None, exact: bool = False) -> LoadedImage:
+def load_image(source: str, *, stdin: BinaryIO | None = None, exact: bool = False,
+               guard: ImageGuard | None = None) -> LoadedImage:
     """Read, fetch or decode one image source; raise ImageLoadError with a one-line reason.
 
     Images over ~4 MP are decoded at the size the model needs (images/decode.py); `exact`
-    decodes every image in full, as the model card's way does (--exact-pixels)."""
+    decodes every image in full, as the model card's way does (--exact-pixels). `guard`: the
+    source comes from an untrusted client (the server): URLs go through its media policy, data:
+    URIs meet its caps, local files and stdin are refused (guard.py)."""
     start = time.perf_counter()
-    image = _resolve(source, stdin, exact)
+    image = _resolve(source, stdin, exact) if guard is None else _resolve_guarded(source, guard)
     return LoadedImage(source=source, image=image, load_s=time.perf_counter() - start)
 
 
@@ -110,6 +114,17 @@ def _resolve(source: str, stdin: BinaryIO | None, exact: bool) -> Image.Image:
         if scheme in _NON_FILE_SCHEMES:
             raise _unsupported_scheme(source, scheme)
     return _from_path(source, exact)
+
+
+def _resolve_guarded(source: str, guard: ImageGuard) -> Image.Image:
+    url = _URL_RE.match(source)
+    if url and url.group(1).lower() in ("http", "https"):
+        from dsvl_cli.images.guarded import from_url_guarded
+
+        return from_url_guarded(source, guard)
+    if source[:5].lower() == "data:":
+        return _from_data_uri(source, guard=guard)
+    raise ImageLoadError(source[:80], "only http(s) URLs and data: URIs are accepted here")
 
 
 def _unsupported_scheme(source: str, scheme: str) -> ImageLoadError:
@@ -174,7 +189,7 @@ def _from_stdin(stdin: BinaryIO | None, exact: bool) -> Image.Image:
     return decode_image("-", io.BytesIO(data), empty_reason="no bytes on stdin", exact=exact)
 
 
-def _from_data_uri(uri: str, exact: bool) -> Image.Image:
+def _from_data_uri(uri: str, exact: bool = False, guard: ImageGuard | None = None) -> Image.Image:
     source = display_source(uri)  # a multi-megabyte error line helps nobody
     header, comma, payload = uri[len("data:"):].partition(",")
     if not comma:
@@ -194,8 +209,13 @@ def _from_data_uri(uri: str, exact: bool) -> Image.Image:
         data = base64.b64decode(raw + b"=" * (-len(raw) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise ImageLoadError(source, "data: URI has invalid base64 data") from None
-    if len(data) > max_image_bytes():
-        raise ImageLoadError(source, too_big())
-    return decode_image(source, io.BytesIO(data), empty_reason="data: URI has no image data", exact=exact)
+    if guard is None:
+        if len(data) > max_image_bytes():
+            raise ImageLoadError(source, too_big())
+        return decode_image(source, io.BytesIO(data), empty_reason="data: URI has no image data", exact=exact)
+    if len(data) > guard.max_bytes:
+        raise ImageLoadError(source, f"larger than the server's {fmt_bytes(guard.max_bytes)} limit")
+    return decode_image(source, io.BytesIO(data), empty_reason="data: URI has no image data",
+                        max_pixels=guard.max_pixels, max_side=guard.max_side)
 
 

@@ -14,6 +14,11 @@ Threads: images decode in parallel (Pillow's decoders release the GIL), so batch
 threads keep several photos in flight. Pillow's warnings are therefore filtered once for the
 process (`_pillow_warning_filters`), never with warnings.catch_warnings around each decode, which
 swaps the process-wide filter list and made decodes take turns under a lock.
+
+The server (`max_pixels`, `max_side`: images from untrusted clients) refuses a picture with more
+than `max_pixels` from its header, before decoding (a JPEG counts at its reduced decoding scale),
+and shrinks every picture larger than `max_side` the same way as above, so no full-resolution copy
+outlives its decode.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ def _pillow_warning_filters() -> None:
 
 
 def decode_image(source: str, fp: BinaryIO, *, empty_reason: str, url: bool = False,
-                 exact: bool = False) -> Image.Image:
+                 exact: bool = False, max_pixels: int | None = None, max_side: int | None = None) -> Image.Image:
     """Sniff, decode and normalise to RGB (large images at the size the model needs, see above).
     `fp` must be seekable and positioned at the start."""
     head = fp.read(_SNIFF)
@@ -57,8 +62,13 @@ def decode_image(source: str, fp: BinaryIO, *, empty_reason: str, url: bool = Fa
     _pillow_warning_filters()
     try:
         with Image.open(fp) as opened:
-            if not exact and opened.width * opened.height > INTAKE_MIN_PIXELS:
-                return _decode_shrunk(source, opened)
+            side = max_side or INTAKE_SIDE
+            if max(opened.size) > side and (max_side is not None or
+                                             (not exact and opened.width * opened.height > INTAKE_MIN_PIXELS)):
+                _draft(opened, side)
+                _check_pixels(source, opened, max_pixels)
+                return _decode_shrunk(source, opened, side)
+            _check_pixels(source, opened, max_pixels)
             opened.load()  # decode now, so truncation is caught here and not later
             rgb = _to_rgb(source, _apply_orientation(opened))
             return rgb.copy() if rgb is opened else rgb
@@ -72,18 +82,22 @@ def decode_image(source: str, fp: BinaryIO, *, empty_reason: str, url: bool = Fa
         raise ImageLoadError(source, "truncated or corrupt image data") from None
 
 
-def _decode_shrunk(source: str, opened: Image.Image) -> Image.Image:
-    """A large image decoded straight to INTAKE_SIDE on its long side, then oriented per EXIF."""
-    if opened.format == "JPEG":  # DCT scaling: the decoder skips most of the work
-        scale = INTAKE_SIDE / max(opened.size)
+def _draft(opened: Image.Image, side: int) -> None:
+    """JPEG: decode at the smallest DCT scale (1/2, 1/4, 1/8) whose long side is still >= `side`."""
+    if opened.format == "JPEG":  # the decoder then skips most of its work
+        scale = side / max(opened.size)
         opened.draft(opened.mode, (math.ceil(opened.width * scale), math.ceil(opened.height * scale)))
+
+
+def _decode_shrunk(source: str, opened: Image.Image, side: int) -> Image.Image:
+    """A large image decoded (drafted already) to `side` on its long side, then oriented per EXIF."""
     orientation = _orientation(opened)
     opened.load()
     image = _to_rgb(source, opened)
-    factor = max(image.size) // INTAKE_SIDE
+    factor = max(image.size) // side
     if factor >= 2:  # a box filter by a whole factor first: the bicubic pass then reads far less
         image = image.reduce(factor)
-    ratio = INTAKE_SIDE / max(image.size)
+    ratio = side / max(image.size)
     if ratio < 1:
         image = image.resize((max(1, round(image.width * ratio)), max(1, round(image.height * ratio))),
                              Image.Resampling.BICUBIC)
@@ -101,6 +115,15 @@ def _orientation(image: Image.Image) -> Image.Transpose | None:
     return {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
             5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
             8: Image.Transpose.ROTATE_90}.get(value)
+
+
+def _check_pixels(source: str, opened: Image.Image, max_pixels: int | None) -> None:
+    """Refuse, from the header, a picture with more pixels than `max_pixels` (JPEG: after draft)."""
+    if max_pixels is None:
+        return
+    width, height = opened.size
+    if width * height > max_pixels:
+        raise ImageLoadError(source, f"image is {width}x{height} pixels, more than the {max_pixels} allowed")
 
 
 def _reject_text_formats(source: str, head: bytes, url: bool) -> None:
