@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import os
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 from dsvl_cli.batch.inputs import BadRecord, Record, id_key
 from dsvl_cli.errors import UsageError
+from dsvl_cli.userfiles import write_atomic
 from dsvl_cli.images.limits import display_source
 
 
@@ -146,7 +146,7 @@ def read_previous(path: Path, *, retry_failed: bool) -> Previous:
             prev.answered.add(id_key(obj["id"]))
         keep.append(text)
     if changed:
-        _replace(path, "".join(keep))
+        write_atomic(path, "".join(keep))
     return prev
 
 
@@ -154,22 +154,6 @@ def _is_output_record(obj) -> bool:
     """A line dsvl batch wrote: an id and an answer string or an error object."""
     return (isinstance(obj, dict) and "id" in obj
             and (isinstance(obj.get("answer"), str) or isinstance(obj.get("error"), dict)))
-
-
-def _replace(path: Path, text: str) -> None:
-    """Atomically: a temp file renamed over `path`, with `path`'s permission bits (mkstemp's are 600)."""
-    mode = stat.S_IMODE(path.stat().st_mode)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def split_done(items: list[Record | BadRecord], prev: Previous) -> tuple[list, int, int]:

@@ -19,11 +19,17 @@ def is_markdown(path: Path) -> bool:
     return path.suffix.lower() in (".md", ".markdown")
 
 
-def save(conversation: Conversation, arg: str) -> Path:
-    """Write `conversation` to the file named by `arg` (/save's argument); the path written."""
+def target(arg: str) -> Path:
+    """The file /save's argument names."""
     if not arg:
         raise UsageError("usage: /save FILE (.json to /load it later, .md for a transcript)")
-    path = Path(_one_path(arg)).expanduser()
+    return Path(_one_path(arg)).expanduser()
+
+
+def save(conversation: Conversation, arg: str) -> Path:
+    """Write `conversation` to the file named by `arg` (/save's argument), atomically; the path
+    written. Whether it may replace an existing file is the caller's question (see /save!)."""
+    path = target(arg)
     try:
         _with_absolute_paths(conversation).save(path)
     except OSError as exc:

@@ -30,6 +30,7 @@ def history_path() -> Path:
 def run_terminal(ui: ChatUI) -> int:
     """The interactive loop. Errors were shown as they happened, so leaving is always exit 0."""
     prompt = _prompt_session(ui)
+    ui.ask = _asker(ui)
     note(ui.console, f"dsvl chat · {ui.session.engine.name} · /help lists commands · Ctrl-D or /exit leaves",
          style="dim")
     while True:
@@ -102,3 +103,19 @@ def _completer():
                 yield from paths.get_completions(Document(word, len(word)), complete_event)
 
     return ChatCompleter()
+
+
+def _asker(ui: ChatUI):
+    """A yes/no question on the terminal (its own prompt: no history, one line); Ctrl-C means no."""
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.output import create_output
+
+    session = PromptSession(output=None if ui.env.stdout_isatty else create_output(stdout=ui.env.stderr))
+
+    def ask(question: str) -> bool:
+        try:
+            return session.prompt(question).strip().lower() in ("y", "yes")
+        except (KeyboardInterrupt, EOFError):
+            return False
+
+    return ask

@@ -21,6 +21,7 @@ class Reply:
     code: int = 0
     answer: bool = False  # a question (or /retry) is ready: call ChatSession.respond
     exit: bool = False
+    confirm: str | None = None  # a command that does what failed, if the user agrees (a terminal asks)
 
     @property
     def error(self) -> bool:
