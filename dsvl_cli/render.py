@@ -15,14 +15,15 @@ from typing import TextIO
 from rich.console import Console
 
 from dsvl_cli.environment import Environment
+from dsvl_cli.errors import printable
 from dsvl_cli.results import Result, TextChunk
 
 RANDOM_WEIGHTS_NOTE = "model {name} has random weights: its answers are noise (for trying dsvl offline)"
 
 
 def note(console: Console, message: str, style: str = "yellow") -> None:
-    """One status or warning line on stderr, never wrapped."""
-    console.print(message, style=style, markup=False, highlight=False, soft_wrap=True)
+    """One status or warning line on stderr, never wrapped; as text (never markup), without controls."""
+    console.print(printable(message), style=style, markup=False, highlight=False, soft_wrap=True)
 
 
 class AnswerWriter:
@@ -91,7 +92,9 @@ def print_json(obj: dict, stream: TextIO) -> None:
 def status(console: Console, message: str):
     """A spinner on a terminal; nothing at all in a pipe (stderr stays clean for logs)."""
     if console.is_terminal:
-        with console.status(message):
+        from rich.text import Text
+
+        with console.status(Text(printable(message))):  # a model name like '[/bold]x' is text, not markup
             yield
     else:
         yield
@@ -123,8 +126,8 @@ def stream_answer(backend, conversation, gen, env: Environment, *, markdown: boo
             for chunk in chunks:
                 if isinstance(chunk, TextChunk):
                     pieces.append(chunk.text)
-                    if show:
-                        writer.write(chunk.text)
+                    if show:  # on a terminal without controls; in a pipe the answer is data, byte for byte
+                        writer.write(printable(chunk.text) if env.stdout_isatty else chunk.text)
                 else:
                     result = chunk
     except KeyboardInterrupt:  # arrived while we were printing: stop generation, keep the text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import BinaryIO
 
-from dsvl_cli.errors import ImageLoadError, UsageError
+from dsvl_cli.errors import ImageLoadError, UsageError, printable
 
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
 MAX_BYTES_ENV = "DSVL_MAX_IMAGE_BYTES"
@@ -52,7 +52,8 @@ def oserror_text(e: OSError) -> str:
 
 
 def one_line(text: str, limit: int = 160) -> str:
-    text = " ".join(text.split())
+    """`text` (a server's reason phrase, an OS message) as one short line without control characters."""
+    text = " ".join(printable(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
