@@ -62,7 +62,7 @@ def test_errors_and_notes_never_carry_controls(cli):
 
     assert one_line(f"Not Found {HOSTILE}") == "Not Found ]52;c;cHduZWQ=\\[2Jgotcha31m"
     result = cli(["chat", "-m", "tiny-random", "-n", "2"], input=f"/image {HOSTILE}.png\nHi.\n")
-    assert result.exit_code == 2 and "no such file" in result.stderr and "gotcha" in result.stderr
+    assert result.exit_code == 2 and "no such file" in result.stderr and "]52;c;" in result.stderr
     assert not any(c in result.stderr for c in "\x1b\r\x9b")
 
 
