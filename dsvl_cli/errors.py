@@ -6,12 +6,13 @@ its message as one line and exits with `err.exit_code`. Messages name the input 
 
 from __future__ import annotations
 
-import re
 import sys
 from enum import IntEnum
 from typing import NoReturn
 
 from typer import Exit
+
+from dsvl_cli.screen.text import visible  # file names, servers' errors: shown, never obeyed
 
 
 class ExitCode(IntEnum):
@@ -72,19 +73,6 @@ class ContextLengthError(DsvlError):
 
 # -- reporting: one line per user error, an exit code per failure -----------------------------------
 
-# C0 controls but tab and newline, DEL, and C1 controls: what can move a terminal's cursor, set its
-# title, or write its clipboard (OSC 52). File names, HTTP reason phrases, a server's errors and a
-# model's answer may carry them.
-_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def printable(text: str) -> str:
-    """`text` without control characters (tab and newline kept): safe to show on a terminal."""
-    return _CONTROLS.sub("", text)
-
-
-# -- -----------------------------------
-
 def fail(err: BaseException, *, debug: bool = False) -> NoReturn:
     """Print one line for a user-facing error (a traceback with --debug) and exit with its code."""
     from dsvl_cli.environment import Environment
@@ -95,9 +83,9 @@ def fail(err: BaseException, *, debug: bool = False) -> NoReturn:
     if isinstance(err, DsvlError):
         from rich.markup import escape
 
-        console.print(f"[bold red]dsvl: error:[/] {escape(printable(err.message))}", soft_wrap=True)
+        console.print(f"[bold red]dsvl: error:[/] {escape(visible(err.message))}", soft_wrap=True)
         raise Exit(int(err.exit_code))
-    print(printable(f"dsvl: internal error: {type(err).__name__}: {err} (run with --debug for the traceback)"),
+    print(visible(f"dsvl: internal error: {type(err).__name__}: {err} (run with --debug for the traceback)"),
           file=sys.stderr)
     raise Exit(int(ExitCode.FAILURE))
 

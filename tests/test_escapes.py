@@ -60,7 +60,7 @@ def test_a_hostile_file_name_is_shown_without_its_escapes(cli, tmp_path):
 def test_errors_and_notes_never_carry_controls(cli):
     from dsvl_cli.images.limits import one_line
 
-    assert one_line(f"Not Found {HOSTILE}") == "Not Found ]52;c;cHduZWQ=\\[2Jgotcha31m"
+    assert one_line(f"Not Found {HOSTILE}") == "Not Found \\x1b]52;c;cHduZWQ=\\x1b\\\\x1b[2J\\x0dgotcha\\x9b31m"
     result = cli(["chat", "-m", "tiny-random", "-n", "2"], input=f"/image {HOSTILE}.png\nHi.\n")
     assert result.exit_code == 2 and "no such file" in result.stderr and "]52;c;" in result.stderr
     assert not any(c in result.stderr for c in "\x1b\r\x9b")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from typing import BinaryIO
 
-from dsvl_cli.errors import ImageLoadError, UsageError, printable
+from dsvl_cli.errors import ImageLoadError, UsageError
+from dsvl_cli.screen.text import visible
 
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
 MAX_BYTES_ENV = "DSVL_MAX_IMAGE_BYTES"
@@ -53,7 +54,7 @@ def oserror_text(e: OSError) -> str:
 
 def one_line(text: str, limit: int = 160) -> str:
     """`text` (a server's reason phrase, an OS message) as one short line without control characters."""
-    text = " ".join(printable(text).split())
+    text = " ".join(visible(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
