@@ -9,8 +9,8 @@ import typer
 from dsvl_cli.options import CommonOptions, shared_options
 
 # The output options and --server belong to the clients (ask, chat, batch): serve reads none of them,
-# and a DSVL_SERVER exported for those clients must not stop a server from starting.
-@shared_options(exclude=("plain", "json", "stats", "server"))
+# and a DSVL_SERVER (or DSVL_KEEP_ALIVE) exported for those clients must not stop a server from starting.
+@shared_options(exclude=("plain", "json", "stats", "server", "keep_alive"))
 def serve(
     opts: CommonOptions,
     host: Annotated[str, typer.Option("--host", envvar="DSVL_HOST", show_envvar=True,
