@@ -289,7 +289,9 @@ def running() -> list[dict]:
 def matches(row: dict, name: str) -> bool:
     """`name` is the server's model as given, the same model named another way, or its key."""
     wanted = identity(ModelSettings(model=name))["model"] if name else ""
-    return name in (row.get("model"), row.get("key")) or wanted == (row.get("identity") or {}).get("model")
+    key = str(row.get("key"))
+    return (name == row.get("model") or wanted == (row.get("identity") or {}).get("model")
+            or (len(name) >= 4 and key.startswith(name)))
 
 
 def stop(name: str | None, everything: bool) -> list[dict]:

@@ -257,12 +257,18 @@ def main(argv: list[str] | None = None) -> int:
         os._exit(0)  # the launcher: its parent reaps it at once; the server is reparented to init
     status = StatusPipe(args.status_fd)
     try:
-        return serve(spec, status)
+        code = serve(spec, status)
     except BaseException as exc:  # not a DsvlError: say so to the client, keep the traceback in the log
         log.exception("keep-alive server failed")
         status.error("error", f"the keep-alive server failed: {type(exc).__name__}: {exc} "
                               f"(log: {keepalive.Paths.for_key(spec['key']).log})")
-        raise
+        code = int(ExitCode.FAILURE)
+    # Tearing down torch and transformers' modules takes seconds and saves nothing: our files are
+    # gone, the log is flushed, and `dsvl stop` waits for this pid.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
