@@ -36,7 +36,8 @@ from dsvl_cli.settings import ModelSettings
 
 MAX_SOCKET_PATH = 103  # sun_path is 104 bytes on macOS, 108 on Linux, NUL included
 PROBE_CONNECT_S = 1.0  # a live server accepts at once; a missing or dead one is refused at once
-PROBE_READ_S = 3.0  # a live server answers its status in milliseconds; past this it is hung
+PROBE_READ_S = 3.0  # a live server answers its status in milliseconds; past this it may be hung
+HUNG_S = 10.0  # the second chance a live server of ours gets before it is replaced
 SERVER_MODULE = "dsvl_cli.serve.private"
 
 
@@ -214,7 +215,8 @@ def terminate(pid: int, key: str, *, grace: float = 5.0) -> None:
 
 # -- talking to one ------------------------------------------------------------------------------
 
-def probe(paths: Paths, *, touch: bool = False, keep_alive: float | None = None) -> dict | None:
+def probe(paths: Paths, *, touch: bool = False, keep_alive: float | None = None,
+          read_timeout: float = PROBE_READ_S) -> dict | None:
     """The server's status, or None if none answers at `paths.socket` within the probe timeouts.
 
     `touch` counts as activity (a client is about to send work); `keep_alive` sets the idle time
@@ -231,7 +233,7 @@ def probe(paths: Paths, *, touch: bool = False, keep_alive: float | None = None)
     with unix_http.session(str(paths.socket), pool_maxsize=1) as session:
         try:
             response = session.get(f"http://{unix_http.HOST}/dsvl/status", params=params,
-                                   timeout=(PROBE_CONNECT_S, PROBE_READ_S))
+                                   timeout=(PROBE_CONNECT_S, read_timeout))
             status = response.json() if response.status_code == 200 else None
         except (requests.RequestException, ValueError):
             return None

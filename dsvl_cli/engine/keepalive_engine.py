@@ -8,8 +8,9 @@ both. The client imports neither torch nor transformers.
 How a call finds its server (engine/keepalive.py names the files):
 1. Probe KEY.sock (connect 1 s, status 3 s). An answer with our key: use it.
 2. Otherwise take KEY.lock (flock) so that concurrent first calls start one server, probe again
-   (another caller may just have started it), end a hung server of ours (SIGTERM, then SIGKILL;
-   only a pid whose command line is our server for KEY), remove its leftovers, start a new one and
+   (another caller may just have started it), end a hung server of ours (one that also misses a
+   second, 10 s probe: SIGTERM, then SIGKILL; only a pid whose command line is our server for
+   KEY), remove its leftovers, start a new one and
    wait for its "ready" line on a pipe: EOF on that pipe means it died, so a failed start is
    reported at once, with the server's own error (same message and exit code as a local load).
 3. A request that cannot connect later (the server idled out between two chat turns, crashed or
@@ -52,7 +53,9 @@ def ensure_server(settings: ModelSettings, keep_alive: float) -> tuple[Paths, di
             status = keepalive.probe(paths, touch=True, keep_alive=keep_alive)
             if status is not None:
                 return paths, status
-        _clear_stale(paths)
+        status = _clear_stale(paths, keep_alive)
+        if status is not None:
+            return paths, status
         _start(paths, settings, keep_alive)
         status = keepalive.probe(paths, touch=True, keep_alive=keep_alive)
     if status is None:
@@ -68,14 +71,21 @@ def _inode(paths: Paths) -> int | None:
         return None
 
 
-def _clear_stale(paths: Paths) -> None:
-    """End a hung server of ours and remove what a dead one left (we hold the key's lock)."""
+def _clear_stale(paths: Paths, keep_alive: float) -> dict | None:
+    """End a hung server of ours and remove what a dead one left (we hold the key's lock).
+
+    A live server of ours gets a second, longer chance to answer first (a busy machine is not a
+    hung server); its status then, if it does."""
     state = keepalive.read_state(paths.state)
     pid = state["pid"] if state else None
-    if pid is not None and keepalive.alive(pid):
+    if pid is not None and keepalive.alive(pid) and keepalive.is_ours(pid, paths.key):
+        status = keepalive.probe(paths, touch=True, keep_alive=keep_alive, read_timeout=keepalive.HUNG_S)
+        if status is not None:
+            return status
         keepalive.terminate(pid, paths.key)
     paths.socket.unlink(missing_ok=True)
     paths.state.unlink(missing_ok=True)
+    return None
 
 
 def _start(paths: Paths, settings: ModelSettings, keep_alive: float) -> None:

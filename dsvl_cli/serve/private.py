@@ -9,8 +9,9 @@ does, in order:
 2. Loads the model in the caller's working folder (a relative `-m ./folder` means what it meant
    there), then leaves for the run folder. A failure is written to the status pipe as
    {"error": {kind, message, exit_code}} so the client reports it as a local load would.
-3. Binds KEY.sock (0600, in the 0700 run folder), writes KEY.json, writes {"ready": true} and
-   closes the pipe.
+3. Binds a temporary socket (0600, in the 0700 run folder); once uvicorn serves on it, renames it
+   to KEY.sock (so a KEY.sock always answers), writes KEY.json, writes {"ready": true} and closes
+   the pipe.
 4. Serves until idle for the keep-alive time (in-flight answers keep it alive; the clock starts
    when the last one ends), until `POST /dsvl/stop`, SIGTERM/SIGINT, or until its socket file is
    removed or replaced (a client judged it hung). It removes its socket and state file on the way
@@ -38,6 +39,7 @@ from dsvl_cli import __version__
 from dsvl_cli.engine import keepalive
 from dsvl_cli.errors import DsvlError, ExitCode
 
+START_TIMEOUT_S = 120.0  # uvicorn's own start-up, after the model loaded: milliseconds normally
 BODY_CAP = 1 << 30  # the client already applied the user's image caps; chat resends every image per turn
 log = logging.getLogger("dsvl.serve")
 
@@ -179,6 +181,23 @@ def bind(path) -> tuple[socket.socket, int]:
     return sock, os.stat(path).st_ino
 
 
+def publish(server, paths: keepalive.Paths, tmp, info: dict, status: StatusPipe, done: threading.Event) -> bool:
+    """Once uvicorn serves: move the socket to its public name, write the state, tell the client.
+
+    Why a temporary name first: a client that finds KEY.sock must find a server that answers; one
+    still starting could otherwise be taken for a hung one and be replaced."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not server.started:
+        if done.is_set() or server.should_exit or time.monotonic() > deadline:
+            return False
+        done.wait(0.01)
+    os.replace(tmp, paths.socket)
+    keepalive.write_private(paths.state, json.dumps(info))
+    log.info(f"{info['model']} on {paths.socket} (pid {os.getpid()})")
+    status.report({"ready": True, "pid": os.getpid()})
+    return True
+
+
 def watch(server, activity: Activity, paths: keepalive.Paths, inode: int, done: threading.Event) -> None:
     """Ask uvicorn to exit once idle past the keep-alive time, or once our socket is gone."""
     while not done.is_set() and not server.should_exit:
@@ -195,6 +214,13 @@ def watch(server, activity: Activity, paths: keepalive.Paths, inode: int, done: 
             server.should_exit = True
             return
         done.wait(min(max(activity.expires_in_s(), 0.05), 1.0))
+
+
+def _publish_then_watch(server, activity, paths, tmp, inode, info, status, done) -> None:
+    if publish(server, paths, tmp, info, status, done):
+        watch(server, activity, paths, inode, done)
+    else:
+        server.should_exit = True
 
 
 def serve(spec: dict, status: StatusPipe) -> int:
@@ -219,18 +245,18 @@ def serve(spec: dict, status: StatusPipe) -> int:
     activity = Activity(float(spec["keep_alive"]))
     app = PrivateApp(server_app.create_app(engine, max_body_bytes=BODY_CAP), activity, info)
     server = app.server = server_app.make_server(app)
-    sock, inode = bind(paths.socket)
-    keepalive.write_private(paths.state, json.dumps(info))
+    tmp = paths.socket.with_name(f".{paths.key}.{os.getpid()}.sock")
+    sock, inode = bind(tmp)
     done = threading.Event()
-    threading.Thread(target=watch, args=(server, activity, paths, inode, done), daemon=True,
-                     name="dsvl-keepalive-watch").start()
-    log.info(f"{settings.model} on {paths.socket} (pid {os.getpid()}, keep-alive {activity.keep_alive:g} s)")
-    status.report({"ready": True, "pid": os.getpid()})
+    threading.Thread(target=_publish_then_watch, args=(server, activity, paths, tmp, inode, info, status, done),
+                     daemon=True, name="dsvl-keepalive-watch").start()
     try:
         server.run(sockets=[sock])
     finally:
         done.set()
+        tmp.unlink(missing_ok=True)
         _cleanup(paths, inode)
+    status.error("error", f"the keep-alive server stopped before it was ready (log: {paths.log})")  # unless it was
     return 0
 
 
