@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,9 +34,8 @@ PROMPT = "Describe this image."
 
 
 def dsvl_command() -> list[str]:
-    """The installed `dsvl` entry point next to this Python, else `python -m dsvl_cli`."""
-    script = Path(sys.executable).parent / "dsvl"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "dsvl_cli"]
+    """`python -m dsvl_cli` of this checkout (an installed `dsvl` script may be another copy)."""
+    return [sys.executable, "-m", "dsvl_cli"]
 
 
 def shell_loop(calls: int, args: list[str], env: dict) -> float:
@@ -68,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
 
     home = tempfile.mkdtemp(prefix="dsvl-ka-")
-    env = {**os.environ, "DSVL_HOME": home}
+    env = {**os.environ, "DSVL_HOME": home, "PYTHONPATH": str(REPO)}
     env.pop("DSVL_KEEP_ALIVE", None)
     ask = ["ask", str(args.image), PROMPT, "-n", str(args.max_new_tokens), "--plain", "-m", args.model]
     kept = [*ask, "--keep-alive", "5m"]
@@ -82,6 +82,7 @@ def main() -> None:
             runs.append({k: round(v, 2) for k, v in run.items()})
     finally:
         shell_loop(1, ["stop", "--all"], env)
+        shutil.rmtree(home, ignore_errors=True)
 
     result = {
         "model": args.model, "calls": args.calls, "max_new_tokens": args.max_new_tokens, "runs": runs,

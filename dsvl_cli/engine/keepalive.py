@@ -4,7 +4,7 @@ A keep-alive server is one `dsvl serve` app (serve/private.py) for one model and
 listening on a unix socket in `DSVL_HOME/run/` (folder 0700, socket and files 0600: only this user
 can connect; no TCP port). Its files, all named by the settings' key:
   KEY.sock   the socket          KEY.json  its state (pid, model, ...), written once it listens
-  KEY.lock   flock: one starter  KEY.log   its stdout/stderr (kept after it exits, for a post-mortem)
+  KEY.lock   flock: one starter  KEY.log   its stdout/stderr (kept after it exits; the one before is KEY.log.1)
 
 The key hashes what decides which weights answer: dsvl's version, the model (aliases expanded,
 local folders made absolute), revision, device, dtype, quantization and compile. Another value of
@@ -45,6 +45,8 @@ def run_dir(create: bool = True) -> Path:
     """`DSVL_HOME/run`, mode 0700 and ours (refused otherwise: a socket there must be private)."""
     from dsvl_cli.engine.runtime import dsvl_home
 
+    if os.name != "posix":
+        raise UsageError("--keep-alive needs unix sockets (Linux, macOS); use `dsvl serve` and --server here")
     folder = dsvl_home() / "run"
     if create:
         try:

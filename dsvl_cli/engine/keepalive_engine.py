@@ -96,6 +96,8 @@ def _start(paths: Paths, settings: ModelSettings, keep_alive: float) -> None:
         cwd = str(paths.socket.parent)
     spec = {"key": paths.key, "settings": keepalive.settings_dict(settings), "identity": keepalive.identity(settings),
             "cwd": cwd, "keep_alive": keep_alive}
+    if paths.log.exists():  # the previous server's log, kept for a post-mortem of a crash
+        os.replace(paths.log, paths.log.with_name(paths.log.name + ".1"))
     read_end, write_end = os.pipe()
     try:
         log = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -191,8 +191,8 @@ def publish(server, paths: keepalive.Paths, tmp, info: dict, status: StatusPipe,
         if done.is_set() or server.should_exit or time.monotonic() > deadline:
             return False
         done.wait(0.01)
+    keepalive.write_private(paths.state, json.dumps(info))  # first: a published socket always has its state
     os.replace(tmp, paths.socket)
-    keepalive.write_private(paths.state, json.dumps(info))
     log.info(f"{info['model']} on {paths.socket} (pid {os.getpid()})")
     status.report({"ready": True, "pid": os.getpid()})
     return True
