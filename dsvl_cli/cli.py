@@ -49,6 +49,9 @@ def _register() -> None:
     app.command("serve")(serve.serve)
     from dsvl_cli.commands import batch
     app.command("batch")(batch.batch)
+    from dsvl_cli.commands import ps, stop
+    app.command("ps")(ps.ps)
+    app.command("stop")(stop.stop)
 
 
 _register()

@@ -14,7 +14,12 @@ import typer
 
 from dsvl_cli.environment import Environment
 from dsvl_cli.errors import UsageError
-from dsvl_cli.settings import DEFAULT_MODEL, GenerationSettings, ModelSettings
+from dsvl_cli.settings import (
+    DEFAULT_MODEL,
+    GenerationSettings,
+    ModelSettings,
+    parse_duration,
+)
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,7 @@ class CommonOptions:
     debug: bool = False
     server: str | None = None  # --server: a running `dsvl serve` does the work (engine/remote.py)
     api_key: str | None = None
+    keep_alive: float = 0.0  # --keep-alive seconds: >0 keeps the model warm in a private server (engine/keepalive.py)
     env: Environment | None = None  # the process's streams, read when the command starts
     requested_model: str | None = None  # -m/DSVL_MODEL as given; None: not given (--server sends "default")
 
@@ -82,6 +88,9 @@ SHARED: dict[str, tuple] = {
               help="Show tracebacks for errors.")], False),
     "server": (Annotated[Optional[str], _opt("--server", env="DSVL_SERVER",
                help="URL of a running `dsvl serve`: send the work there instead of loading a model.")], None),
+    "keep_alive": (Annotated[Optional[str], _opt("--keep-alive", env="DSVL_KEEP_ALIVE", metavar="DURATION",
+                   help="Keep the model loaded in a private background server for DURATION after the last "
+                   "request (30s, 5m, 1h; 0: off); `dsvl ps` lists them, `dsvl stop` ends them.")], None),
     "api_key": (Annotated[Optional[str], _opt("--api-key", env="DSVL_API_KEY", show_default=False,
                 help="Bearer key: sent to --server; required from clients by `dsvl serve`.")], None),
 }
@@ -104,11 +113,15 @@ def build_common(values: dict, env: Environment | None = None) -> CommonOptions:
     take their defaults; -m not given means the default model (and "default" for --server)."""
     values = {**{name: default for name, (_, default) in SHARED.items()}, **values}
     server = values["server"] or None
+    keep_alive = parse_duration(values["keep_alive"]) if values["keep_alive"] else 0.0
     if server:
         given = [_flag(k) for k, default in LOCAL_ONLY.items() if values[k] != default]
         if given:
             raise UsageError(f"{given[0]} applies to a model loaded here; with --server {server} the "
                              "server's own settings apply (drop the option, or run without --server)")
+        if keep_alive:
+            raise UsageError(f"--keep-alive keeps a model warm in a private server here; with --server {server} "
+                             "that server answers (use one of the two)")
     model = {k: values[k] for k in MODEL_FIELDS}
     model["model"] = values["model"] if values["model"] is not None else DEFAULT_MODEL
     return CommonOptions(
@@ -121,6 +134,7 @@ def build_common(values: dict, env: Environment | None = None) -> CommonOptions:
         exact_pixels=values["exact_pixels"],
         server=server,
         api_key=values["api_key"] or None,
+        keep_alive=keep_alive,
         env=env or Environment.current(),
         requested_model=values["model"],
     )

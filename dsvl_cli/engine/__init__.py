@@ -1,7 +1,8 @@
 """The engine: everything that turns a conversation into an answer, behind one Backend protocol.
 
 `open_backend` is the one way a front end gets an engine: the local model (engine/local.py), or
-with `--server` a running `dsvl serve` over HTTP (engine/remote.py). Importing this package imports
+with `--server` a running `dsvl serve` over HTTP (engine/remote.py), or with `--keep-alive` a
+private server kept warm between calls (engine/keepalive_engine.py). Importing this package imports
 neither torch nor transformers; loading a model does.
 """
 
@@ -17,13 +18,17 @@ __all__ = ["Backend", "open_backend"]
 
 def open_backend(settings: ModelSettings, *, server: str | None = None, api_key: str | None = None,
                  requested_model: str | None = None, on_note: Callable[[str], None] | None = None,
-                 prefer_fast: bool = False, verbose: bool = False) -> Backend:
-    """The local engine for `settings`, or with `server` a client of that server, asking it for
-    `requested_model` (-m as given; None: whatever it serves) and telling `on_note` when another
-    model answers.
+                 prefer_fast: bool = False, verbose: bool = False, keep_alive: float = 0.0) -> Backend:
+    """The local engine for `settings`, or with `server` a client of that server (asking it for
+    `requested_model`: -m as given, None: whatever it serves; `on_note` hears when another model
+    answers), or with `keep_alive` (seconds) a client of the private server kept warm for `settings`.
 
     `prefer_fast`: the caller generates many times (chat, batch, serve), so the static-cache fast
     path pays where it is on by default (CUDA); --compile/--no-compile decides otherwise."""
+    if keep_alive > 0:
+        from dsvl_cli.engine.keepalive_engine import KeepAliveEngine
+
+        return KeepAliveEngine(settings, keep_alive)
     if server:
         from dsvl_cli.engine.remote import RemoteEngine
 

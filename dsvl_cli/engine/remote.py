@@ -63,15 +63,16 @@ class RemoteEngine(Backend):
     """The Backend protocol over HTTP: streams only (no KV reuse, no batching here, no token
     counting: the server does those), so callers that read the capabilities fall back by themselves."""
 
+    inline_images = False  # True: URLs too are fetched here and sent as data: URIs (--keep-alive)
+    png_level = 6  # zlib level of those PNGs: smaller over a network, level 1 is faster over a local socket
+
     def __init__(self, url: str, *, api_key: str | None = None, model: str | None = None,
                  on_note: Callable[[str], None] | None = None):
         self.url = base_url(url)
         self.requested_model = model
         self._on_note = on_note
         self._noted: set[str] = set()
-        self._session = requests.Session()
-        for scheme in ("http://", "https://"):  # batch --server keeps several streams open at once
-            self._session.mount(scheme, requests.adapters.HTTPAdapter(pool_maxsize=POOL_SIZE))
+        self._session = self._new_session()
         self._session.headers["User-Agent"] = f"dsvl/{__version__}"
         if api_key:
             self._session.headers["Authorization"] = f"Bearer {api_key}"
@@ -139,23 +140,32 @@ class RemoteEngine(Backend):
                 self._on_note(f"note: asked for model {asked}; server {self.url} answered with {answered}")
 
     def _image_ref(self, loaded: LoadedImage) -> str:
-        if wire.IMAGE_URL.match(loaded.source):  # the server fetches these itself
+        if not self.inline_images and wire.IMAGE_URL.match(loaded.source):  # the server fetches these itself
             return loaded.source
 
         def png_uri(_key) -> tuple[LoadedImage, str]:  # holds `loaded`, so its id stays its own
             buffer = io.BytesIO()
-            loaded.image.save(buffer, format="PNG")
+            loaded.image.save(buffer, format="PNG", compress_level=self.png_level)
             return loaded, "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
         return self._uris.get(id(loaded), png_uri)[1]  # chat resends its images every turn: encode once
+
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        for scheme in ("http://", "https://"):  # batch --server keeps several streams open at once
+            session.mount(scheme, requests.adapters.HTTPAdapter(pool_maxsize=POOL_SIZE))
+        return session
+
+    def _send(self, method: str, path: str, **kwargs) -> requests.Response:
+        """One HTTP exchange (the keep-alive engine wraps it to restart a server that went away)."""
+        return self._session.request(method, self.url + path, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S), **kwargs)
 
     def _request(self, method: str, path: str, **kwargs) -> requests.Response:
         """Send, retrying while the server is busy; errors become DsvlErrors naming the server."""
         deadline = time.monotonic() + BUSY_RETRY_S
         while True:
             try:
-                response = self._session.request(method, self.url + path,
-                                                 timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S), **kwargs)
+                response = self._send(method, path, **kwargs)
             except requests.ConnectionError as exc:
                 from dsvl_cli.images.fetch import connection_text  # the root cause: refused, DNS, reset
 
