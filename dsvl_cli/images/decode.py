@@ -46,10 +46,9 @@ def decode_image(source: str, fp: BinaryIO, *, empty_reason: str, url: bool = Fa
                 _check_pixels(source, opened, max_pixels, max_side)
                 opened.load()  # decode now, so truncation is caught here and not later
                 rgb = _to_rgb(source, _apply_orientation(opened))
-                rgb = rgb.copy() if rgb is opened else rgb
                 if max_side is not None and max(rgb.size) > max_side:
-                    rgb.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
-                return rgb
+                    return _downscaled(rgb, max_side)  # a new, small image: no full-size copy
+                return rgb.copy() if rgb is opened else rgb
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise ImageLoadError(source, _bomb_reason(e)) from None
         except UnidentifiedImageError:
@@ -58,6 +57,13 @@ def decode_image(source: str, fp: BinaryIO, *, empty_reason: str, url: bool = Fa
             raise ImageLoadError(source, "not enough memory to decode the image") from None
         except _DECODE_ERRORS:
             raise ImageLoadError(source, "truncated or corrupt image data") from None
+
+
+def _downscaled(image: Image.Image, max_side: int) -> Image.Image:
+    """A copy whose long side is `max_side`, aspect ratio kept (as the model's processor resizes)."""
+    ratio = max_side / max(image.size)
+    size = (max(1, round(image.width * ratio)), max(1, round(image.height * ratio)))
+    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
 
 
 def _check_pixels(source: str, opened: Image.Image, max_pixels: int | None, max_side: int | None) -> None:
@@ -82,8 +88,12 @@ def _reject_text_formats(source: str, head: bytes, url: bool) -> None:
 
 
 def _apply_orientation(image: Image.Image) -> Image.Image:
-    """Rotate/flip per EXIF. A malformed EXIF block is ignored rather than failing the image."""
+    """Rotate/flip per EXIF. A malformed EXIF block is ignored rather than failing the image.
+    Without an orientation to apply the image itself comes back (exif_transpose would copy it:
+    a second full-size picture in memory)."""
     try:
+        if image.getexif().get(0x0112, 1) == 1:
+            return image
         return ImageOps.exif_transpose(image)
     except (SyntaxError, ValueError, TypeError, KeyError, struct.error):
         return image

@@ -54,6 +54,8 @@ from dsvl_cli.settings import GenerationSettings
 
 __all__ = ["create_app", "bind", "make_server", "configure_logging", "GRACE_S"]
 PARSE_WORKERS = 2  # threads that parse bodies and count tokens (text-only requests need only these)
+BULK_BYTES = 1 << 20  # bodies larger than this (data: URIs) are parsed and decoded BULK_REQUESTS at a time
+BULK_REQUESTS = 2
 RETRY_AFTER_S = 1
 log = logging.getLogger("dsvl.serve")
 
@@ -113,7 +115,7 @@ def create_app(engine, *, defaults: GenerationSettings | None = None, api_key: s
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        req, gen, conversation = await intake.read(request)
+        stream, include_usage, gen, conversation = await intake.read(request)
         try:
             job = worker.submit(conversation, gen)
         except QueueFull:
@@ -131,8 +133,7 @@ def create_app(engine, *, defaults: GenerationSettings | None = None, api_key: s
             drain.discard(job)
             raise
         cid = chat_api.new_id()
-        if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        if stream:
             events = _sse(job, first, cid, engine.name, include_usage, request, drain)
             return StreamingResponse(events, media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -158,18 +159,28 @@ class Intake:
         self.names = chat_api.model_names(engine.name)
         self.counter = PromptCounter(engine)
         self._pool = ThreadPoolExecutor(max_workers=PARSE_WORKERS, thread_name_prefix="dsvl-serve-parse")
+        self._bulk = asyncio.Semaphore(BULK_REQUESTS)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def read(self, request: Request):
-        """(the parsed request, its GenerationSettings, its Conversation with images loaded)."""
-        loop = asyncio.get_running_loop()
+        """(stream?, include usage?, GenerationSettings, the Conversation with its images loaded).
+
+        The parsed request is dropped on return: its data: URIs can be megabytes. A body over
+        BULK_BYTES waits for one of BULK_REQUESTS slots before it is parsed and its images decoded,
+        which bounds what several large requests at once can take."""
         gate.check_key(request, self.api_key)
         gate.require_json(request)
         raw = await gate.read_body(request, self.body_cap, self.limits.body_timeout_s)
-        req = await loop.run_in_executor(self._pool, chat_api.parse_request, raw)
-        del raw  # the body can be megabytes of base64: keep only what was parsed out of it
+        if len(raw) <= BULK_BYTES:
+            return await self._checked(request, raw)
+        async with self._bulk:
+            return await self._checked(request, raw)
+
+    async def _checked(self, request: Request, raw: bytearray):
+        loop = asyncio.get_running_loop()
+        req = await loop.run_in_executor(self._pool, chat_api.parse_request, raw)  # empties raw
         chat_api.check_model(req.model, self.engine.name, self.names)
         gen = chat_api.generation_settings(req, self.defaults)
         self.limits.check_text(chat_api.check_messages(req))
@@ -179,7 +190,8 @@ class Intake:
         standins = chat_api.build_conversation(req, {source: None for source in sources})
         await loop.run_in_executor(self._pool, self.counter.check, standins, len(standins.images))
         images = await self.media.load(sources, request.is_disconnected)
-        return req, gen, chat_api.build_conversation(req, images)
+        usage = bool(req.stream_options and req.stream_options.include_usage)
+        return req.stream, usage, gen, chat_api.build_conversation(req, images)
 
 
 def _error_handlers(app: FastAPI) -> None:
