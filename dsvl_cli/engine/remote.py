@@ -8,7 +8,8 @@ exit codes. No torch here.
 Limits, on purpose:
 - Images given as http(s) URLs or data: URIs are sent as they are (the server fetches the URL
   itself); every other source (a path, stdin) is sent as a lossless PNG data: URI of the decoded
-  pixels, so the server sees exactly the pixels a local run would.
+  pixels, so the server sees exactly the pixels a local run would, downscaled to SEND_MAX_SIDE on
+  the long side when larger (as dsvl serve does to every picture it decodes, within its byte cap).
 - `cache` (chat's KV reuse) is ignored: the server keeps no per-client cache; cached_tokens is 0.
 - Timeouts: CONNECT_TIMEOUT_S to connect, READ_TIMEOUT_S between two pieces of the answer (a
   queued request waits its turn within that). 429 and 503 are retried after their Retry-After for
@@ -38,6 +39,7 @@ from dsvl_cli.conversation import Conversation
 from dsvl_cli.engine.loading import HUB_ALIASES
 from dsvl_cli.errors import ContextLengthError, GenerationError, ModelError, UsageError
 from dsvl_cli.images import LoadedImage
+from dsvl_cli.images.decode import downscaled
 from dsvl_cli.results import Chunk, Result, Stats, TextChunk, last_result
 from dsvl_cli.settings import GenerationSettings
 
@@ -46,6 +48,7 @@ READ_TIMEOUT_S = 600.0
 BUSY_RETRY_S = 120.0
 _PASS_THROUGH = re.compile(r"^(https?://|data:)", re.IGNORECASE)
 _URI_CACHE_SIZE = 16
+SEND_MAX_SIDE = 1024  # pictures sent as data: URIs are downscaled to this long side (the model uses no more)
 POOL_SIZE = 64  # kept-alive connections; more open streams than this still work, with a urllib3 warning
 
 
@@ -165,8 +168,11 @@ class RemoteEngine:
             if hit is not None and hit[0] is loaded:
                 self._uris.move_to_end(id(loaded))
                 return hit[1]
+        image = loaded.image
+        if max(image.size) > SEND_MAX_SIDE:  # what dsvl serve keeps of it anyway; fits its byte cap
+            image = downscaled(image, SEND_MAX_SIDE)
         buffer = io.BytesIO()
-        loaded.image.save(buffer, format="PNG")
+        image.save(buffer, format="PNG")
         uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
         with self._uri_lock:
             self._uris[id(loaded)] = (loaded, uri)

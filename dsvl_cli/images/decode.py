@@ -47,7 +47,7 @@ def decode_image(source: str, fp: BinaryIO, *, empty_reason: str, url: bool = Fa
                 opened.load()  # decode now, so truncation is caught here and not later
                 rgb = _to_rgb(source, _apply_orientation(opened))
                 if max_side is not None and max(rgb.size) > max_side:
-                    return _downscaled(rgb, max_side)  # a new, small image: no full-size copy
+                    return downscaled(rgb, max_side)  # a new, small image: no full-size copy
                 return rgb.copy() if rgb is opened else rgb
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise ImageLoadError(source, _bomb_reason(e)) from None
@@ -59,7 +59,7 @@ def decode_image(source: str, fp: BinaryIO, *, empty_reason: str, url: bool = Fa
             raise ImageLoadError(source, "truncated or corrupt image data") from None
 
 
-def _downscaled(image: Image.Image, max_side: int) -> Image.Image:
+def downscaled(image: Image.Image, max_side: int) -> Image.Image:
     """A copy whose long side is `max_side`, aspect ratio kept (as the model's processor resizes)."""
     ratio = max_side / max(image.size)
     size = (max(1, round(image.width * ratio)), max(1, round(image.height * ratio)))
