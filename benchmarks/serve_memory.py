@@ -12,6 +12,7 @@ kernel's peak-RSS mark (/proc/PID/clear_refs, Linux) and reads VmHWM after it:
 - `bytes`: 8 distinct noisy PNGs that together just fit the 48 MiB body cap as data: URIs;
 - `big images`: 3 distinct noisy PNGs just under the 10 MiB per-image cap, as data: URIs;
 - `text`: 64,000 characters of text (the text cap), answered with a context-length 400;
+- `many values`: a 45 MB body of 15 million tiny JSON values (refused before parsing);
 - `bytes x4`: four `bytes` requests at once (the caps are per request; bodies over 1 MiB are
   parsed two at a time).
 
@@ -104,8 +105,9 @@ def scenarios() -> dict[str, tuple[list[dict], int]]:
     big = body([data_uri(noisy(k, (48 << 20) * 3 // 4 // 8 - (64 << 10)), "PNG") for k in range(8)])
     biggest = body([data_uri(noisy(k, 10 << 20), "PNG") for k in range(3)])
     text = [body(text="é" * 64_000)]
+    values = [{**body(), "x": [1] * 15_000_000}]
     return {"pixels": pixels, "jpeg-draft": jpegs, "bytes": [big], "big images": [biggest], "text": text,
-            "bytes x4": [big] * 4}
+            "many values": values, "bytes x4": [big] * 4}
 
 
 def main() -> None:

@@ -180,6 +180,7 @@ class Intake:
 
     async def _checked(self, request: Request, raw: bytearray):
         loop = asyncio.get_running_loop()
+        self.limits.check_json_shape(raw)
         req = await loop.run_in_executor(self._pool, chat_api.parse_request, raw)  # empties raw
         chat_api.check_model(req.model, self.engine.name, self.names)
         gen = chat_api.generation_settings(req, self.defaults)

@@ -1,8 +1,10 @@
 """The server's per-request caps, checked cheapest first, before any image is fetched or decoded.
 
 Order of checks for one request (each failure is a 400 with a message naming the cap):
-1. the body: at most `body_bytes()` (413), JSON only (415), parsed off the event loop (a body
-   over 1 MiB waits for one of two slots first: see app.Intake);
+1. the body: at most `body_bytes()` (413), JSON only (415), at most `max_json_values()` JSON
+   values (counted from the raw bytes: a body of millions of tiny values would cost far more
+   memory parsed than its size), parsed off the event loop (a body over 1 MiB waits for one of
+   two slots first: see app.Intake);
 2. the text: at most `max_text_chars` characters over every message, every role;
 3. the images: at most `max_images` distinct sources per request (a source repeated in one
    request is fetched and decoded once);
@@ -30,6 +32,7 @@ MAX_IMAGE_PIXELS = 4096 * 4096
 MAX_TEXT_CHARS = 64_000
 FETCH_TIMEOUT_S = 20.0
 BODY_TIMEOUT_S = 60.0  # the whole request body, from the end of its headers
+JSON_ROOM = 10_000  # JSON values allowed beyond one per character of text (messages, parts, fields)
 MIN_SIDE = 1024  # the model never sees more (the 7B's SAM input); a bigger processor size wins
 
 
@@ -55,6 +58,18 @@ class ServeLimits:
         as a base64 data: URI, the text with every character JSON-escaped, room for the rest)."""
         images = self.max_images * (self.max_image_bytes * 4 // 3 + 256)
         return min(self.max_body_bytes, images + self.max_text_chars * 6 + 64 * 1024)
+
+    def max_json_values(self) -> int:
+        return self.max_text_chars + JSON_ROOM
+
+    def check_json_shape(self, raw: bytes | bytearray) -> None:
+        """Refuse, before parsing, a body with more JSON values than a request needs: each value
+        but the first follows a comma, and each object or array opens with a brace or bracket
+        (base64 data holds neither; text inside strings counts, hence the text cap as room)."""
+        values = raw.count(b",") + raw.count(b"{") + raw.count(b"[")
+        if values > self.max_json_values():
+            raise UsageError(f"the request body has about {values} JSON values; this server accepts at most "
+                             f"{self.max_json_values()}")
 
     def check_text(self, chars: int) -> None:
         if chars > self.max_text_chars:

@@ -24,7 +24,7 @@ import re
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -38,6 +38,9 @@ from dsvl_cli.settings import GenerationSettings
 OPENAI_FINISH = {"stop": "stop", "length": "length", "interrupted": "stop"}
 DEFAULT_MODEL_ID = "default"  # the documented catch-all: whatever model the server has loaded
 SEED_RANGE = (-(1 << 63), (1 << 64) - 1)  # what torch.manual_seed takes
+
+
+StopString = Annotated[str, Field(max_length=256)]  # transformers builds tables per stop string
 
 
 class ModelNotFound(Exception):
@@ -87,7 +90,7 @@ class ChatRequest(BaseModel):
     top_k: int | None = Field(None, ge=1, le=1 << 31)
     repetition_penalty: float | None = Field(None, gt=0, le=100)
     seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
-    stop: str | list[str] | None = Field(None, max_length=16)
+    stop: StopString | list[StopString] | None = Field(None, max_length=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1)
