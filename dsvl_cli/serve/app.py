@@ -1,10 +1,10 @@
 """`dsvl serve`: an OpenAI-compatible HTTP API over one warm Engine (FastAPI + uvicorn).
 
 Why: loading the model costs seconds (tiny-random) to minutes (7B); a server keeps it loaded for
-shell loops (`dsvl ask --server`) and for any OpenAI client. The wire format lives in chat_api.py.
+shell loops (`dsvl ask --server`) and for any OpenAI client. The wire format lives in protocol.py.
 
 Limits, on purpose:
-- One `generate` at a time: a single worker thread owns the engine (serve_worker.py) and takes
+- One `generate` at a time: a single worker thread owns the engine (scheduler.py) and takes
   requests in arrival order; requests waiting together with the same generation settings run as
   one batch (up to `max_batch`). At most `max_queue` requests wait behind the running batch; past
   that the answer is 429 with Retry-After.
@@ -18,8 +18,8 @@ Limits, on purpose:
   prefix cache shared between clients could reuse another image's KV; `cached_tokens` is 0.
 - A client that disconnects stops its generation (the engine's stop_event); one that disconnects
   while queued is skipped. On SIGINT/SIGTERM uvicorn stops accepting and lets in-flight requests
-  finish for up to GRACE_S seconds; then `Drain` cuts the rest: streams get an error chunk and
-  `[DONE]`, queued requests a 503 (transport.py).
+  finish for up to the grace period (GRACE_S, `--grace-period`); then `Drain` cuts the rest:
+  streams get an error chunk and `[DONE]`, queued requests a 503 (drain.py, transport.py).
 - A request naming another model gets 404 model_not_found; the loaded model's name, its aliases
   and "default" are accepted.
 """
@@ -48,7 +48,8 @@ from dsvl_cli.serve.limits import PromptCounter, ServeLimits, image_side
 from dsvl_cli.serve.logs import AccessLog
 from dsvl_cli.serve.media import ClientGone, MediaLoader
 from dsvl_cli.serve.scheduler import END as _END
-from dsvl_cli.serve.scheduler import Drain, Job, QueueFull, Worker
+from dsvl_cli.serve.drain import Drain
+from dsvl_cli.serve.scheduler import Job, QueueFull, Worker
 from dsvl_cli.serve.transport import GRACE_S, bind, configure_logging, make_server
 from dsvl_cli.settings import GenerationSettings
 
