@@ -91,10 +91,10 @@ def main() -> None:
     import torch
     import transformers
 
-    from dsvl_cli.engine.local import Engine
+    from dsvl_cli.engine.local import LocalEngine
     from dsvl_cli.settings import GenerationSettings, ModelSettings
 
-    engine = Engine.load(ModelSettings(model=args.model, device=args.device))
+    engine = LocalEngine.load(ModelSettings(model=args.model, device=args.device))
     engine.model.generation_config.eos_token_id = None  # every record decodes exactly -n tokens
     gen = GenerationSettings(max_new_tokens=args.max_new_tokens)
     with tempfile.TemporaryDirectory() as tmp:

@@ -245,7 +245,7 @@ def main(argv=None) -> int:
     args = parse(argv)
     plan, ways, scenarios = Plan.from_args(args), args.ways.split(","), set(args.scenarios.split(","))
     from dsvl_cli.engine import loading, runtime
-    from dsvl_cli.engine.local import Engine
+    from dsvl_cli.engine.local import LocalEngine
     from dsvl_cli.errors import DsvlError
     from dsvl_cli.settings import ModelSettings
     from ways import DsvlWay, SeedWay
@@ -306,7 +306,7 @@ def main(argv=None) -> int:
                 continue
             way = DsvlWay(loaded, name, label)
         else:
-            engine = Engine(model, processor, device, resolved, settings())
+            engine = LocalEngine(model, processor, device, resolved, settings())
             if name == "fast":
                 engine.enable_fast_path(compile=compile)
             way = DsvlWay(engine, name, label)

@@ -4,7 +4,7 @@
                                     [--image examples/sunset.jpg] [--device auto] [--out FILE]
 
 A scripted chat (one image on turn 1, short follow-ups) runs through `dsvl chat`'s own session
-(ChatSession + Engine.run) twice: with the session's PromptCache (what `dsvl chat` does), and with
+(ChatSession + LocalEngine.run) twice: with the session's PromptCache (what `dsvl chat` does), and with
 no cache, so every turn re-encodes the image and prefills the whole conversation (what a chat
 without reuse costs). Greedy decoding and exactly `-n` new tokens per turn (EOS is suppressed), so
 both runs see the same history; the answers must come out identical, which the script checks.
@@ -100,11 +100,11 @@ def main() -> None:
     import torch
     import transformers
 
-    from dsvl_cli.engine.local import Engine
+    from dsvl_cli.engine.local import LocalEngine
     from dsvl_cli.settings import ModelSettings
 
     settings = ModelSettings(model=args.model, device=args.device, dtype=args.dtype, compile=args.compile)
-    engine = Engine.load(settings, prefer_fast=True)  # as `dsvl chat` loads it
+    engine = LocalEngine.load(settings, prefer_fast=True)  # as `dsvl chat` loads it
     engine.model.generation_config.eos_token_id = None  # every answer is exactly -n tokens
 
     run_chat(engine, args.image, 2, args.new_tokens, reuse=True)  # warm-up: lazy init, first-call costs

@@ -2,7 +2,7 @@
 
 bench.py runs each way's scenarios one after another; on a noisy machine the drift between them
 can be larger than the difference being measured. Here the two alternate call by call on the same
-model and the same encoded inputs: plain `model.generate(**inputs)` and `Engine.run` (which also
+model and the same encoded inputs: plain `model.generate(**inputs)` and `LocalEngine.run` (which also
 renders and encodes the prompt, streams through its worker thread and detokenizes as it goes).
 EOS is suppressed, so both decode exactly --new-tokens tokens.
 
@@ -34,11 +34,11 @@ def main() -> None:
     from build import suppress_eos
 
     from dsvl_cli.conversation import Conversation
-    from dsvl_cli.engine.local import Engine
+    from dsvl_cli.engine.local import LocalEngine
     from dsvl_cli.images import load_images
     from dsvl_cli.settings import GenerationSettings, ModelSettings
 
-    engine = Engine.load(ModelSettings(model=args.model, device=args.device))
+    engine = LocalEngine.load(ModelSettings(model=args.model, device=args.device))
     suppress_eos(engine.model)
     conversation = Conversation.single("Describe this image in detail.", load_images([args.image]))
     gen = GenerationSettings(max_new_tokens=args.new_tokens)
@@ -61,10 +61,10 @@ def main() -> None:
         return time.perf_counter() - started
 
     plain(), dsvl()  # warm-up
-    times: dict[str, list[float]] = {"plain generate": [], "dsvl Engine.run": []}
+    times: dict[str, list[float]] = {"plain generate": [], "dsvl LocalEngine.run": []}
     for _ in range(args.repeats):
         times["plain generate"].append(plain())
-        times["dsvl Engine.run"].append(dsvl())
+        times["dsvl LocalEngine.run"].append(dsvl())
     print(f"{args.model} on {engine.device}, {args.new_tokens} new tokens, {args.repeats} interleaved calls each")
     base = statistics.median(times["plain generate"])
     for name, values in times.items():

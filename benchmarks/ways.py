@@ -5,7 +5,7 @@
   (the whole conversation re-encoded every turn; the seed has no KV reuse).
 - `DsvlWay`: dsvl's engine, either its default path (dynamic cache, eager) or its fast path
   (static cache + compiled decode), optionally quantized. Single questions and chats go through
-  `Engine.run`, batches through `dsvl_cli.batching.generate_batch` (which adds the fast path's
+  `LocalEngine.run`, batches through `dsvl_cli.batching.generate_batch` (which adds the fast path's
   static cache and compile config when the engine has them).
 
 Every method returns wall seconds for a call that generates exactly the tokens asked for (EOS is
@@ -118,15 +118,15 @@ class DsvlWay:
 
     @staticmethod
     def load_first_token(settings, jpeg: Path) -> tuple[float, object]:
-        """From a saved folder to the first answer token through `Engine.load`; (seconds, engine).
+        """From a saved folder to the first answer token through `LocalEngine.load`; (seconds, engine).
 
         `settings.compile` picks the path; the first token comes from the (eager) prefill, so this
         does not include compiling the decode step (the decode row's `first_call_s` shows that)."""
         from build import suppress_eos
-        from dsvl_cli.engine.local import Engine
+        from dsvl_cli.engine.local import LocalEngine
 
         started = time.perf_counter()
-        engine = Engine.load(settings)
+        engine = LocalEngine.load(settings)
         suppress_eos(engine.model)
         DsvlWay(engine, "", "").ask(jpeg, 1)
         return time.perf_counter() - started, engine
@@ -155,7 +155,7 @@ class DsvlWay:
         from dsvl_cli.images import load_images
 
         started = time.perf_counter()
-        items = [batching.prepare_item(self.engine, Conversation.single(PROMPT, load_images([str(j)])))
+        items = [batching.BatchItem.prepare(self.engine, Conversation.single(PROMPT, load_images([str(j)])))
                  for j in jpegs]
         results = batching.generate_batch(self.engine, items, self._gen(new_tokens))
         sync(self.device)
@@ -170,7 +170,7 @@ class DsvlWay:
         """Turn `n_turns` of a chat with the same history as the seed's; with `reuse`, the earlier
         turns ran through a PromptCache first (untimed), so turn n prefills only what is new."""
         from dsvl_cli.conversation import Conversation
-        from dsvl_cli.engine.local import PromptCache
+        from dsvl_cli.engine.streaming import PromptCache
         from dsvl_cli.images import load_images
 
         turns = chat_turns(n_turns)

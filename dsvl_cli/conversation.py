@@ -103,7 +103,7 @@ class Conversation:
         return "\n".join(lines)
 
     @classmethod
-    def from_json(cls, data: dict, *, stdin: BinaryIO | None = None) -> Conversation:
+    def from_json(cls, data: dict, *, stdin: BinaryIO | None = None, exact: bool = False) -> Conversation:
         if not isinstance(data, dict) or data.get("format") != SAVE_FORMAT:
             raise UsageError(f"not a saved dsvl conversation (expected format {SAVE_FORMAT})")
         conv = cls(system=data.get("system"))
@@ -111,7 +111,7 @@ class Conversation:
             role, text = raw.get("role"), raw.get("text")
             if role not in ("user", "assistant") or not isinstance(text, str):
                 raise UsageError("saved conversation has a malformed message")
-            images = load_images(raw.get("images") or [], stdin=stdin)
+            images = load_images(raw.get("images") or [], stdin=stdin, exact=exact)
             conv.messages.append(Message(role, text, images, raw.get("finish_reason")))
         return conv
 
@@ -122,11 +122,11 @@ class Conversation:
             path.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
     @classmethod
-    def load(cls, path: Path) -> Conversation:
+    def load(cls, path: Path, *, exact: bool = False) -> Conversation:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise UsageError(f"{path}: no such file") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise UsageError(f"{path}: cannot read saved conversation ({exc})") from None
-        return cls.from_json(data)
+        return cls.from_json(data, exact=exact)

@@ -73,9 +73,9 @@ class ContextLengthError(DsvlError):
 
 def fail(err: BaseException, *, debug: bool = False) -> NoReturn:
     """Print one line for a user-facing error (a traceback with --debug) and exit with its code."""
-    from dsvl_cli.render import stderr_console
+    from dsvl_cli.environment import Environment
 
-    console = stderr_console()
+    console = Environment.current().stderr_console()
     if debug:
         console.print_exception()
     if isinstance(err, DsvlError):

@@ -1,7 +1,8 @@
 """Shared command-line options, declared once.
 
 `shared_options` adds the model, generation and output options (each with its `DSVL_*` variable)
-to a command's signature and hands the command one validated `CommonOptions` instead. No torch here.
+to a command's signature and hands the command one validated `CommonOptions` instead; a command
+lists the ones it has no use for in `exclude`, so its --help shows only what it reads. No torch here.
 """
 
 import functools
@@ -11,11 +12,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from dsvl_cli.environment import Environment
+from dsvl_cli.errors import UsageError
 from dsvl_cli.settings import DEFAULT_MODEL, GenerationSettings, ModelSettings
-
-MODEL = "Model"
-GEN = "Generation"
-OUT = "Output"
 
 
 @dataclass(frozen=True)
@@ -25,68 +24,91 @@ class CommonOptions:
     plain: bool = False
     json: bool = False
     stats: bool = False
+    exact_pixels: bool = False  # --exact-pixels: full decode of every image (images/decode.py)
     debug: bool = False
-    server: str | None = None  # --server: a running `dsvl serve` does the work (remote.py)
+    server: str | None = None  # --server: a running `dsvl serve` does the work (engine/remote.py)
     api_key: str | None = None
+    env: Environment | None = None  # the process's streams, read when the command starts
     requested_model: str | None = None  # -m/DSVL_MODEL as given; None: not given (--server sends "default")
 
 
-def _opt(*decls: str, env: str, help: str, panel: str, **kw) -> typer.models.OptionInfo:
-    return typer.Option(*decls, envvar=env, help=help, rich_help_panel=panel, show_envvar=True, **kw)
+def _opt(*decls: str, env: str, help: str, **kw) -> typer.models.OptionInfo:
+    return typer.Option(*decls, envvar=env, help=help, show_envvar=True, **kw)
 
 
 # name -> (annotation, default); the order is the order in --help.
 SHARED: dict[str, tuple] = {
-    "model": (Annotated[str, _opt("-m", "--model", env="DSVL_MODEL", panel=MODEL,
+    "model": (Annotated[str, _opt("-m", "--model", env="DSVL_MODEL",
               help="Hub id, local folder, or alias: 7b, 1.3b, tiny-random (random weights, offline).",
               show_default=DEFAULT_MODEL)], None),
-    "revision": (Annotated[Optional[str], _opt("--revision", env="DSVL_REVISION", panel=MODEL,
+    "revision": (Annotated[Optional[str], _opt("--revision", env="DSVL_REVISION",
                  help="Hub branch, tag or commit.")], None),
-    "device": (Annotated[str, _opt("--device", env="DSVL_DEVICE", panel=MODEL,
+    "device": (Annotated[str, _opt("--device", env="DSVL_DEVICE",
                help="auto, cpu, cuda, cuda:N or mps.")], "auto"),
-    "dtype": (Annotated[str, _opt("--dtype", env="DSVL_DTYPE", panel=MODEL,
+    "dtype": (Annotated[str, _opt("--dtype", env="DSVL_DTYPE",
               help="auto (bf16 on CUDA, fp16 on MPS, fp32 on CPU), bfloat16, float16 or float32.")], "auto"),
-    "offline": (Annotated[bool, _opt("--offline", env="DSVL_OFFLINE", panel=MODEL,
+    "offline": (Annotated[bool, _opt("--offline", env="DSVL_OFFLINE",
                 help="Never touch the network for models; use the local cache only.")], False),
-    "compile": (Annotated[Optional[bool], _opt("--compile/--no-compile", env="DSVL_COMPILE", panel=MODEL,
+    "compile": (Annotated[Optional[bool], _opt("--compile/--no-compile", env="DSVL_COMPILE",
                 help="Static KV cache + torch.compile decode (default: on for chat and batch on CUDA; "
                 "off on CPU, where the first compile takes ~30 s).")], None),
-    "quantize": (Annotated[Optional[str], _opt("--quantize", env="DSVL_QUANTIZE", panel=MODEL,
+    "quantize": (Annotated[Optional[str], _opt("--quantize", env="DSVL_QUANTIZE",
                  help="Weight-only int8 or int4 with torchao: CUDA only, needs torchao "
                  "(pip install 'dsvl-cli[quantize]'); exit 2 where it cannot run.")], None),
-    "max_new_tokens": (Annotated[int, _opt("-n", "--max-new-tokens", env="DSVL_MAX_NEW_TOKENS", panel=GEN,
+    "max_new_tokens": (Annotated[int, _opt("-n", "--max-new-tokens", env="DSVL_MAX_NEW_TOKENS",
                        help="Most tokens to generate.")], 512),
-    "temperature": (Annotated[float, _opt("-t", "--temperature", env="DSVL_TEMPERATURE", panel=GEN,
+    "temperature": (Annotated[float, _opt("-t", "--temperature", env="DSVL_TEMPERATURE",
                     help="0 means greedy (deterministic).")], 0.0),
-    "top_p": (Annotated[Optional[float], _opt("--top-p", env="DSVL_TOP_P", panel=GEN,
+    "top_p": (Annotated[Optional[float], _opt("--top-p", env="DSVL_TOP_P",
               help="Nucleus sampling (with --temperature > 0).")], None),
-    "top_k": (Annotated[Optional[int], _opt("--top-k", env="DSVL_TOP_K", panel=GEN,
+    "top_k": (Annotated[Optional[int], _opt("--top-k", env="DSVL_TOP_K",
               help="Top-k sampling (with --temperature > 0).")], None),
-    "repetition_penalty": (Annotated[Optional[float], _opt("--repetition-penalty", env="DSVL_REPETITION_PENALTY",
-                           panel=GEN, help="Penalise repeated tokens (1.0 = off).")], None),
-    "seed": (Annotated[Optional[int], _opt("--seed", env="DSVL_SEED", panel=GEN,
+    "repetition_penalty": (Annotated[Optional[float], _opt("--repetition-penalty", env="DSVL_REPETITION_PENALTY", help="Penalise repeated tokens (1.0 = off).")], None),
+    "seed": (Annotated[Optional[int], _opt("--seed", env="DSVL_SEED",
              help="Random seed for sampling.")], None),
-    "system": (Annotated[Optional[str], _opt("-s", "--system", env="DSVL_SYSTEM", panel=GEN,
+    "system": (Annotated[Optional[str], _opt("-s", "--system", env="DSVL_SYSTEM",
                help="System prompt (replaces DeepSeek-VL's default one).")], None),
-    "plain": (Annotated[bool, _opt("--plain", env="DSVL_PLAIN", panel=OUT,
+    "plain": (Annotated[bool, _opt("--plain", env="DSVL_PLAIN",
               help="Plain streamed text, no Markdown rendering (the default when not a terminal).")], False),
-    "json": (Annotated[bool, _opt("--json", env="DSVL_JSON", panel=OUT,
+    "json": (Annotated[bool, _opt("--json", env="DSVL_JSON",
              help="JSON output: answer, finish_reason, stats.")], False),
-    "stats": (Annotated[bool, _opt("--stats", env="DSVL_STATS", panel=OUT,
+    "stats": (Annotated[bool, _opt("--stats", env="DSVL_STATS",
               help="Print token counts and timings on stderr.")], False),
-    "debug": (Annotated[bool, _opt("--debug", env="DSVL_DEBUG", panel=OUT,
+    "exact_pixels": (Annotated[bool, _opt("--exact-pixels", env="DSVL_EXACT_PIXELS",
+                     help="Decode every image in full, as the model card's code does. By default an image over "
+                     "~4 MP (a phone photo) is decoded straight at the 1024 px the model sees: several times "
+                     "faster, near-identical pixels.")], False),
+    "debug": (Annotated[bool, _opt("--debug", env="DSVL_DEBUG",
               help="Show tracebacks for errors.")], False),
-    "server": (Annotated[Optional[str], _opt("--server", env="DSVL_SERVER", panel=MODEL,
+    "server": (Annotated[Optional[str], _opt("--server", env="DSVL_SERVER",
                help="URL of a running `dsvl serve`: send the work there instead of loading a model.")], None),
-    "api_key": (Annotated[Optional[str], _opt("--api-key", env="DSVL_API_KEY", panel=MODEL, show_default=False,
+    "api_key": (Annotated[Optional[str], _opt("--api-key", env="DSVL_API_KEY", show_default=False,
                 help="Bearer key: sent to --server; required from clients by `dsvl serve`.")], None),
 }
 MODEL_FIELDS = ("model", "revision", "device", "dtype", "offline", "compile", "quantize")
 GEN_FIELDS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "system")
 
 
-def build_common(values: dict) -> CommonOptions:
-    """Validated settings from raw option values (raises UsageError)."""
+# Model options that only a local model reads: with --server they would be ignored, so they are refused.
+# (-m is sent to the server as the request's model.)
+LOCAL_ONLY = {"revision": None, "device": "auto", "dtype": "auto", "offline": False, "compile": None,
+              "quantize": None}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_common(values: dict, env: Environment | None = None) -> CommonOptions:
+    """Validated settings from raw option values (raises UsageError). Options a command excluded
+    take their defaults; -m not given means the default model (and "default" for --server)."""
+    values = {**{name: default for name, (_, default) in SHARED.items()}, **values}
+    server = values["server"] or None
+    if server:
+        given = [_flag(k) for k, default in LOCAL_ONLY.items() if values[k] != default]
+        if given:
+            raise UsageError(f"{given[0]} applies to a model loaded here; with --server {server} the "
+                             "server's own settings apply (drop the option, or run without --server)")
     model = {k: values[k] for k in MODEL_FIELDS}
     model["model"] = values["model"] if values["model"] is not None else DEFAULT_MODEL
     return CommonOptions(
@@ -96,28 +118,37 @@ def build_common(values: dict) -> CommonOptions:
         json=values["json"],
         stats=values["stats"],
         debug=values["debug"],
-        server=values.get("server") or None,
-        api_key=values.get("api_key") or None,
+        exact_pixels=values["exact_pixels"],
+        server=server,
+        api_key=values["api_key"] or None,
+        env=env or Environment.current(),
         requested_model=values["model"],
     )
 
 
-def shared_options(command):
-    """Give `command(..., opts: CommonOptions)` every shared option, each declared once above."""
+def shared_options(command=None, *, exclude: tuple[str, ...] = ()):
+    """Give `command(..., opts: CommonOptions)` the shared options, each declared once above, but
+    those in `exclude` (the command has no use for them: they stay out of its --help)."""
+    if command is None:
+        return functools.partial(shared_options, exclude=exclude)
+    unknown = set(exclude) - set(SHARED)
+    if unknown:
+        raise ValueError(f"not shared options: {sorted(unknown)}")
+    names = [name for name in SHARED if name not in exclude]
     signature = inspect.signature(command, eval_str=True)
     own = [p for p in signature.parameters.values() if p.name != "opts"]
-    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=ann, default=default)
-             for name, (ann, default) in SHARED.items()]
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=SHARED[name][0],
+                               default=SHARED[name][1]) for name in names]
 
     @functools.wraps(command)
     def wrapper(**kwargs):
         from dsvl_cli.errors import DsvlError, fail
 
-        raw = {name: kwargs.pop(name) for name in SHARED}
+        raw = {name: kwargs.pop(name) for name in names}
         try:
             opts = build_common(raw)
         except DsvlError as err:
-            fail(err, debug=raw["debug"])
+            fail(err, debug=raw.get("debug", False))
         return command(**kwargs, opts=opts)
 
     wrapper.__signature__ = signature.replace(parameters=own + extra)

@@ -2,18 +2,20 @@
 
 stdout carries answers only: live-rendered Markdown on a terminal; plain text streamed as it is
 generated when stdout is not a terminal, with `--plain`, or with NO_COLOR set (no escape codes).
-stderr carries status, warnings, errors and the `--stats` line.
+stderr carries status, warnings, errors and the `--stats` line. Which streams, and whether they
+are terminals, comes from an `Environment` (environment.py), never from `sys` directly.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import sys
 from contextlib import contextmanager
 from typing import TextIO
 
 from rich.console import Console
+
+from dsvl_cli.environment import Environment
+from dsvl_cli.results import Result, TextChunk
 
 RANDOM_WEIGHTS_NOTE = "model {name} has random weights: its answers are noise (for trying dsvl offline)"
 
@@ -23,20 +25,11 @@ def note(console: Console, message: str, style: str = "yellow") -> None:
     console.print(message, style=style, markup=False, highlight=False, soft_wrap=True)
 
 
-def stderr_console() -> Console:
-    return Console(stderr=True, highlight=False, no_color=bool(os.environ.get("NO_COLOR")) or None)
-
-
-def wants_markdown(plain: bool, stream: TextIO | None = None) -> bool:
-    stream = stream or sys.stdout
-    return not plain and not os.environ.get("NO_COLOR") and stream.isatty()
-
-
 class AnswerWriter:
     """Writes one streamed answer: live Markdown on a terminal, plain text otherwise."""
 
-    def __init__(self, markdown: bool, stream: TextIO | None = None):
-        self.stream = stream or sys.stdout
+    def __init__(self, markdown: bool, stream: TextIO):
+        self.stream = stream
         self.markdown = markdown
         self.text = ""
         self._live = None
@@ -89,8 +82,7 @@ def print_stats(console: Console, stats: dict) -> None:
     console.print(stats_line(stats), style="dim", markup=False, soft_wrap=True)
 
 
-def print_json(obj: dict, stream: TextIO | None = None) -> None:
-    stream = stream or sys.stdout
+def print_json(obj: dict, stream: TextIO) -> None:
     stream.write(json.dumps(obj, ensure_ascii=False) + "\n")
     stream.flush()
 
@@ -103,3 +95,41 @@ def status(console: Console, message: str):
             yield
     else:
         yield
+
+
+def load_backend(opts, *, prefer_fast: bool = False):
+    """`engine.open_backend` with a spinner on a terminal, and the random-weights note."""
+    from dsvl_cli.engine import open_backend
+
+    console = opts.env.stderr_console()
+    with status(console, f"Loading {opts.server or opts.model.model}…"):
+        backend = open_backend(opts.model, server=opts.server, api_key=opts.api_key,
+                               requested_model=opts.requested_model, on_note=lambda text: note(console, text),
+                               prefer_fast=prefer_fast, verbose=opts.debug)
+    if backend.random_weights:
+        note(console, RANDOM_WEIGHTS_NOTE.format(name=backend.name))
+    return backend
+
+
+def stream_answer(backend, conversation, gen, env: Environment, *, markdown: bool, show: bool = True,
+                  cache=None) -> Result:
+    """Stream one answer to stdout (`show=False`: only collect it, for --json) and return the
+    Result; Ctrl-C while printing stops generation and returns the partial answer as interrupted."""
+    result, pieces = None, []
+    writer = AnswerWriter(markdown=markdown and show, stream=env.stdout)
+    chunks = backend.stream(conversation, gen, cache=cache)
+    try:
+        with writer:
+            for chunk in chunks:
+                if isinstance(chunk, TextChunk):
+                    pieces.append(chunk.text)
+                    if show:
+                        writer.write(chunk.text)
+                else:
+                    result = chunk
+    except KeyboardInterrupt:  # arrived while we were printing: stop generation, keep the text
+        chunks.close()
+        result = Result("".join(pieces), "interrupted")
+    if result is None:
+        raise RuntimeError("the answer stream ended without a result")
+    return result

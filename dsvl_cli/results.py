@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass
 class Stats:
-    """The `stats` object of DESIGN §2; the same keys in ask, chat, batch and serve."""
+    """The `stats` object of every answer: the same keys in ask, chat, batch and serve (README, Output)."""
 
     prompt_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens whose KV was reused from an earlier turn

@@ -49,10 +49,10 @@ def tiny13_folder() -> Path:
 
 @pytest.fixture(scope="session")
 def engine(tiny_folder):
-    from dsvl_cli.engine.local import Engine
+    from dsvl_cli.engine.local import LocalEngine
     from dsvl_cli.settings import ModelSettings
 
-    return Engine.load(ModelSettings(model="tiny-random", device="cpu"))
+    return LocalEngine.load(ModelSettings(model="tiny-random", device="cpu"))
 
 
 @pytest.fixture(scope="session")

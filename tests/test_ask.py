@@ -152,7 +152,7 @@ def test_bad_inputs_exit_2_with_one_line_before_loading_the_model(cli, tmp_path,
     def no_load(*a, **k):
         raise AssertionError("the model must not load for a bad input")
 
-    monkeypatch.setattr(engine_module.Engine, "load", classmethod(no_load))
+    monkeypatch.setattr(engine_module.LocalEngine, "load", classmethod(no_load))
     for source, reason in _bad_inputs(tmp_path):
         result = cli(["ask", source, "Describe.", "-m", "tiny-random"])
         assert result.exit_code == 2, (source, result.output)

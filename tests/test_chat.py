@@ -10,7 +10,6 @@ import functools
 import json
 import os
 import sys
-import time
 
 import pytest
 
@@ -259,13 +258,13 @@ def test_set_changes_every_generation_option(engine):
 
 
 def test_context_overflow_says_so_and_forget_makes_room(engine, monkeypatch):
-    from dsvl_cli.engine.local import Engine
+    from dsvl_cli.engine.local import LocalEngine
     from dsvl_cli.errors import ContextLengthError
 
     session = _session(engine, [str(EXAMPLES / "shapes.png")])
     _say(session, "Describe the image.")
     limit = engine.encode(_question("More?")).input_ids.shape[1] + 2  # the question alone fits
-    monkeypatch.setattr(Engine, "context_length", property(lambda self: limit))
+    monkeypatch.setattr(LocalEngine, "context_length", property(lambda self: limit))
     before = session.conversation.copy()
     with pytest.raises(ContextLengthError) as caught:
         _say(session, "More?")
@@ -281,11 +280,11 @@ def test_context_overflow_says_so_and_forget_makes_room(engine, monkeypatch):
 
 
 def test_answer_cut_at_the_context_end_is_flagged(engine, monkeypatch):
-    from dsvl_cli.engine.local import Engine
+    from dsvl_cli.engine.local import LocalEngine
 
     session = _session(engine)
     prompt_tokens = engine.encode(_question("Hi.")).input_ids.shape[1]
-    monkeypatch.setattr(Engine, "context_length", property(lambda self: prompt_tokens + 3))
+    monkeypatch.setattr(LocalEngine, "context_length", property(lambda self: prompt_tokens + 3))
     turn = _say(session, "Hi.")
     assert turn.result.stats.generated_tokens == 3 and turn.result.finish_reason == "length"
     assert session.at_context_end(turn)
@@ -307,7 +306,7 @@ def test_bad_question_and_image_leave_the_session_as_it_was(engine):
 
 
 def test_worst_exit_code():
-    from dsvl_cli.chat.terminal import worst
+    from dsvl_cli.chat.ui import worst
 
     assert worst(0, 0) == 0
     assert worst(0, 2) == 2
@@ -342,9 +341,9 @@ def test_pipe_plain_answers_exit_0(cli, tmp_path):
 
 
 def test_pipe_context_overflow_goes_on_and_exits_2(cli, monkeypatch):
-    from dsvl_cli.engine.local import Engine
+    from dsvl_cli.engine.local import LocalEngine
 
-    monkeypatch.setattr(Engine, "context_length", property(lambda self: 30))
+    monkeypatch.setattr(LocalEngine, "context_length", property(lambda self: 30))
     script = "Hi.\nTell me more about it?\n/clear\nHi.\n"  # 11, 22 alone, 30+ after Hi.
     result = cli(["chat", "-m", "tiny-random", "-n", "4", "--json", "--system", ""], input=script)
     assert result.exit_code == 2
@@ -355,11 +354,11 @@ def test_pipe_context_overflow_goes_on_and_exits_2(cli, monkeypatch):
 
 
 def test_pipe_runtime_failure_outranks_bad_input(cli, monkeypatch):
-    from dsvl_cli.engine.local import Engine
+    from dsvl_cli.engine.local import LocalEngine
     from dsvl_cli.errors import GenerationError
 
     calls = []
-    original = Engine.stream
+    original = LocalEngine.stream
 
     def failing_once(self, *args, **kwargs):
         calls.append(1)
@@ -367,7 +366,7 @@ def test_pipe_runtime_failure_outranks_bad_input(cli, monkeypatch):
             raise GenerationError("out of memory on cpu while generating")
         yield from original(self, *args, **kwargs)
 
-    monkeypatch.setattr(Engine, "stream", failing_once)
+    monkeypatch.setattr(LocalEngine, "stream", failing_once)
     result = cli(["chat", "-m", "tiny-random", "-n", "3"], input="Hi.\n/nope\nHi again.\n")
     assert result.exit_code == 1
     assert "out of memory" in result.stderr and len(result.stdout.splitlines()) == 1
@@ -389,8 +388,10 @@ def test_repl_on_a_pty_interrupt_then_answer_history(tiny_folder, isolated_home,
                           env=env, cwd=str(REPO), encoding="utf-8", timeout=60, dimensions=(30, 100))
 
     def prompt():
+        # prompt_toolkit turns bracketed paste on once it holds the terminal in raw mode, then
+        # draws the prompt: typing before that would be echoed by the cooked tty, not read.
+        child.expect_exact("\x1b[?2004h")
         child.expect(">>>")
-        time.sleep(0.3)  # let prompt_toolkit switch the terminal to raw mode
 
     try:
         prompt()

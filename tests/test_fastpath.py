@@ -24,10 +24,10 @@ def _loaded(colour, size=(48, 40)):
 
 @pytest.fixture(scope="module")
 def fast_engine(tiny_folder):
-    from dsvl_cli.engine.local import Engine
+    from dsvl_cli.engine.local import LocalEngine
     from dsvl_cli.settings import ModelSettings
 
-    engine = Engine.load(ModelSettings(model="tiny-random", device="cpu", compile=False))
+    engine = LocalEngine.load(ModelSettings(model="tiny-random", device="cpu", compile=False))
     assert engine.fast is None  # --no-compile: the plain path
     engine.enable_fast_path(compile=False)
     return engine
@@ -92,7 +92,7 @@ def test_fast_path_greedy_tokens_equal_plain_generate(fast_engine, reference):
 def test_chat_kv_reuse_through_the_static_cache_equals_a_full_recompute(fast_engine, engine):
     from transformers import StaticCache
 
-    from dsvl_cli.engine.local import PromptCache
+    from dsvl_cli.engine.streaming import PromptCache
 
     cache = PromptCache()
     reused = _chat(fast_engine, TURNS, cache)
@@ -106,7 +106,7 @@ def test_one_static_cache_is_reused_across_requests_but_a_chat_keeps_its_own(fas
     """Requests without a PromptCache reuse one reset cache (stable addresses for CUDA graphs); an
     ask between two chat turns must neither clobber the chat's cache nor see stale KV."""
     from dsvl_cli.conversation import Conversation
-    from dsvl_cli.engine.local import PromptCache
+    from dsvl_cli.engine.streaming import PromptCache
     from dsvl_cli.settings import GenerationSettings
 
     fast = fast_engine.fast
@@ -120,7 +120,6 @@ def test_one_static_cache_is_reused_across_requests_but_a_chat_keeps_its_own(fas
     question = Conversation.single("what is this?", [_loaded("green")])
     asks = [fast_engine.run(question, GenerationSettings(max_new_tokens=10)).token_ids for _ in range(2)]
     assert asks[0] == asks[1] == engine.run(question, GenerationSettings(max_new_tokens=10)).token_ids
-    assert cache.kv is not fast._shared[1]
     turn2 = _chat(fast_engine, TURNS[1:2], cache, conversation=conversation)
     assert turn2[0][1] > 0  # reused the chat's own KV...
     assert [ids for ids, _ in turn1 + turn2] == [ids for ids, _ in _chat(engine, TURNS[:2], None)]  # ...intact
@@ -129,7 +128,7 @@ def test_one_static_cache_is_reused_across_requests_but_a_chat_keeps_its_own(fas
 def test_a_turn_that_outgrows_the_static_cache_recomputes_into_a_bigger_one(fast_engine, engine, monkeypatch):
     from dsvl_cli.engine import fastpath
     from dsvl_cli.conversation import Conversation
-    from dsvl_cli.engine.local import PromptCache
+    from dsvl_cli.engine.streaming import PromptCache
 
     turns = [("describe the image", [_loaded("red")]), ("and this one, in more detail?", [_loaded("blue")])]
     first_needed = len(fast_engine.encode(Conversation.single(*turns[0]))["input_ids"][0]) + 10
@@ -145,10 +144,11 @@ def test_a_dynamic_cache_from_before_the_fast_path_is_dropped_cleanly(tiny_folde
     from transformers import DynamicCache, StaticCache
 
     from dsvl_cli.conversation import Conversation
-    from dsvl_cli.engine.local import Engine, PromptCache
+    from dsvl_cli.engine.local import LocalEngine
+    from dsvl_cli.engine.streaming import PromptCache
     from dsvl_cli.settings import ModelSettings
 
-    switching = Engine.load(ModelSettings(model="tiny-random", device="cpu"))
+    switching = LocalEngine.load(ModelSettings(model="tiny-random", device="cpu"))
     cache, conversation = PromptCache(), Conversation()
     _chat(switching, TURNS[:1], cache, conversation=conversation)
     assert isinstance(cache.kv, DynamicCache)
@@ -162,16 +162,29 @@ def test_a_dynamic_cache_from_before_the_fast_path_is_dropped_cleanly(tiny_folde
     assert second[0][0] == engine.run(conversation, GenerationSettings(max_new_tokens=10)).token_ids
 
 
-def test_compiled_decode_equals_plain_generate_and_fills_the_compile_cache(cli, reference, monkeypatch):
+@pytest.fixture(scope="module")
+def compiled_ask(tiny_folder):
+    """`ask --compile` once per module: it compiles the decode step (~30 s on 2 cores) into
+    DSVL_HOME's compile cache, which every later compiled run (the chat test) then reads. Tests
+    that need a warm cache ask for this fixture instead of relying on test order."""
+    from typer.testing import CliRunner
+
+    from dsvl_cli.cli import app
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+        return CliRunner().invoke(app, ["ask", str(EXAMPLES / "shapes.png"), "Describe this image.", "-m",
+                                        "tiny-random", "-n", "16", "--json", "--compile", "--device", "cpu"],
+                                  catch_exceptions=False)
+
+
+def test_compiled_decode_equals_plain_generate_and_fills_the_compile_cache(compiled_ask, reference):
     """`ask --compile`: the whole CLI path with a compiled decode step (the one slow test, ~30 s)."""
     from dsvl_cli.engine import runtime
     from dsvl_cli.engine.fastpath import compile_cache_dir
     from dsvl_cli.images import load_image
 
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
-    image = EXAMPLES / "shapes.png"
-    result = cli(["ask", str(image), "Describe this image.", "-m", "tiny-random", "-n", "16", "--json",
-                  "--compile", "--device", "cpu"])
+    result, image = compiled_ask, EXAMPLES / "shapes.png"
     assert result.exit_code == 0, result.output
     model, processor = reference
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this image."}]}]
@@ -180,9 +193,10 @@ def test_compiled_decode_equals_plain_generate_and_fills_the_compile_cache(cli, 
     assert any(p.is_file() for p in compile_cache_dir(runtime.dsvl_home()).rglob("*"))
 
 
-def test_chat_with_compile_on_cpu_answers_each_turn_as_plain_generate(cli, reference):
+def test_chat_with_compile_on_cpu_answers_each_turn_as_plain_generate(cli, reference, compiled_ask):
     """`chat --compile`: compiled decode + static-cache KV reuse across turns, token for token
-    against plain `generate` on the whole re-encoded conversation (warm compile cache: ~10 s)."""
+    against plain `generate` on the whole re-encoded conversation (compile cache warmed by
+    `compiled_ask`: ~10 s)."""
     from dsvl_cli.images import load_image
 
     image = EXAMPLES / "shapes.png"
@@ -240,16 +254,16 @@ def test_quantization_config_keeps_the_vision_towers_unquantized():
 ])
 def test_commands_that_generate_many_times_ask_for_the_fast_path(cli, monkeypatch, command, prefer):
     """chat and batch load with prefer_fast (on by default where it pays: CUDA); ask does not."""
-    from dsvl_cli.engine.local import Engine
+    from dsvl_cli.engine.local import LocalEngine
 
     asked = []
-    real_load = Engine.load.__func__
+    real_load = LocalEngine.load.__func__
 
     def spy(cls, settings, **kwargs):
         asked.append(kwargs.get("prefer_fast", False))
         return real_load(cls, settings, **kwargs)
 
-    monkeypatch.setattr(Engine, "load", classmethod(spy))
+    monkeypatch.setattr(LocalEngine, "load", classmethod(spy))
     shapes = Path(__file__).resolve().parent.parent / "examples" / "shapes.png"
     stdin = {"ask": "", "chat": "Hi\n", "batch": f"{shapes}\n"}[command[0]]
     result = cli([*command, "-m", "tiny-random", "-n", "2", "--no-compile"], input=stdin)

@@ -308,32 +308,42 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, cli
     assert any("POST /v1/chat/completions 200 tokens=" in line and line.endswith("s") for line in lines)
 
 
-class _BlockingEngine:
-    """Yields one piece, then waits until released or stopped (records which)."""
+def _blocking_engine():
+    """A test backend that yields one piece, then waits (no polling) until released or stopped."""
+    from dsvl_cli.engine.backend import Backend
+    from dsvl_cli.results import Result, TextChunk
 
-    name = "fake"
-    random_weights = False
+    class BlockingEngine(Backend):
+        name = "fake"  # streams one request at a time: no batching, no KV reuse (Backend's defaults)
 
-    def __init__(self):
-        self.release = threading.Event()
-        self.stopped = threading.Event()
+        def __init__(self):
+            self.stopped = threading.Event()
+            self.released = False
+            self._waiting: list[threading.Event] = []
 
-    def stream(self, conversation, gen, *, cache=None, stop_event=None):
-        from dsvl_cli.results import Result, TextChunk
+        def release(self):
+            """Let every waiting and later stream finish normally."""
+            self.released = True
+            for event in self._waiting:
+                event.set()
 
-        yield TextChunk("first")
-        while not (self.release.is_set() or stop_event.is_set()):
-            time.sleep(0.01)
-        if stop_event.is_set():
-            self.stopped.set()
-        yield Result("first", "interrupted" if stop_event.is_set() else "stop")
+        def stream(self, conversation, gen, *, cache=None, stop_event=None):
+            yield TextChunk("first")
+            self._waiting.append(stop_event)
+            if not self.released:
+                stop_event.wait(30)  # set by the server when the client goes away, or by release()
+            if not self.released:
+                self.stopped.set()
+            yield Result("first", "stop" if self.released else "interrupted")
+
+    return BlockingEngine()
 
 
 def test_queue_bound_body_cap_and_disconnect_stop(caplog):
     from dsvl_cli.serve.app import create_app
 
     caplog.set_level(logging.INFO, logger="dsvl.serve")
-    fake = _BlockingEngine()
+    fake = _blocking_engine()
     url, stop = _start(create_app(fake, max_queue=0, max_body_bytes=2000))
     user = {"messages": [{"role": "user", "content": "Hi"}]}
     try:
@@ -349,11 +359,11 @@ def test_queue_bound_body_cap_and_disconnect_stop(caplog):
 
         running.close()  # the client goes away mid-stream: its generation must stop
         assert fake.stopped.wait(10), "disconnect did not stop the generation"
-        fake.release.set()
+        fake.release()
         done = _post(url, user, key=None)
         assert done.status_code == 200 and done.json()["choices"][0]["message"]["content"] == "first"
     finally:
-        fake.release.set()
+        fake.release()
         stop()
     assert any("client-gone" in r.getMessage() for r in caplog.records if r.name == "dsvl.serve")
 
@@ -377,6 +387,30 @@ def test_ask_through_the_server_equals_local_ask(cli, server, local_answer):
     assert plain.exit_code == 0, plain.output
     assert plain.stdout == local_answer["answer"] + "\n"
     assert "12 generated" in plain.stderr
+
+
+def test_chat_through_the_server_equals_local_chat(cli, server):
+    """A scripted chat with --server answers each turn as a local chat does (greedy): the server
+    re-reads the whole conversation each turn (no KV reuse there, so cached_tokens is 0)."""
+    script = "describe it\nwhat colour is the square?\n/image {0}\nand now?\n".format(EXAMPLES / "shapes.png")
+    args = ["chat", str(EXAMPLES / "shapes.png"), "--json", "-n", "8"]
+    local = cli([*args, "-m", "tiny-random", "--device", "cpu"], input=script)
+    remote = cli([*args, "--server", server, "--api-key", KEY], input=script)
+    assert local.exit_code == 0 and remote.exit_code == 0, remote.output
+    local_turns = [json.loads(line) for line in local.stdout.splitlines()]
+    remote_turns = [json.loads(line) for line in remote.stdout.splitlines()]
+    assert len(remote_turns) == 3
+    assert [t["answer"] for t in remote_turns] == [t["answer"] for t in local_turns]
+    assert [t["turn"] for t in remote_turns] == [1, 2, 3]
+    assert local_turns[1]["stats"]["cached_tokens"] > 0 and remote_turns[1]["stats"]["cached_tokens"] == 0
+
+
+def test_local_model_flags_are_refused_with_server(cli, server):
+    for flag in (["--quantize", "int8"], ["--compile"], ["--revision", "main"], ["--device", "cpu"]):
+        result = cli(["ask", "hi", "--server", server, *flag])
+        assert result.exit_code == 2, flag
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and flag[0] in lines[0] and "--server" in lines[0], lines
 
 
 def test_ask_server_errors_are_one_clear_line(cli, server):

@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from conftest import EXAMPLES, REPO
-from test_serve import _BlockingEngine, _post, _start
+from test_serve import _blocking_engine, _post, _start
 from test_serve_security import USER, FakeEngine, _app, _error
 
 
@@ -283,7 +283,7 @@ def test_ask_server_sends_the_model_it_was_given(cli, served):
 def test_shutdown_cuts_open_streams_with_an_error_chunk_and_done():
     from dsvl_cli.serve.transport import bind, make_server
 
-    fake = _BlockingEngine()
+    fake = _blocking_engine()
     sock = bind("127.0.0.1", 0)
     server = make_server(_app(fake), grace_s=0.5)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -304,7 +304,7 @@ def test_shutdown_cuts_open_streams_with_an_error_chunk_and_done():
         assert error["code"] == "server_shutdown" and "shutting down" in error["message"]
         assert fake.stopped.is_set()
     finally:
-        fake.release.set()
+        fake.release()
         server.should_exit = True
         thread.join(10)
     assert not thread.is_alive()

@@ -25,6 +25,8 @@ import requests
 from conftest import EXAMPLES
 from test_serve import _post, _start
 
+from dsvl_cli.engine.backend import Backend
+
 SHAPES = (EXAMPLES / "shapes.png").read_bytes()
 USER = [{"role": "user", "content": "Hi"}]
 GENERIC = "could not be fetched or is not a usable image"
@@ -110,11 +112,11 @@ def images():
     server.close()
 
 
-class FakeEngine:
-    """Answers "ok" at once; records the conversations it was given."""
+class FakeEngine(Backend):
+    """Answers "ok" at once; records the conversations it was given (declares no tokenizer, no
+    batching: the Backend defaults)."""
 
     name = "fake"
-    random_weights = False
 
     def __init__(self):
         self.seen = []
@@ -346,7 +348,9 @@ def test_pixels_are_capped_and_pictures_downscaled_when_decoded():
     assert load_image(big_jpeg, guard=guard()).image.size == (1024, 512)
     with pytest.raises(ImageLoadError, match="only http"):
         load_image(str(EXAMPLES / "shapes.png"), guard=guard())
-    assert load_image(_png_uri(3000, 1500)).image.size == (3000, 1500)  # the CLI keeps every pixel
+    # The CLI: --exact-pixels keeps every pixel; by default a 4.5 MP picture is read at 1024 px (intake).
+    assert load_image(_png_uri(3000, 1500), exact=True).image.size == (3000, 1500)
+    assert load_image(_png_uri(3000, 1500)).image.size == (1024, 512)
 
 
 # -- 3. slow URLs -------------------------------------------------------------------------------------
@@ -401,9 +405,9 @@ def test_a_client_that_hangs_up_cancels_its_fetch(images, caplog):
 # -- defended before issue 13: keep them so ---------------------------------------------------------
 
 def test_fifty_clients_get_429_with_retry_after_and_the_rest_answers(served):
-    from test_serve import _BlockingEngine
+    from test_serve import _blocking_engine
 
-    fake = _BlockingEngine()
+    fake = _blocking_engine()
     url, stop = _start(_app(fake, max_queue=4))
     pool = ThreadPoolExecutor(50)
     try:
@@ -415,7 +419,7 @@ def test_fifty_clients_get_429_with_retry_after_and_the_rest_answers(served):
         while len(busy) < 44:  # at most max_queue (+1 while the worker changes jobs) wait; the rest: 429
             assert time.monotonic() < deadline, len(busy)
             busy = [f for f in futures if f.done()]
-        fake.release.set()
+        fake.release()
         replies = [f.result(timeout=30) for f in futures]
         turned_away = [r for r in replies if r.status_code == 429]
         assert all(_error(r, 429)["code"] == "queue_full" and r.headers["Retry-After"].isdigit()
@@ -423,7 +427,7 @@ def test_fifty_clients_get_429_with_retry_after_and_the_rest_answers(served):
         assert 44 <= len(turned_away) <= 45 and all(r.status_code in (200, 429) for r in replies)
         first.close()
     finally:
-        fake.release.set()
+        fake.release()
         pool.shutdown(wait=False)
         stop()
 

@@ -31,14 +31,14 @@ def save(conversation: Conversation, arg: str) -> Path:
     return path
 
 
-def load(arg: str) -> tuple[Path, Conversation]:
+def load(arg: str, *, exact: bool = False) -> tuple[Path, Conversation]:
     """The conversation saved in the file named by `arg` (/load's argument), images loaded again."""
     if not arg:
         raise UsageError("usage: /load FILE (a conversation saved with /save FILE.json)")
     path = Path(_one_path(arg)).expanduser()
     if is_markdown(path):
         raise UsageError(f"{path} is a Markdown transcript; /load reads the JSON that /save FILE.json writes")
-    return path, Conversation.load(path)
+    return path, Conversation.load(path, exact=exact)
 
 
 def split_sources(arg: str) -> list[str]:

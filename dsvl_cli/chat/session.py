@@ -17,14 +17,21 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from dsvl_cli.chat import files as chat_files
+from dsvl_cli.chat.turns import Reply, Totals, Turn
 from dsvl_cli.conversation import Conversation, Message, check_text
-from dsvl_cli.errors import ContextLengthError, DsvlError, ExitCode, ImageLoadError, UsageError
+from dsvl_cli.engine.backend import Backend
+from dsvl_cli.errors import (
+    ContextLengthError,
+    DsvlError,
+    ExitCode,
+    ImageLoadError,
+    UsageError,
+)
 from dsvl_cli.images import LoadedImage, load_images
 from dsvl_cli.render import stats_line
-from dsvl_cli.results import Result, Stats
+from dsvl_cli.results import Result
 from dsvl_cli.settings import GenerationSettings
 
 BLOCK = '"""'
@@ -57,62 +64,6 @@ SETTABLE: dict[str, tuple[type, bool]] = {
 _KEY_ALIASES = {"n": "max_new_tokens", "t": "temperature"}
 
 Producer = Callable[[Conversation, GenerationSettings, "object | None"], Result]
-
-
-@dataclass(frozen=True)
-class Reply:
-    """What a front end shows after an input: a message, and whether to answer or leave now.
-
-    `code` is the exit code the input's failure maps to (0: it did not fail); a pipe exits with the
-    worst of them (see repl.worst)."""
-
-    text: str = ""
-    code: int = 0
-    answer: bool = False  # a question (or /retry) is ready: call ChatSession.respond
-    exit: bool = False
-
-    @property
-    def error(self) -> bool:
-        return self.code != 0
-
-    @classmethod
-    def failure(cls, err: DsvlError) -> Reply:
-        return cls(err.message, code=int(err.exit_code))
-
-
-@dataclass(frozen=True)
-class Turn:
-    """One answered exchange. `number` is its place in the conversation (a /retry repeats it)."""
-
-    number: int
-    prompt: str
-    images: list[str]
-    result: Result
-
-    def to_dict(self, model: str) -> dict:
-        return {"turn": self.number, "prompt": self.prompt, "images": self.images, **self.result.to_dict(),
-                "model": model}
-
-
-@dataclass
-class Totals:
-    turns: int = 0
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    generated_tokens: int = 0
-    total_s: float = 0.0
-
-    def add(self, stats: Stats) -> None:
-        self.turns += 1
-        self.prompt_tokens += stats.prompt_tokens
-        self.cached_tokens += stats.cached_tokens
-        self.generated_tokens += stats.generated_tokens
-        self.total_s += stats.total_s
-
-    def line(self) -> str:
-        share = f", {100 * self.cached_tokens / self.prompt_tokens:.0f}%" if self.prompt_tokens else ""
-        return (f"session: {self.turns} answers · {self.prompt_tokens} prompt tokens ({self.cached_tokens} "
-                f"cached{share}) · {self.generated_tokens} generated · total {self.total_s:.2f}s")
 
 
 def block_open(text: str) -> bool:
@@ -154,14 +105,13 @@ def _plural(n: int, word: str) -> str:
 
 
 class ChatSession:
-    def __init__(self, engine, generation: GenerationSettings, *, images: Sequence[LoadedImage] = (),
-                 reuse: bool = True):
-        from dsvl_cli.engine.local import PromptCache
-
+    def __init__(self, engine: Backend, generation: GenerationSettings, *, images: Sequence[LoadedImage] = (),
+                 reuse: bool = True, exact_pixels: bool = False):
         self.engine = engine
+        self.exact_pixels = exact_pixels  # --exact-pixels: how /image and /load decode
         self.generation = generation
         self.conversation = Conversation(system=generation.system)
-        self.cache = PromptCache() if reuse else None
+        self.cache = engine.new_cache() if reuse else None  # None where the backend keeps no KV
         self.pending: list[LoadedImage] = list(images)  # for the next question
         self.last: Turn | None = None
         self.totals = Totals()
@@ -215,7 +165,7 @@ class ChatSession:
 
     def at_context_end(self, turn: Turn) -> bool:
         """True when the answer stopped because the context was full, not at --max-new-tokens."""
-        stats, limit = turn.result.stats, getattr(self.engine, "context_length", None)
+        stats, limit = turn.result.stats, self.engine.context_length
         return turn.result.finish_reason == "length" and limit is not None and \
             stats.prompt_tokens + stats.generated_tokens >= limit
 
@@ -250,7 +200,7 @@ class ChatSession:
         if not sources:
             raise UsageError("usage: /image SRC... (a path, http(s) URL or data: URI)")
         check_chat_sources(sources)
-        images = load_images(sources)
+        images = load_images(sources, exact=self.exact_pixels)
         self.pending.extend(images)
         return Reply(f"attached {', '.join(i.source for i in images)} to your next question "
                      f"({_plural(len(self.pending), 'image')} attached)")
@@ -356,7 +306,7 @@ class ChatSession:
         return Reply(f"saved {_plural(len(exchanges(self.conversation)), 'exchange')} to {path} ({what}){unsaved}")
 
     def _cmd_load(self, arg: str) -> Reply:
-        path, self.conversation = chat_files.load(arg)
+        path, self.conversation = chat_files.load(arg, exact=self.exact_pixels)
         self.generation = self.generation.replace(system=self.conversation.system)
         self.pending, self.last = [], None
         if self.cache is not None:
@@ -382,8 +332,8 @@ class ChatSession:
 
     def _context_advice(self, err: ContextLengthError) -> str:
         """Why the question does not fit, and the smallest /forget that makes it fit (if any does)."""
-        limit = getattr(self.engine, "context_length", None)
-        if limit is None or not hasattr(self.engine, "encode"):  # a remote engine: no tokenizer here
+        limit = self.engine.context_length
+        if limit is None or not self.engine.counts_tokens:  # a remote engine: no tokenizer here
             return f"{err.message}; the question was not sent: /forget N drops the oldest N exchanges, " \
                    "/clear starts over"
         conversation = self.conversation.copy()
@@ -399,7 +349,7 @@ class ChatSession:
         return text + "It is too long even on its own: use fewer images or a shorter question (/clear starts over)"
 
     def _prompt_tokens(self, conversation: Conversation) -> int:
-        return int(self.engine.encode(conversation)["input_ids"].shape[1])
+        return self.engine.count_tokens(conversation)
 
 
 def _clip(text: str, width: int = 40) -> str:

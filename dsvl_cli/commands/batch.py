@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -9,29 +10,27 @@ import typer
 
 from dsvl_cli.options import CommonOptions, shared_options
 
-BATCH = "Batch"
-
-
-@shared_options
+# batch always writes JSONL records, each with its stats: --plain, --json and --stats have nothing to change.
+@shared_options(exclude=("plain", "json", "stats"))
 def batch(
     inputs: Annotated[Optional[list[str]], typer.Argument(
         metavar="INPUT", help="Batch files (JSONL, OpenAI batch JSONL, TSV or plain lines); "
         "stdin when none or -.", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option(
-        "-o", "--output", rich_help_panel=BATCH, dir_okay=False,
+        "-o", "--output", dir_okay=False,
         help="Write JSONL here (overwritten unless --resume); default stdout.")] = None,
     prompt: Annotated[Optional[str], typer.Option(
-        "--prompt", rich_help_panel=BATCH,
+        "--prompt",
         help="The question for records without one (plain lines of image sources, TSV, JSONL).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(
-        "--batch-size", rich_help_panel=BATCH,
+        "--batch-size",
         help="Questions per generate call [default: 8 on CPU, 16-32 on CUDA by free memory]; "
         "with --server, requests open at once [default: 8].")] = None,
     resume: Annotated[bool, typer.Option(
-        "--resume", rich_help_panel=BATCH,
+        "--resume",
         help="Append to -o FILE, skipping ids already answered (or failed) there.")] = False,
     retry_failed: Annotated[bool, typer.Option(
-        "--retry-failed", rich_help_panel=BATCH,
+        "--retry-failed",
         help="Like --resume, but first drop the error records from -o FILE and redo them.")] = False,
     *,
     opts: CommonOptions,
@@ -45,21 +44,26 @@ def batch(
       a.jpg<TAB>What is this?                                          (TSV)
       a.jpg                                                            (plain; with --prompt)
     JSONL records may set system, max_new_tokens, temperature, top_p, top_k, repetition_penalty,
-    seed and stop. A record without an id gets its line number as id.
+    seed and stop. A record without an id gets its line number as id. Ids must be unique: an id
+    given twice is refused before anything runs (exit 2, naming both lines).
 
     \b
-    Output: {"id", "answer", "finish_reason", "stats"} or {"id", "line", "error": {"type", "message"}},
-    written and flushed as each record finishes. Records come out in COMPLETION order, not input
-    order: match them by id. No id is answered twice. Bad records (broken image, malformed JSON,
-    missing prompt, duplicate id) get an error record and the run goes on.
+    Output: {"id", "image" | "images", "answer", "finish_reason", "stats"} or
+    {"id", "line", "image" | "images", "error": {"type", "message"}}, written and flushed as each
+    record finishes ("image" for one image, "images" for none or several; long data: URIs are
+    shortened). Records come out in COMPLETION order, not input order: match them by id. Bad
+    records (broken image, malformed JSON, missing prompt) get an error record and the run goes on.
+    -o FILE must not be one of the inputs (exit 2). --resume counts a line as done only if it is
+    a dsvl record with an answer or an error, and keeps FILE's permissions.
 
     \b
     With --server URL (or DSVL_SERVER) a running `dsvl serve` answers: several requests are open at
     once so the server batches them; output, resume and exit codes are the same.
 
     \b
-    Exit: 0 all answered, 1 any record failed, 2 bad usage, 130 interrupted (Ctrl-C: what finished
-    is written; rerun with --resume -o FILE to finish the rest).
+    Exit: 0 all answered; 1 any record failed, or the output was closed early (`| head`: the
+    summary on stderr says how many were left); 2 bad usage; 130 Ctrl-C, 143 SIGTERM (what finished
+    is written, the summary printed; rerun with --resume -o FILE to finish the rest).
 
     \b
     Examples:
@@ -74,7 +78,9 @@ def batch(
     with guarded(opts.debug):
         summary = run_batch(inputs or [], output=output, prompt=prompt, batch_size=batch_size,
                             resume=resume, retry_failed=retry_failed, opts=opts)
-    if summary.interrupted:
+    if summary.stopped_by == "terminated":
+        raise typer.Exit(128 + signal.SIGTERM)
+    if summary.stopped_by == "interrupted":
         raise typer.Exit(int(ExitCode.INTERRUPTED))
-    if summary.failed or summary.failed_before:
+    if summary.failed or summary.failed_before or summary.stopped_by:  # "output closed": records left
         raise typer.Exit(int(ExitCode.FAILURE))

@@ -50,17 +50,15 @@ def chat(
 
 
 def _run(sources: list[str], opts: CommonOptions) -> int:
-    import sys
-
-    from dsvl_cli.chat import terminal as repl
+    from dsvl_cli.chat import pipe, terminal
     from dsvl_cli.chat.session import ChatSession, check_chat_sources
-    from dsvl_cli.commands.common import load_engine
+    from dsvl_cli.chat.ui import ChatUI
     from dsvl_cli.images import load_images
-    from dsvl_cli.render import wants_markdown
+    from dsvl_cli.render import load_backend
 
     check_chat_sources(sources)
-    first_images = load_images(sources)  # validated before the model loads
-    session = ChatSession(load_engine(opts, prefer_fast=True), opts.generation, images=first_images)
-    terminal = sys.stdin.isatty()
-    ui = repl.ChatUI(session, opts, markdown=wants_markdown(opts.plain))
-    return repl.run_terminal(ui) if terminal else repl.run_lines(ui, sys.stdin)
+    first_images = load_images(sources, exact=opts.exact_pixels)  # validated before the model loads
+    session = ChatSession(load_backend(opts, prefer_fast=True), opts.generation, images=first_images,
+                          exact_pixels=opts.exact_pixels)
+    ui = ChatUI(session, opts)
+    return terminal.run_terminal(ui) if opts.env.stdin_isatty else pipe.run_lines(ui, opts.env.stdin)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import Annotated, Optional
@@ -11,12 +10,8 @@ import typer
 
 from dsvl_cli.options import CommonOptions, shared_options
 
-SERVE = "Server"
-SECURITY = "Security and limits (see README: Security)"
-
-
-def _opt(*decls: str, env: str, help: str, panel: str = SERVE, **kw):
-    return typer.Option(*decls, envvar=env, show_envvar=True, rich_help_panel=panel, help=help, **kw)
+def _opt(*decls: str, env: str, help: str, **kw):
+    return typer.Option(*decls, envvar=env, show_envvar=True, help=help, **kw)
 
 
 Host = Annotated[str, _opt("--host", env="DSVL_HOST",
@@ -28,38 +23,40 @@ BatchSize = Annotated[Optional[int], _opt(
     "--batch-size", env="DSVL_BATCH_SIZE", min=1,
     help="Most waiting requests answered together in one generate call "
          "[default: 8 on CPU, 16-32 on CUDA by free memory].")]
-KeyFile = Annotated[Optional[Path], _opt("--api-key-file", env="DSVL_API_KEY_FILE", panel=SECURITY,
+KeyFile = Annotated[Optional[Path], _opt("--api-key-file", env="DSVL_API_KEY_FILE",
                                          help="Read the API key from the first line of this file (not visible in ps).")]
-AllowPrivate = Annotated[bool, _opt("--allow-private-urls", env="DSVL_ALLOW_PRIVATE_URLS", panel=SECURITY,
+AllowPrivate = Annotated[bool, _opt("--allow-private-urls", env="DSVL_ALLOW_PRIVATE_URLS",
                                     help="Let image_url reach private and loopback addresses (trusted clients only).")]
 MediaDomains = Annotated[Optional[str], _opt(
-    "--allowed-media-domains", env="DSVL_ALLOWED_MEDIA_DOMAINS", panel=SECURITY,
+    "--allowed-media-domains", env="DSVL_ALLOWED_MEDIA_DOMAINS",
     help="Comma-separated hosts image_url may fetch from (*.example.com: subdomains too) [default: any public host].")]
-NoUrls = Annotated[bool, _opt("--no-url-images", env="DSVL_NO_URL_IMAGES", panel=SECURITY,
+NoUrls = Annotated[bool, _opt("--no-url-images", env="DSVL_NO_URL_IMAGES",
                               help="Never fetch image URLs; accept images as data: URIs only.")]
 AllowedHosts = Annotated[Optional[str], _opt(
-    "--allowed-hosts", env="DSVL_ALLOWED_HOSTS", panel=SECURITY,
+    "--allowed-hosts", env="DSVL_ALLOWED_HOSTS",
     help="Comma-separated Host names to answer besides localhost names when bound to loopback "
          "(your reverse proxy's name; * for any).")]
-MaxImages = Annotated[int, _opt("--max-images", env="DSVL_MAX_IMAGES", panel=SECURITY, min=0,
+MaxImages = Annotated[int, _opt("--max-images", env="DSVL_MAX_IMAGES", min=0,
                                 help="Most distinct images per request.")]
-MaxPixels = Annotated[int, _opt("--max-image-pixels", env="DSVL_MAX_IMAGE_PIXELS", panel=SECURITY, min=1,
+MaxPixels = Annotated[int, _opt("--max-image-pixels", env="DSVL_MAX_IMAGE_PIXELS", min=1,
                                 help="Most pixels per image (a JPEG counts after reduced-scale decoding).")]
-MaxImageBytes = Annotated[int, _opt("--max-image-bytes", env="DSVL_SERVE_MAX_IMAGE_BYTES", panel=SECURITY, min=1,
+MaxImageBytes = Annotated[int, _opt("--max-image-bytes", env="DSVL_SERVE_MAX_IMAGE_BYTES", min=1,
                                     help="Most bytes per image, fetched or sent as a data: URI.")]
-MaxBody = Annotated[int, _opt("--max-body-bytes", env="DSVL_MAX_BODY_BYTES", panel=SECURITY, min=1,
+MaxBody = Annotated[int, _opt("--max-body-bytes", env="DSVL_MAX_BODY_BYTES", min=1,
                               help="Most bytes per request body, data: URIs included (larger: 413).")]
-MaxText = Annotated[int, _opt("--max-text-chars", env="DSVL_MAX_TEXT_CHARS", panel=SECURITY, min=1,
+MaxText = Annotated[int, _opt("--max-text-chars", env="DSVL_MAX_TEXT_CHARS", min=1,
                               help="Most characters of text per request, all messages together.")]
-FetchTimeout = Annotated[float, _opt("--fetch-timeout", env="DSVL_FETCH_TIMEOUT", panel=SECURITY,
+FetchTimeout = Annotated[float, _opt("--fetch-timeout", env="DSVL_FETCH_TIMEOUT",
                                      help="Seconds one image URL may take in all (connect, redirects, body).")]
 Grace = Annotated[float, _opt("--grace-period", env="DSVL_GRACE_PERIOD", min=0.0,
                               help="On SIGINT/SIGTERM, seconds open requests may finish before they are cut.")]
-MaxConnections = Annotated[int, _opt("--max-connections", env="DSVL_MAX_CONNECTIONS", panel=SECURITY, min=1,
+MaxConnections = Annotated[int, _opt("--max-connections", env="DSVL_MAX_CONNECTIONS", min=1,
                                      help="Open connections beyond this are closed at once.")]
 
 
-@shared_options
+# The output options, --exact-pixels and --server belong to the clients (ask, chat, batch): serve reads
+# none of them, and a DSVL_SERVER exported for those clients must not stop a server from starting.
+@shared_options(exclude=("plain", "json", "stats", "server", "exact_pixels"))
 def serve(ctx: typer.Context, opts: CommonOptions, host: Host = "127.0.0.1", port: Port = 8000, max_queue: MaxQueue = 16,
           batch_size: BatchSize = None, api_key_file: KeyFile = None, allow_private_urls: AllowPrivate = False,
           allowed_media_domains: MediaDomains = None, no_url_images: NoUrls = False,
@@ -82,15 +79,13 @@ def serve(ctx: typer.Context, opts: CommonOptions, host: Host = "127.0.0.1", por
       curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
         -d '{"messages": [{"role": "user", "content": "Hello"}]}'
     """
-    from dsvl_cli.errors import DsvlError, UsageError, guarded
-    from dsvl_cli.render import note, stderr_console
+    from dsvl_cli.errors import DsvlError, guarded
+    from dsvl_cli.render import load_backend, note
     from dsvl_cli.serve import config
     from dsvl_cli.serve.limits import ServeLimits
 
     source = ctx.get_parameter_source
     with guarded(opts.debug):
-        if opts.server and source("server").name == "COMMANDLINE":  # DSVL_SERVER is for clients: ignored
-            raise UsageError("--server is for ask, chat and batch; dsvl serve loads the model itself")
         flag = (opts.api_key or "") if source("api_key").name == "COMMANDLINE" else None
         key = config.api_key(flag, os.environ.get("DSVL_API_KEY"), api_key_file)
         limits = ServeLimits(max_images=max_images, max_image_bytes=max_image_bytes, max_body_bytes=max_body_bytes,
@@ -102,14 +97,12 @@ def serve(ctx: typer.Context, opts: CommonOptions, host: Host = "127.0.0.1", por
         except ImportError as exc:
             raise DsvlError(f"dsvl serve needs {exc.name or 'fastapi and uvicorn'}: "
                             "pip install 'dsvl-cli[serve]'") from None
-        from dsvl_cli.commands.common import load_engine
-
         sock = server.bind(host, port)  # before loading: a busy port fails fast
-        engine = load_engine(dataclasses.replace(opts, server=None))
+        engine = load_backend(opts)
         app = server.create_app(engine, defaults=opts.generation, api_key=key, max_queue=max_queue,
                                 max_batch=batch_size, limits=limits, policy=policy,
                                 allowed_hosts=config.allowed_hosts(host, allowed_hosts))
-        console = stderr_console()
+        console = opts.env.stderr_console()
         shown_host = f"[{host}]" if ":" in host else host
         url = f"http://{shown_host}:{sock.getsockname()[1]}"
         if key is None and not config.is_loopback(host):

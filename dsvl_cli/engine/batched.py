@@ -24,17 +24,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from dsvl_cli.conversation import Conversation
-from dsvl_cli.engine.detokenize import cut_at_stop
-from dsvl_cli.engine.local import Engine
+from dsvl_cli.engine.core import Generation
+from dsvl_cli.engine.detokenize import cut_at_stop, decode_answer
+from dsvl_cli.engine.backend import Backend
 from dsvl_cli.errors import ContextLengthError, DsvlError, GenerationError
 from dsvl_cli.images import LoadedImage
-from dsvl_cli.results import Result, Stats
+from dsvl_cli.images.cache import SourceCache
+from dsvl_cli.results import Result
 from dsvl_cli.settings import GenerationSettings
 
 
@@ -67,17 +68,18 @@ class BatchItem:
     def image_s(self) -> float:
         return sum((i.loaded.load_s + i.prep_s for i in self.images), 0.0)
 
+    @classmethod
+    def prepare(cls, engine: Backend, conversation: Conversation, **callbacks) -> BatchItem:
+        """An item with its images preprocessed here (batch's runner does that in background threads)."""
+        return cls(conversation, [prepare_image(engine, image) for image in conversation.images], **callbacks)
 
-def prepare_image(engine: Engine, loaded: LoadedImage) -> PreparedImage:
-    """Preprocess one image; safe to call from background threads (no model involved)."""
+
+def prepare_image(engine: Backend, loaded: LoadedImage) -> PreparedImage:
+    """Preprocess one image through the engine's one preprocessing path, without its memo (each
+    picture is used once here); safe to call from background threads (no model involved)."""
     started = time.perf_counter()
-    pixels = dict(engine.processor.image_processor(images=[loaded.image], return_tensors="pt"))
+    pixels = engine.pixels(loaded.image, remember=False)
     return PreparedImage(loaded, pixels, time.perf_counter() - started)
-
-
-def prepare_item(engine: Engine, conversation: Conversation) -> BatchItem:
-    """A BatchItem with its images preprocessed here (the runner does this in background threads)."""
-    return BatchItem(conversation, [prepare_image(engine, image) for image in conversation.images])
 
 
 class FeatureStore:
@@ -87,38 +89,36 @@ class FeatureStore:
     Sources never announced are freed as soon as their batch is done.
     """
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Backend):
         self.engine = engine
-        self._features: dict[str, Any] = {}
-        self._uses: Counter = Counter()
+        self._features = SourceCache()
         self.encoded = 0  # images run through the vision towers (for tests and the summary)
 
     def expect(self, source: str, uses: int = 1) -> None:
-        self._uses[source] += uses
+        self._features.expect(source, uses)
 
     def release(self, source: str) -> None:
-        self._uses[source] -= 1
-        if self._uses[source] <= 0:
-            self._uses.pop(source, None)
-            self._features.pop(source, None)
+        self._features.release(source)
 
     def encode(self, images: list[PreparedImage]):
         """Features for `images` in order: (n_images, num_image_tokens, hidden), on the model's device."""
         import torch
 
         model = self.engine.model
-        missing = list({i.source: i for i in images if i.source not in self._features}.values())
-        if missing:
+        found = {i.source: self._features.get(i.source) for i in images if i.source in self._features}
+        missing = list({i.source: i for i in images if i.source not in found}.values())
+        if missing:  # one forward pass through the vision towers for all of them
             pixels = {key: torch.cat([i.pixels[key] for i in missing]).to(model.device, dtype=model.dtype)
                       for key in missing[0].pixels}
             pooled = model.base_model.get_image_features(**pixels, return_dict=True).pooler_output
             for k, image in enumerate(missing):
-                self._features[image.source] = pooled[k:k + 1]
+                found[image.source] = pooled[k:k + 1]
+                self._features.put(image.source, found[image.source])
             self.encoded += len(missing)
-        return torch.cat([self._features[i.source] for i in images])
+        return torch.cat([found[i.source] for i in images])
 
 
-def generate_batch(engine: Engine, items: list[BatchItem], gen: GenerationSettings, *,
+def generate_batch(engine: Backend, items: list[BatchItem], gen: GenerationSettings, *,
                    features: FeatureStore | None = None,
                    stop_event: threading.Event | None = None) -> list[Result | DsvlError]:
     """One Result per item, in order (or the error for an item that cannot run, e.g. out of memory).
@@ -144,7 +144,7 @@ def generate_batch(engine: Engine, items: list[BatchItem], gen: GenerationSettin
             + generate_batch(engine, items[half:], gen, features=features, stop_event=stop_event))
 
 
-def encode_texts(engine: Engine, conversations: list[Conversation]):
+def encode_texts(engine: Backend, conversations: list[Conversation]):
     """input_ids and attention_mask (B, L), left-padded, image placeholders expanded as the processor does."""
     texts = [engine.expand_placeholders(engine.render(c)) for c in conversations]
     return engine.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt")
@@ -211,76 +211,56 @@ class _RowStreamer:
         pass
 
 
-def _generate(engine: Engine, items: list[BatchItem], gen: GenerationSettings, features: FeatureStore,
+def _generate(engine: Backend, items: list[BatchItem], gen: GenerationSettings, features: FeatureStore,
               stop_event: threading.Event | None) -> list[Result]:
-    import torch
-    from transformers import StoppingCriteriaList
-    from transformers.modeling_outputs import BaseModelOutputWithPooling
-
     started = time.perf_counter()
     enc = encode_texts(engine, [item.conversation for item in items])
     input_ids = enc["input_ids"].to(engine.model.device)  # (B, L)
     attention_mask = enc["attention_mask"].to(engine.model.device)  # (B, L), 0 on the left padding
-    kwargs = engine.generation_kwargs(gen, input_ids.shape[1])
-    if engine.fast is not None:  # static cache (+ compiled decode step), as for single questions
-        kwargs.update(engine.fast.generate_kwargs(batch_size=len(items),
-                                                  needed=input_ids.shape[1] + kwargs["max_new_tokens"]))
+    plan = Generation.plan(engine, gen, prompt_tokens=input_ids.shape[1], rows=len(items), started=started)
+    plan.use_cache()  # the fast path's static cache (+ compiled decode step), as for single questions
     clock = _Clock(stop_event, items)
-    eos_ids = _eos_ids(engine)
-    cuda = engine.device.startswith("cuda")
     early: dict[int, Result] = {}
 
-    def row_result(row: int, ids: list[int], interrupted: bool, peak: int | None) -> Result:
-        ended_by_own_stop = row in clock.stopped_at
-        if ended_by_own_stop:
-            ids = ids[:clock.stopped_at[row]]
-        ids, stopped = _row_tokens(eos_ids, engine, ids, gen)
-        answer, cut = cut_at_stop(engine._decode(ids), gen.stop)
-        finish = engine._finish_reason(ids, kwargs["max_new_tokens"], stopped or cut,
-                                       interrupted or ended_by_own_stop)
+    def row_result(row: int, ids: list[int], interrupted: bool) -> Result:
+        own_stop = clock.stopped_at.get(row)
+        ids, stopped = _row_tokens(plan.eos_ids, engine, ids[:own_stop] if own_stop is not None else ids, gen)
+        answer, cut = cut_at_stop(decode_answer(engine.tokenizer, ids), gen.stop)
         first = clock.times[0] if clock.times and ids else None
         last = clock.times[min(len(ids), len(clock.times)) - 1] if first else None
-        stats = Stats(
-            prompt_tokens=int(attention_mask[row].sum()),
-            generated_tokens=len(ids),
-            image_s=items[row].image_s,
-            ttft_s=(first - started) if first else 0.0,
-            decode_tokens_per_s=(len(ids) - 1) / (last - first) if first and last > first else 0.0,
-            total_s=((last or time.perf_counter()) - started),
-            peak_gpu_bytes=peak,
-        )
+        stats = plan.stats(prompt_tokens=int(attention_mask[row].sum()), generated=len(ids),
+                           image_s=items[row].image_s, first_at=first, last_at=last, peak=plan.peak_bytes())
+        finish = plan.finish_reason(ids, stopped=stopped or cut, interrupted=interrupted or own_stop is not None)
         return Result(answer=answer, finish_reason=finish, stats=stats, token_ids=ids)
 
     def row_ended(row: int, ids: list[int]) -> None:
         if items[row].on_done is not None:
-            peak_now = torch.cuda.max_memory_allocated(engine.device) if cuda else None
-            early[row] = row_result(row, list(ids), False, peak_now)
+            early[row] = row_result(row, list(ids), False)
             items[row].on_done(early[row])
 
+    streamer = None
     if any(item.on_tokens is not None or item.on_done is not None for item in items):
-        kwargs["streamer"] = _RowStreamer(items, clock, eos_ids, row_ended)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(engine.device)
-    if gen.seed is not None:
-        torch.manual_seed(gen.seed)
-    with torch.inference_mode():
-        images = [image for item in items for image in item.images]
-        if images:
-            kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features.encode(images))}
-        out = engine.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs,
-                                    stopping_criteria=StoppingCriteriaList([clock]))
+        streamer = _RowStreamer(items, clock, plan.eos_ids, row_ended)
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    images = [image for item in items for image in item.images]
+    if images:
+        inputs["mm_encoder_outputs"] = _encoded(features, images)
+    out = plan.run(inputs, streamer=streamer, stopping=[clock])
     interrupted = bool(stop_event and stop_event.is_set())
-    peak = torch.cuda.max_memory_allocated(engine.device) if cuda else None
-    return [early.get(row) or row_result(row, out[row, input_ids.shape[1]:].tolist(), interrupted, peak)
+    return [early.get(row) or row_result(row, out.sequences[row, input_ids.shape[1]:].tolist(), interrupted)
             for row in range(len(items))]
 
 
-def _eos_ids(engine: Engine) -> set:
-    eos = engine.model.generation_config.eos_token_id
-    return set(eos if isinstance(eos, list) else [eos])
+def _encoded(features: FeatureStore, images: list[PreparedImage]) -> dict:
+    """`generate`'s mm_encoder_outputs: the images' features, each encoded once (FeatureStore)."""
+    import torch
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    with torch.inference_mode():
+        return {"image": BaseModelOutputWithPooling(pooler_output=features.encode(images))}
 
 
-def _row_tokens(eos_ids: set, engine: Engine, ids: list[int], gen: GenerationSettings) -> tuple[list[int], bool]:
+def _row_tokens(eos_ids: set, engine: Backend, ids: list[int], gen: GenerationSettings) -> tuple[list[int], bool]:
     """One row's own tokens: up to its first EOS (kept, as a single run keeps it) or stop string.
 
     After a row finishes, `generate` fills it with pad tokens until the whole batch is done.

@@ -29,24 +29,24 @@ import json
 import re
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 import requests
 
-from dsvl_cli import __version__
+from dsvl_cli import __version__, wire
 from dsvl_cli.conversation import Conversation
+from dsvl_cli.engine.backend import Backend
 from dsvl_cli.engine.loading import HUB_ALIASES
 from dsvl_cli.errors import ContextLengthError, GenerationError, ModelError, UsageError
 from dsvl_cli.images import LoadedImage
+from dsvl_cli.images.cache import SourceCache
 from dsvl_cli.images.decode import downscaled
-from dsvl_cli.results import Chunk, Result, Stats, TextChunk, last_result
+from dsvl_cli.results import Chunk, Result, Stats, TextChunk
 from dsvl_cli.settings import GenerationSettings
 
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 600.0
 BUSY_RETRY_S = 120.0
-_PASS_THROUGH = re.compile(r"^(https?://|data:)", re.IGNORECASE)
 _URI_CACHE_SIZE = 16
 SEND_MAX_SIDE = 1024  # pictures sent as data: URIs are downscaled to this long side (the model uses no more)
 POOL_SIZE = 64  # kept-alive connections; more open streams than this still work, with a urllib3 warning
@@ -62,8 +62,9 @@ def base_url(url: str) -> str:
     return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
-class RemoteEngine:
-    """The Engine interface (`stream`, `run`, `name`, `random_weights`) over HTTP."""
+class RemoteEngine(Backend):
+    """The Backend protocol over HTTP: streams only (no KV reuse, no batching here, no token
+    counting: the server does those), so callers that read the capabilities fall back by themselves."""
 
     def __init__(self, url: str, *, api_key: str | None = None, model: str | None = None,
                  on_note: Callable[[str], None] | None = None):
@@ -77,17 +78,16 @@ class RemoteEngine:
         self._session.headers["User-Agent"] = f"dsvl/{__version__}"
         if api_key:
             self._session.headers["Authorization"] = f"Bearer {api_key}"
-        self._uris: OrderedDict[int, tuple[LoadedImage, str]] = OrderedDict()
-        self._uri_lock = threading.Lock()  # batch may stream several records at once
+        self._uris = SourceCache(keep=_URI_CACHE_SIZE)  # thread-safe: batch streams several records at once
         listing = self._request("GET", "/v1/models").json()
         models = listing.get("data") or [{}]
         self.name = str(models[0].get("id") or self.url)
         self.random_weights = bool(models[0].get("random_weights", False))
 
-    # -- the Engine interface -------------------------------------------------------------------
+    # -- the Backend protocol -----------------------------------------------------------------------
     def stream(self, conversation: Conversation, gen: GenerationSettings, *, cache=None,
                stop_event: threading.Event | None = None) -> Iterator[Chunk]:
-        """Yield TextChunks as the server sends them, then one Result (see Engine.stream)."""
+        """Yield TextChunks as the server sends them, then one Result (see LocalEngine.stream)."""
         started = time.perf_counter()
         response = self._request("POST", "/v1/chat/completions", json=self.request_body(conversation, gen),
                                  stream=True)
@@ -124,29 +124,10 @@ class RemoteEngine:
             stats = _local_stats(usage, started, first_at).to_dict()
         yield Result(answer="".join(pieces), finish_reason=finish or "stop", stats=Stats.from_dict(stats))
 
-    def run(self, conversation: Conversation, gen: GenerationSettings, **kwargs) -> Result:
-        """The non-streaming answer: the stream, joined."""
-        return last_result(self.stream(conversation, gen, **kwargs))
-
     # -- the request ----------------------------------------------------------------------------
     def request_body(self, conversation: Conversation, gen: GenerationSettings) -> dict:
-        messages: list[dict] = []
-        if conversation.system is not None:
-            messages.append({"role": "system", "content": conversation.system})
-        for m in conversation.messages:
-            if m.role == "assistant":
-                messages.append({"role": "assistant", "content": m.text})
-                continue
-            parts = [{"type": "image_url", "image_url": {"url": self._image_ref(i)}} for i in m.images]
-            parts.append({"type": "text", "text": m.text})
-            messages.append({"role": "user", "content": parts})
-        body = {"model": self.requested_model or "default", "messages": messages, "stream": True,
-                "stream_options": {"include_usage": True},
-                "max_tokens": gen.max_new_tokens, "temperature": gen.temperature}
-        optional = {"top_p": gen.top_p, "top_k": gen.top_k, "repetition_penalty": gen.repetition_penalty,
-                    "seed": gen.seed, "stop": list(gen.stop) or None}
-        body.update({k: v for k, v in optional.items() if v is not None})
-        return body
+        return {"model": self.requested_model or "default", "messages": wire.to_messages(conversation, self._image_ref),
+                "stream": True, "stream_options": {"include_usage": True}, **wire.sampling_fields(gen)}
 
     def _note_model(self, answered) -> None:
         """Tell the user once when the server answered with another model than -m asked for."""
@@ -161,24 +142,18 @@ class RemoteEngine:
                 self._on_note(f"note: asked for model {asked}; server {self.url} answered with {answered}")
 
     def _image_ref(self, loaded: LoadedImage) -> str:
-        if _PASS_THROUGH.match(loaded.source):
+        if wire.IMAGE_URL.match(loaded.source):  # the server fetches these itself
             return loaded.source
-        with self._uri_lock:  # chat resends its images every turn: encode each once
-            hit = self._uris.get(id(loaded))
-            if hit is not None and hit[0] is loaded:
-                self._uris.move_to_end(id(loaded))
-                return hit[1]
-        image = loaded.image
-        if max(image.size) > SEND_MAX_SIDE:  # what dsvl serve keeps of it anyway; fits its byte cap
-            image = downscaled(image, SEND_MAX_SIDE)
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-        with self._uri_lock:
-            self._uris[id(loaded)] = (loaded, uri)
-            while len(self._uris) > _URI_CACHE_SIZE:
-                self._uris.popitem(last=False)
-        return uri
+
+        def png_uri(_key) -> tuple[LoadedImage, str]:  # holds `loaded`, so its id stays its own
+            image = loaded.image
+            if max(image.size) > SEND_MAX_SIDE:  # what dsvl serve keeps of it anyway; fits its byte cap
+                image = downscaled(image, SEND_MAX_SIDE)
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            return loaded, "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+        return self._uris.get(id(loaded), png_uri)[1]  # chat resends its images every turn: encode once
 
     def _request(self, method: str, path: str, **kwargs) -> requests.Response:
         """Send, retrying while the server is busy; errors become DsvlErrors naming the server."""

@@ -4,7 +4,7 @@ They go through the same processor, chat template, `from_pretrained` and `genera
 7B, so every test and every try-out runs offline. Their answers are noise. A build is deterministic:
 the same transformers/tokenizers versions write the same bytes every time.
 
-Shapes keep the invariants transformers relies on (DESIGN §4): num_image_tokens ==
+Shapes keep the invariants transformers relies on: num_image_tokens ==
 (image_size // patch_size) ** 2, processor `size` == SigLIP image_size, `high_res_size` == SAM
 image_size, global_attn_indexes inside the SAM layers, image_token_id == the tokenizer's id of
 <image_placeholder>, text vocab >= len(tokenizer).
@@ -22,7 +22,7 @@ from pathlib import Path
 BOS = "<｜begin▁of▁sentence｜>"
 EOS = "<｜end▁of▁sentence｜>"
 IMAGE_TOKEN = "<image_placeholder>"
-# Larger than the default 0.02 so that greedy output varies and depends on the image (DESIGN §4).
+# Larger than the default 0.02 so that greedy output varies and depends on the image.
 INIT_STD = 0.3
 SEED = 1234
 

@@ -24,7 +24,7 @@ READ_TIMEOUT_S = 30.0
 MAX_REDIRECTS = 5
 
 
-def from_url(source: str) -> Image.Image:
+def from_url(source: str, exact: bool = False) -> Image.Image:
     import requests  # only URL sources pay for importing requests
 
     cap = max_image_bytes()
@@ -37,7 +37,7 @@ def from_url(source: str) -> Image.Image:
                 body = _read_response(source, resp, cap)
     except requests.RequestException as e:
         raise ImageLoadError(source, _request_reason(e)) from None
-    return decode_image(source, io.BytesIO(body), empty_reason="URL returned an empty body", url=True)
+    return decode_image(source, io.BytesIO(body), empty_reason="URL returned an empty body", url=True, exact=exact)
 
 
 def _read_response(source: str, resp, cap: int, guard: ImageGuard | None = None) -> bytes:

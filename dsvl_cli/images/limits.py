@@ -54,3 +54,14 @@ def oserror_text(e: OSError) -> str:
 def one_line(text: str, limit: int = 160) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def display_source(source: str) -> str:
+    """A source as shown in messages and JSON output: data: URIs past 80 characters shortened.
+
+    Why: a record or an error line that echoes a multi-megabyte data: URI helps nobody; the
+    start (media type and first bytes) and the length are enough to tell it apart.
+    """
+    if len(source) <= 80 or not source[:5].lower() == "data:":
+        return source
+    return f"{source[:60]}…({len(source)} chars)"

@@ -1,4 +1,4 @@
-"""`dsvl serve`: an OpenAI-compatible HTTP API over one warm Engine (FastAPI + uvicorn).
+"""`dsvl serve`: an OpenAI-compatible HTTP API over one warm LocalEngine (FastAPI + uvicorn).
 
 Why: loading the model costs seconds (tiny-random) to minutes (7B); a server keeps it loaded for
 shell loops (`dsvl ask --server`) and for any OpenAI client. The wire format lives in protocol.py.
@@ -82,7 +82,7 @@ def create_app(engine, *, defaults: GenerationSettings | None = None, api_key: s
     `max_batch`: most requests in one generate call (default: batch's default for the device).
     `allowed_hosts`: the Host names answered (None: any). `policy`: what image URLs may be fetched."""
     limits = limits or ServeLimits()
-    worker = Worker(engine, max_queue, max_batch or _default_batch(engine))
+    worker = Worker(engine, max_queue, max_batch or engine.default_batch_size)
     media = MediaLoader(policy or MediaPolicy(), limits, image_side(engine))
     intake = Intake(engine, defaults or GenerationSettings(), api_key, limits, media,
                     max_body_bytes or limits.body_bytes())
@@ -190,7 +190,7 @@ class Intake:
         self.limits.check_images(len(sources))
         self.media.precheck(sources)
         standins = chat_api.build_conversation(req, {source: None for source in sources})
-        await loop.run_in_executor(self._pool, self.counter.check, standins, len(standins.images))
+        await loop.run_in_executor(self._pool, self.counter.check, standins)
         images = await self.media.load(sources, request.is_disconnected)
         usage = bool(req.stream_options and req.stream_options.include_usage)
         return req.stream, usage, gen, chat_api.build_conversation(req, images)
@@ -230,14 +230,6 @@ def _error_handlers(app: FastAPI) -> None:
         return await api_error(request, ApiError(exc.status_code, str(exc.detail), headers=exc.headers))
 
 
-def _default_batch(engine) -> int:
-    from dsvl_cli.engine.local import Engine
-
-    if not isinstance(engine, Engine):
-        return 1
-    from dsvl_cli.batch.runner import default_batch_size
-
-    return default_batch_size(engine)
 
 
 async def _next(job: Job, request: Request):

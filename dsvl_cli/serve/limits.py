@@ -83,44 +83,25 @@ class ServeLimits:
 
 
 def image_side(engine) -> int:
-    """The long side images are downscaled to when decoded: what the processor uses, at least MIN_SIDE."""
-    processor = getattr(getattr(engine, "processor", None), "image_processor", None)
-    sides = [MIN_SIDE]
-    for name in ("size", "high_res_size"):
-        size = getattr(processor, name, None)
-        if isinstance(size, dict):
-            sides += [v for k, v in size.items() if k in ("height", "width", "longest_edge") and isinstance(v, int)]
-    return max(sides)
+    """The long side images are downscaled to when decoded: what the model's processor uses (the
+    backend's `image_side`), at least MIN_SIDE."""
+    return max(MIN_SIDE, engine.image_side or 0)
 
 
 class PromptCounter:
-    """Counts a conversation's prompt tokens without touching images (each counts as its image tokens).
-
-    Uses its own copy of the engine's tokenizer: the worker thread's tokenizer changes its padding
-    settings per call, and a fast tokenizer must not be used from two threads while that happens.
-    Engines without a tokenizer (remote, fakes) are not counted here; the engine checks itself.
-    """
+    """Refuses a conversation whose prompt alone fills the context, before any image is loaded
+    (images count as their image tokens). Backends that count no tokens (remote, fakes) are not
+    checked here; the engine checks itself when it generates."""
 
     def __init__(self, engine):
         self._engine = engine
-        self._tokenizer = None
-        tokenizer = getattr(engine, "tokenizer", None)
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        if backend is not None and hasattr(engine, "render") and hasattr(engine, "context_length"):
-            from tokenizers import Tokenizer
 
-            self._tokenizer = Tokenizer.from_str(backend.to_str())
-            self._tokenizer.no_padding()
-            self._tokenizer.no_truncation()
-            self._per_image = int(engine.processor.num_image_tokens)
-            self._context = int(engine.context_length)
-
-    def check(self, conversation, n_images: int) -> None:
+    def check(self, conversation) -> None:
         """Raise ContextLengthError when the prompt alone fills the context window."""
-        if self._tokenizer is None:
+        engine = self._engine
+        if not engine.counts_tokens or engine.context_length is None:
             return
-        text = self._engine.render(conversation)
-        tokens = len(self._tokenizer.encode(text, add_special_tokens=True).ids) + n_images * (self._per_image - 1)
-        if tokens >= self._context:
+        tokens = engine.count_tokens(conversation)
+        if tokens >= engine.context_length:
             raise ContextLengthError(f"the request is {tokens} tokens, past the model's context length of "
-                                     f"{self._context}; shorten the text or send fewer images")
+                                     f"{engine.context_length}; shorten the text or send fewer images")

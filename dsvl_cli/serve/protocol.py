@@ -20,7 +20,6 @@ Mapping, on purpose:
 from __future__ import annotations
 
 import json
-import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -28,6 +27,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from dsvl_cli import wire
 from dsvl_cli.conversation import Conversation, Message, check_text
 from dsvl_cli.engine.loading import HUB_ALIASES
 from dsvl_cli.errors import ImageLoadError, UsageError
@@ -45,7 +45,6 @@ StopString = Annotated[str, Field(max_length=256)]  # transformers builds tables
 
 class ModelNotFound(Exception):
     """The request names a model this server does not serve (404 model_not_found, as OpenAI)."""
-_REMOTE_IMAGE = re.compile(r"^(https?://|data:)", re.IGNORECASE)
 
 
 class ImageURL(BaseModel):
@@ -133,16 +132,7 @@ def parse_request(raw: bytearray) -> ChatRequest:
 
 def generation_settings(req: ChatRequest, defaults: GenerationSettings) -> GenerationSettings:
     """The server's defaults, with what the request sets (UsageError when out of range)."""
-    changes: dict = {}
-    max_tokens = req.max_completion_tokens or req.max_tokens
-    if max_tokens is not None:
-        changes["max_new_tokens"] = max_tokens
-    for name in ("temperature", "top_p", "top_k", "repetition_penalty", "seed"):
-        if getattr(req, name) is not None:
-            changes[name] = getattr(req, name)
-    if req.stop is not None:
-        changes["stop"] = (req.stop,) if isinstance(req.stop, str) else tuple(s for s in req.stop if s)
-    return defaults.replace(**changes)
+    return defaults.replace(**wire.settings_changes(req.model_dump(include=set(wire.SAMPLING_FIELDS))))
 
 
 def image_sources(req: ChatRequest) -> list[str]:
@@ -167,7 +157,7 @@ def check_messages(req: ChatRequest) -> int:
         if urls and raw.role != "user":
             raise UsageError(f"messages.{index}: a {raw.role} message cannot hold images")
         for url in urls:
-            if not _REMOTE_IMAGE.match(url):
+            if not wire.IMAGE_URL.match(url):
                 shown = url if len(url) <= 80 else url[:60] + "…"
                 raise ImageLoadError(shown, "image_url must be an http(s) URL or a data: URI")
     return chars
@@ -190,11 +180,10 @@ def build_conversation(req: ChatRequest, images: Mapping[str, LoadedImage]) -> C
 
 
 def _split_content(content: str | list[Part] | None) -> tuple[str, list[str]]:
-    if content is None or isinstance(content, str):
-        return content or "", []
-    texts = [p.text or "" for p in content if p.type == "text"]
-    urls = [p.image_url.url for p in content if p.type == "image_url"]
-    return "\n".join(texts), urls
+    """(text, image URLs) of validated content, through the one mapping of the wire format."""
+    if isinstance(content, list):
+        content = [part.model_dump(exclude_none=True) for part in content]
+    return wire.split_content(content)
 
 
 def model_names(name: str) -> frozenset[str]:

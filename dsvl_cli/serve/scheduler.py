@@ -1,6 +1,6 @@
 """The server's worker: one thread owns the engine; requests waiting together run as one batch.
 
-Why one thread: an Engine runs one `generate` at a time. Why batches: decoding several rows costs
+Why one thread: an LocalEngine runs one `generate` at a time. Why batches: decoding several rows costs
 little more than one (memory-bound), so requests that arrive while another batch is running are
 taken together next time, up to `max_batch` (batching.py: left padding, per-row stop and streaming).
 
@@ -158,11 +158,11 @@ class Worker:
                     job.emit(END)
                 else:
                     live.append(job)
-            together = len(live) if _can_batch(self.engine) else 1
+            together = len(live) if self.engine.supports_batching else 1
             for job in live:
                 job.batch_size = together
             try:
-                if len(live) == 1 or (live and not _can_batch(self.engine)):
+                if len(live) == 1 or (live and not self.engine.supports_batching):
                     for job in live:
                         self._run_one(job)
                 elif live:
@@ -184,14 +184,13 @@ class Worker:
             job.emit(GenerationError(f"generation failed: {type(exc).__name__}: {exc}"))
 
     def _run_batch(self, jobs: list[Job]) -> None:
-        from dsvl_cli.engine.batched import BatchItem, generate_batch, prepare_image
+        from dsvl_cli.engine.batched import BatchItem
 
         streams = [TextStream(self.engine, job) for job in jobs]
         try:
-            items = [BatchItem(job.conversation, [prepare_image(self.engine, i) for i in job.conversation.images],
-                               stop=job.stop, on_tokens=stream.feed, on_done=stream.finish)
-                     for job, stream in zip(jobs, streams)]
-            results = generate_batch(self.engine, items, jobs[0].gen.replace(system=None))
+            items = [BatchItem.prepare(self.engine, job.conversation, stop=job.stop, on_tokens=stream.feed,
+                                       on_done=stream.finish) for job, stream in zip(jobs, streams)]
+            results = self.engine.generate_batch(items, jobs[0].gen.replace(system=None))
         except DsvlError as err:
             self._rerun_alone(jobs, streams, err)
             return
@@ -219,7 +218,3 @@ class Worker:
                 self._run_one(job)
 
 
-def _can_batch(engine) -> bool:
-    from dsvl_cli.engine.local import Engine
-
-    return isinstance(engine, Engine)

@@ -1,0 +1,92 @@
+"""What both chat front ends share: run one input through the session and print what comes back.
+
+Answers go to stdout (live Markdown on a terminal; plain text, or one JSON object per answered
+turn with --json), everything else (command replies, notes, errors, --stats) to stderr. The
+streams come from the options' Environment, so tests hand in their own.
+"""
+
+from __future__ import annotations
+
+from dsvl_cli.chat.session import ChatSession
+from dsvl_cli.chat.turns import Reply, Turn
+from dsvl_cli.errors import DsvlError, ExitCode
+from dsvl_cli.images import display_source
+from dsvl_cli.options import CommonOptions
+from dsvl_cli.render import note, print_json, print_stats, stream_answer
+from dsvl_cli.results import Stats
+
+# Which failure a pipe's exit code reports when several happened: Ctrl-C, then a runtime failure
+# (the tool failed), then bad input (the script was wrong), then success.
+_SEVERITY = {int(ExitCode.OK): 0, int(ExitCode.USAGE): 1, int(ExitCode.FAILURE): 2, int(ExitCode.INTERRUPTED): 3}
+
+
+def worst(*codes: int) -> int:
+    """The exit code that matters most among `codes` (see _SEVERITY)."""
+    return max(codes, key=lambda code: _SEVERITY.get(code, 2))
+
+
+class ChatUI:
+    """Runs inputs through a session and prints the outcome; keeps the worst failure for the exit code."""
+
+    def __init__(self, session: ChatSession, opts: CommonOptions):
+        self.session = session
+        self.opts = opts
+        self.env = opts.env
+        self.markdown = self.env.markdown(opts.plain)
+        self.stdout = self.env.stdout
+        self.console = self.env.stderr_console()
+        self.exit_code = int(ExitCode.OK)
+        self.last_turn: Turn | None = None
+
+    def submit(self, text: str) -> bool:
+        """Handle one input; False when the session should end."""
+        self.last_turn = None
+        reply = self.session.handle(text)
+        self.show(reply)
+        if reply.answer:
+            self.answer()
+        return not reply.exit
+
+    def show(self, reply: Reply) -> None:
+        if reply.error:
+            self.error(reply.text, reply.code)
+        elif reply.text:
+            note(self.console, reply.text, style="")
+
+    def error(self, message: str, code: int) -> None:
+        self.exit_code = worst(self.exit_code, code)
+        note(self.console, f"dsvl: error: {message}", style="bold red")
+
+    def answer(self) -> None:
+        question = self.session.conversation.messages[-1]
+        try:
+            turn = self.session.respond(self._produce)
+        except DsvlError as err:
+            self.error(err.message, int(err.exit_code))
+            if self.opts.json:
+                number = len([m for m in self.session.conversation.messages if m.role == "user"]) + 1
+                shown = [display_source(i.source) for i in question.images]
+                print_json({"turn": number, "prompt": question.text, "images": shown,
+                            "answer": "", "finish_reason": "error", "stats": Stats().to_dict(),
+                            "error": {"kind": err.kind, "message": err.message}, "model": self.session.engine.name},
+                           self.stdout)
+            return
+        self.last_turn = turn
+        result = turn.result
+        if self.opts.json:
+            print_json(turn.to_dict(self.session.engine.name), self.stdout)
+        elif not result.answer and not self.markdown:
+            self.stdout.write("\n")  # one answer per turn, even an empty one
+            self.stdout.flush()
+        if result.finish_reason == "interrupted":
+            note(self.console, "(interrupted: the partial answer stays in the conversation; /retry answers again)",
+                 style="dim")
+        elif self.session.at_context_end(turn):
+            note(self.console, "(the answer stopped at the model's context length: /forget N drops the oldest "
+                               "exchanges, /clear starts over)")
+        if self.opts.stats:
+            print_stats(self.console, result.stats.to_dict())
+
+    def _produce(self, conversation, generation, cache):
+        return stream_answer(self.session.engine, conversation, generation, self.env, markdown=self.markdown,
+                             show=not self.opts.json, cache=cache)
