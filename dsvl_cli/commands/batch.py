@@ -25,7 +25,7 @@ def batch(
     batch_size: Annotated[Optional[int], typer.Option(
         "--batch-size",
         help="Questions per generate call [default: 8 on CPU, 16-32 on CUDA by free memory]; "
-        "with --server, requests open at once [default: 8].")] = None,
+        "with --server, requests open at once [default: twice the server's batch size].")] = None,
     resume: Annotated[bool, typer.Option(
         "--resume",
         help="Append to -o FILE, skipping ids already answered (or failed) there.")] = False,
