@@ -196,6 +196,11 @@ def test_records_name_their_images_with_data_uris_shortened(cli, tmp_path):
     (shown,) = json.loads(ask.stdout)["images"]
     assert len(shown) < 100 and f"({len(uri)} chars)" in shown
 
+    chat = cli(["chat", uri, "-m", "tiny-random", "-n", "2", "--json"], input="Hi\n")
+    assert chat.exit_code == 0, chat.output
+    (turn,) = _records(chat.stdout)
+    assert turn["images"] == [shown]
+
 
 def test_no_progress_bar_between_records_on_one_terminal(tiny_folder, tmp_path):
     """stdout and stderr on the same terminal: every record is a line of its own."""
