@@ -51,8 +51,9 @@ def batch(
     Output: {"id", "image" | "images", "answer", "finish_reason", "stats"} or
     {"id", "line", "image" | "images", "error": {"type", "message"}}, written and flushed as each
     record finishes ("image" for one image, "images" for none or several; long data: URIs are
-    shortened; a line that could not be parsed has neither). Records come out in COMPLETION order, not input order: match them by id. Bad
-    records (broken image, malformed JSON, missing prompt) get an error record and the run goes on.
+    shortened; a line that could not be parsed has neither). Records come out in COMPLETION
+    order, not input order: match them by id. Bad records (broken image, malformed JSON, missing
+    prompt) get an error record and the run goes on.
     -o FILE must not be one of the inputs (exit 2). --resume counts a line as done only if it is
     a dsvl record with an answer or an error, and keeps FILE's permissions.
 
