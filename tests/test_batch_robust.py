@@ -196,6 +196,11 @@ def test_records_name_their_images_with_data_uris_shortened(cli, tmp_path):
     (shown,) = json.loads(ask.stdout)["images"]
     assert len(shown) < 100 and f"({len(uri)} chars)" in shown
 
+    chat = cli(["chat", uri, "-m", "tiny-random", "-n", "2", "--json"], input="Hi\n")
+    assert chat.exit_code == 0, chat.output
+    (turn,) = _records(chat.stdout)
+    assert turn["images"] == [shown]
+
 
 def test_no_progress_bar_between_records_on_one_terminal(tiny_folder, tmp_path):
     """stdout and stderr on the same terminal: every record is a line of its own."""
@@ -246,3 +251,26 @@ def test_help_documents_ids_exit_codes_and_sources(cli):
     for fragment in ("Ids must be unique", "output was closed early", "143 SIGTERM", '"image" | "images"',
                      "-o FILE must not be one of the inputs"):
         assert fragment in text, fragment
+
+
+# -- rough edge: batch --server kept the server's batches half empty ------------------------------
+
+
+def test_batch_server_keeps_two_server_batches_in_flight(engine):
+    from types import SimpleNamespace
+
+    from test_serve import _start
+
+    from dsvl_cli.batch.remote import REMOTE_IN_FLIGHT, in_flight
+    from dsvl_cli.engine.remote import RemoteEngine
+    from dsvl_cli.serve.app import create_app
+
+    for max_batch, max_queue, expected in ((3, 16, 6), (4, 1, 5)):
+        url, stop = _start(create_app(engine, max_batch=max_batch, max_queue=max_queue))
+        try:
+            remote = RemoteEngine(url)
+        finally:
+            stop()
+        assert (remote.default_batch_size, remote.server_queue) == (max_batch, max_queue)
+        assert in_flight(remote) == expected  # one batch running, the next one waiting (within the queue)
+    assert in_flight(SimpleNamespace()) == REMOTE_IN_FLIGHT == 16  # a server that does not say

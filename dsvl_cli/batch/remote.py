@@ -1,7 +1,8 @@
 """`dsvl batch --server URL`: the same records, answered by a running `dsvl serve`.
 
 Why several requests at once: the server answers requests that wait together in one batched
-`generate` call, so up to `concurrency` (--batch-size) streamed requests are kept open. Everything
+`generate` call, so up to `concurrency` streamed requests are kept open (--batch-size; by default
+two of the server's batches, see in_flight). Everything
 else is local mode's (batch_runner.py): the same output and error records, completion order (match
 by id), --resume / --retry-failed, the progress bar, the summary and the exit codes.
 
@@ -47,6 +48,23 @@ class _Images:
             return load_image(source, exact=self.exact)
         except DsvlError as err:
             raise err if isinstance(err, ImageLoadError) else ImageLoadError(source, err.message) from None
+
+
+REMOTE_IN_FLIGHT = 16  # when the server does not say its batch size: twice the CPU default (8)
+
+
+def in_flight(engine) -> int:
+    """Requests to keep open: two of the server's batches, one running and the next one waiting
+    full, but no more than the server queues (past that it answers 429 and the client waits).
+
+    Why two: with exactly one batch in flight, rows end at different times and their next
+    requests trickle in while the server is between batches, so it ran batches of 2-6 of 8 and
+    batch --server was ~4x slower than local batch (BENCHMARKS.md, "batch --server").
+    """
+    batch, queue = getattr(engine, "default_batch_size", 1), getattr(engine, "server_queue", 0)
+    if batch <= 1 or queue <= 0:  # not dsvl serve (or an older one): a fixed number
+        return REMOTE_IN_FLIGHT
+    return max(1, min(2 * batch, batch + queue))
 
 
 def run_remote(engine, records: list[Record], writer, summary, *, concurrency: int,

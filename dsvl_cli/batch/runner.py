@@ -43,7 +43,6 @@ from dsvl_cli.images.cache import SourceCache
 
 PREFETCH_WORKERS = 4
 PREFETCH_BATCHES = 2  # how many batches ahead of the model images are prepared
-REMOTE_IN_FLIGHT = 8  # with --server: requests open at once (the server batches them)
 
 
 # -- planning ------------------------------------------------------------------------------------
@@ -246,9 +245,9 @@ def _answer(todo: list, writer: Writer, summary: Summary, stop: threading.Event,
     engine = load_backend(opts, prefer_fast=True)  # many generations: the fast path pays
     clock[0] = time.perf_counter()
     if not engine.supports_batching:  # a running `dsvl serve` batches what arrives together
-        from dsvl_cli.batch.remote import run_remote
+        from dsvl_cli.batch.remote import in_flight, run_remote
 
-        run_remote(engine, records, writer, summary, concurrency=batch_size or REMOTE_IN_FLIGHT, stop=stop,
+        run_remote(engine, records, writer, summary, concurrency=batch_size or in_flight(engine), stop=stop,
                    exact=opts.exact_pixels)
     else:
         run_records(engine, records, writer, summary, batch_size=batch_size or engine.default_batch_size, stop=stop,

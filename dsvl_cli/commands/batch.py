@@ -25,7 +25,7 @@ def batch(
     batch_size: Annotated[Optional[int], typer.Option(
         "--batch-size",
         help="Questions per generate call [default: 8 on CPU, 16-32 on CUDA by free memory]; "
-        "with --server, requests open at once [default: 8].")] = None,
+        "with --server, requests open at once [default: twice the server's batch size].")] = None,
     resume: Annotated[bool, typer.Option(
         "--resume",
         help="Append to -o FILE, skipping ids already answered (or failed) there.")] = False,
@@ -51,8 +51,9 @@ def batch(
     Output: {"id", "image" | "images", "answer", "finish_reason", "stats"} or
     {"id", "line", "image" | "images", "error": {"type", "message"}}, written and flushed as each
     record finishes ("image" for one image, "images" for none or several; long data: URIs are
-    shortened). Records come out in COMPLETION order, not input order: match them by id. Bad
-    records (broken image, malformed JSON, missing prompt) get an error record and the run goes on.
+    shortened; a line that could not be parsed has neither). Records come out in COMPLETION
+    order, not input order: match them by id. Bad records (broken image, malformed JSON, missing
+    prompt) get an error record and the run goes on.
     -o FILE must not be one of the inputs (exit 2). --resume counts a line as done only if it is
     a dsvl record with an answer or an error, and keeps FILE's permissions.
 

@@ -84,6 +84,9 @@ class RemoteEngine(Backend):
         models = listing.get("data") or [{}]
         self.name = str(models[0].get("id") or self.url)
         self.random_weights = bool(models[0].get("random_weights", False))
+        # dsvl serve says how many requests it batches and queues (batch --server keeps it busy).
+        self.default_batch_size = _positive(models[0].get("max_batch"), 1)
+        self.server_queue = _positive(models[0].get("max_queue"), 0)
 
     # -- the Backend protocol -----------------------------------------------------------------------
     def stream(self, conversation: Conversation, gen: GenerationSettings, *, cache=None,
@@ -216,6 +219,10 @@ def _sse_data(response: requests.Response) -> Iterator[str]:
         line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         if line.startswith("data:"):
             yield line[5:].strip()
+
+
+def _positive(value, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
 
 
 def _retry_after(response: requests.Response) -> float:

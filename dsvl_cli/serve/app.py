@@ -112,7 +112,8 @@ def create_app(engine, *, defaults: GenerationSettings | None = None, api_key: s
     async def list_models(request: Request) -> dict:
         gate.check_key(request, api_key)
         return {"object": "list", "data": [{"id": engine.name, "object": "model", "created": 0,
-                                            "owned_by": "dsvl", "random_weights": engine.random_weights}]}
+                                            "owned_by": "dsvl", "random_weights": engine.random_weights,
+                                            "max_batch": worker.max_batch, "max_queue": worker.max_queue}]}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
