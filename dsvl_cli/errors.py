@@ -74,6 +74,7 @@ class ContextLengthError(DsvlError):
 def fail(err: BaseException, *, debug: bool = False) -> NoReturn:
     """Print one line for a user-facing error (a traceback with --debug) and exit with its code."""
     from dsvl_cli.environment import Environment
+    from dsvl_cli.screen.text import visible  # a file name or a server's text may carry escapes
 
     console = Environment.current().stderr_console()
     if debug:
@@ -81,9 +82,9 @@ def fail(err: BaseException, *, debug: bool = False) -> NoReturn:
     if isinstance(err, DsvlError):
         from rich.markup import escape
 
-        console.print(f"[bold red]dsvl: error:[/] {escape(err.message)}", soft_wrap=True)
+        console.print(f"[bold red]dsvl: error:[/] {escape(visible(err.message))}", soft_wrap=True)
         raise Exit(int(err.exit_code))
-    print(f"dsvl: internal error: {type(err).__name__}: {err} (run with --debug for the traceback)",
+    print(visible(f"dsvl: internal error: {type(err).__name__}: {err} (run with --debug for the traceback)"),
           file=sys.stderr)
     raise Exit(int(ExitCode.FAILURE))
 

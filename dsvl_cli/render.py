@@ -67,6 +67,9 @@ class AnswerWriter:
                 self.stream.write("\n")
             self.stream.flush()
 
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 @contextmanager
 def sigint_deferred(active: bool = True):
@@ -84,8 +87,16 @@ def sigint_deferred(active: bool = True):
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+
+def context_cut(result: Result, gen, context_length: int | None) -> str | None:
+    """Why an answer stopped short of -n, with the figures, when the context was what stopped it."""
+    stats = result.stats
+    if result.finish_reason != "length" or context_length is None or stats.generated_tokens >= gen.max_new_tokens \
+            or stats.prompt_tokens + stats.generated_tokens < context_length:
+        return None
+    return (f"the answer stopped at the model's context length of {context_length} tokens: the prompt took "
+            f"{stats.prompt_tokens}, leaving room for {stats.generated_tokens} of the {gen.max_new_tokens} "
+            "new tokens asked (-n)")
 
 
 def stats_line(stats: dict) -> str:

@@ -114,6 +114,7 @@ class ChatSession:
         self.pending: list[LoadedImage] = list(images)  # for the next question
         self.last: Turn | None = None
         self.totals = Totals()
+        self.forgotten = 0  # exchanges dropped by /forget: turns keep their numbers as asked
         self._undo_point: tuple[Conversation, list[LoadedImage]] | None = None  # if the turn fails
 
     # -- inputs -----------------------------------------------------------------------------------
@@ -156,7 +157,7 @@ class ChatSession:
             raise
         self._undo_point = None
         self.conversation.add_assistant(result.answer, result.finish_reason)
-        number = len(exchanges(self.conversation))
+        number = self.forgotten + len(exchanges(self.conversation))
         question = exchanges(self.conversation)[-1][0]
         self.last = Turn(number, question.text, [i.source for i in question.images], result)
         self.totals.add(result.stats)
@@ -225,7 +226,7 @@ class ChatSession:
 
     def _cmd_clear(self, arg: str) -> Reply:
         self.conversation = Conversation(system=self.conversation.system)
-        self.pending = []
+        self.pending, self.forgotten = [], 0
         if self.cache is not None:
             self.cache.clear()
         return Reply("new conversation (same model and settings)")
@@ -257,6 +258,7 @@ class ChatSession:
         if count == 0:
             raise UsageError("nothing to forget: the conversation is empty")
         self.conversation.messages = [m for group in groups[count:] for m in group]
+        self.forgotten += count
         return Reply(f"forgot the oldest {_plural(count, 'exchange')} ({len(groups) - count} left)")
 
     def _cmd_system(self, arg: str) -> Reply:
@@ -307,7 +309,7 @@ class ChatSession:
     def _cmd_load(self, arg: str) -> Reply:
         path, self.conversation = chat_files.load(arg)
         self.generation = self.generation.replace(system=self.conversation.system)
-        self.pending, self.last = [], None
+        self.pending, self.last, self.forgotten = [], None, 0
         if self.cache is not None:
             self.cache.clear()
         text = f"loaded {_plural(len(exchanges(self.conversation)), 'exchange')} from {path}"
