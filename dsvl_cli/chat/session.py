@@ -47,7 +47,8 @@ Ask a question, or use a command:
   /system [TEXT]     show or set the system prompt (--default: the model's own; "": none)
   /set [KEY VALUE]   show or change a generation option (max_new_tokens, temperature, top_p,
                      top_k, repetition_penalty, seed; "none" resets an optional one)
-  /save FILE         save the conversation: .json (restore with /load) or .md (a transcript)
+  /save FILE         save the conversation: .json (restore with /load) or .md (a transcript);
+                     asks before replacing a file (/save! FILE replaces it without asking)
   /load FILE         restore a conversation saved as JSON
   /stats             token counts and timings: last answer and the whole session
   /help              this list
@@ -176,6 +177,11 @@ class ChatSession:
     def command(self, line: str) -> Reply:
         name, _, arg = line.partition(" ")
         name, arg = name.lower(), arg.strip()
+        if name == "/save!":  # overwrite without asking
+            try:
+                return self._cmd_save(arg, force=True)
+            except DsvlError as err:
+                return Reply.failure(err)
         handler = getattr(self, "_cmd_" + name[1:], None) if name in COMMANDS else None
         if handler is None:
             close = difflib.get_close_matches(name, COMMANDS, n=1)
@@ -299,8 +305,11 @@ class ChatSession:
             raise UsageError(f"/set {key} {raw}: {err.message.partition(': ')[2] or err.message}") from None
         return Reply(f"{key} = {value}")
 
-    def _cmd_save(self, arg: str) -> Reply:
-        path = chat_files.save(self.conversation, arg)
+    def _cmd_save(self, arg: str, force: bool = False) -> Reply:
+        try:
+            path = chat_files.save(self.conversation, arg, force=force)
+        except chat_files.SaveWouldReplace as err:  # the terminal asks; a pipe needs /save!
+            return Reply(err.message, code=int(err.exit_code), confirm=f"/save! {arg}")
         what = "a Markdown transcript" if chat_files.is_markdown(path) else "JSON; /load restores it"
         unsaved = (f"; {'the attached image is' if len(self.pending) == 1 else 'the attached images are'} "
                    "not saved") if self.pending else ""

@@ -18,7 +18,7 @@ from dsvl_cli.chat.ui import ChatUI
 from dsvl_cli.errors import ExitCode
 from dsvl_cli.render import SingleInterrupt, note
 
-PATH_COMMANDS = ("/image", "/save", "/load")
+PATH_COMMANDS = ("/image", "/save", "/save!", "/load")
 
 
 def history_path() -> Path:
@@ -30,6 +30,7 @@ def history_path() -> Path:
 def run_terminal(ui: ChatUI) -> int:
     """The interactive loop. Errors were shown as they happened, so leaving is always exit 0."""
     prompt = _prompt_session(ui)
+    ui.ask_yes_no = _yes_no
     note(ui.console, f"dsvl chat · {ui.session.engine.name} · /help lists commands · Ctrl-D or /exit leaves",
          style="dim")
     with SingleInterrupt() as interrupts:  # one Ctrl-C per question: more presses cannot cut its clean-up
@@ -48,6 +49,16 @@ def run_terminal(ui: ChatUI) -> int:
             except KeyboardInterrupt:  # before the answer started (after it, the answer handles it)
                 note(ui.console, "(interrupted)", style="dim")
     return int(ExitCode.OK)
+
+
+def _yes_no(question: str) -> bool:
+    """A y/N question on the terminal (Ctrl-C or Ctrl-D: no)."""
+    from prompt_toolkit import prompt
+
+    try:
+        return prompt(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    except (KeyboardInterrupt, EOFError):
+        return False
 
 
 def _prompt_session(ui: ChatUI):

@@ -20,6 +20,7 @@ class Reply:
     code: int = 0
     answer: bool = False  # a question (or /retry) is ready: call ChatSession.respond
     exit: bool = False
+    confirm: str = ""  # with an error: the input that goes ahead anyway (/save! FILE), if the user agrees
 
     @property
     def error(self) -> bool:

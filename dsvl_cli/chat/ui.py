@@ -36,11 +36,15 @@ class ChatUI:
         self.console = self.env.stderr_console()
         self.exit_code = int(ExitCode.OK)
         self.last_turn: Turn | None = None
+        self.ask_yes_no = None  # a terminal front end sets it: question -> bool (a pipe never asks)
 
     def submit(self, text: str) -> bool:
         """Handle one input; False when the session should end."""
         self.last_turn = None
         reply = self.session.handle(text)
+        if reply.confirm and self.ask_yes_no is not None:
+            reply = self.session.handle(reply.confirm) if self.ask_yes_no(f"{reply.text.split(';')[0]}: replace it?") \
+                else Reply("not saved")
         self.show(reply)
         if reply.answer:
             self.answer()
