@@ -97,16 +97,15 @@ def root(
 
 
 def _register() -> None:
-    """One line per command; each command module imports nothing heavy at import time."""
-    from dsvl_cli.commands import ask
+    """One line per command; each command module imports nothing heavy at import time. The short
+    help is written out: click cuts a docstring's first sentence with "..." in `dsvl --help`."""
+    from dsvl_cli.catalog import epilog
+    from dsvl_cli.commands import ask, batch, chat, serve
 
-    app.command("ask", no_args_is_help=True)(ask.ask)
-    from dsvl_cli.commands import chat
-    app.command("chat")(chat.chat)
-    from dsvl_cli.commands import serve
-    app.command("serve")(serve.serve)
-    from dsvl_cli.commands import batch
-    app.command("batch")(batch.batch)
+    app.command("ask", no_args_is_help=True, epilog=epilog(), short_help="Ask one question about images.")(ask.ask)
+    app.command("chat", epilog=epilog(exit_codes=False), short_help="Chat about images (a REPL or a script).")(chat.chat)
+    app.command("serve", epilog=epilog(exit_codes=False), short_help="Serve the model over an OpenAI-style API.")(serve.serve)
+    app.command("batch", epilog=epilog(exit_codes=False), short_help="Answer many questions: JSONL in, JSONL out.")(batch.batch)
 
 
 _register()

@@ -9,13 +9,14 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from dsvl_cli import catalog
 from dsvl_cli.errors import UsageError
 
 DEFAULT_MODEL = "deepseek-community/deepseek-vl-7b-chat"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 QUANTIZE = ("int8", "int4")
-RANDOM_MODELS = ("tiny-random", "tiny-random-1.3b", "tiny-random-fullres")  # built here: no revisions
+RANDOM_MODELS = tuple(catalog.RANDOM_MODELS)  # built here: no revisions
 MAX_TEMPERATURE = 100.0  # finite bounds: NaN and inf pass `< 0` checks and fail deep in generate
 MAX_REPETITION_PENALTY = 100.0
 

@@ -86,3 +86,28 @@ def test_an_answer_cut_by_the_context_says_so_with_figures(cli, engine, monkeypa
             "of the 50 new tokens asked (-n)") in result.stderr
     chat = cli(["chat", "-m", "tiny-random", "-n", "50"], input="Hi.\n")
     assert "leaving room for 3 of the 50" in chat.stderr and "/forget" in chat.stderr
+
+
+# -- one source for aliases, environment variables and exit codes --------------------------------
+def test_help_and_readme_name_the_same_aliases_variables_and_exit_codes(cli):
+    from conftest import REPO
+    from dsvl_cli import catalog
+
+    readme = (REPO / "README.md").read_text()
+    ask_help = cli(["ask", "--help"]).stdout
+    for alias in catalog.alias_names():
+        assert f"`{alias}`" in readme and alias in ask_help, alias
+    for name in catalog.ENVIRONMENT:
+        assert f"`{name}`" in readme, name
+        for command in ("ask", "chat", "batch", "serve"):
+            assert name in cli([command, "--help"]).stdout, (command, name)
+    for code in catalog.EXIT_CODES:
+        assert f"| {code} |" in readme and f"  {code} " in ask_help, code
+    assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in readme
+    assert "Python >= 3.10" in readme and "venv" in readme
+
+
+def test_top_level_help_is_not_cut_and_chat_takes_several_images(cli):
+    top = cli(["--help"]).stdout
+    assert "..." not in top.split("Commands:")[1]
+    assert "[IMAGE]..." in cli(["chat", "--help"]).stdout
