@@ -163,6 +163,8 @@ def stream_answer(backend, conversation, gen, env: Environment, *, markdown: boo
             finish()
             if state["result"] is None:
                 state["result"] = Result("".join(state["pieces"]), "interrupted")
+                if cache is not None:  # the engine was cut mid-update: its KV may not match its ids
+                    cache.clear()
     if state["result"] is None:
         raise RuntimeError("the answer stream ended without a result")
     return state["result"]

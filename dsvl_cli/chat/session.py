@@ -155,6 +155,8 @@ class ChatSession:
             raise ContextLengthError(advice) from None
         except BaseException:  # restore, then let the front end report it
             self._restore_undo_point()
+            if self.cache is not None:  # cut mid-turn: the KV may not match what it says it holds
+                self.cache.clear()
             raise
         self._undo_point = None
         self.conversation.add_assistant(result.answer, result.finish_reason)
