@@ -9,12 +9,70 @@ import sys
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from dsvl_cli import __version__
 from dsvl_cli.errors import ExitCode
 
+
+def _click():
+    """The click that typer runs on (typer 0.2x vendors its own copy as typer._click)."""
+    import typer.core
+
+    vendored = getattr(typer.core, "_click", None)
+    if vendored is not None:
+        return vendored
+    import click
+
+    return click
+
+
+def usage_line(err) -> str:
+    """click's usage error as one line: `dsvl: error: no such option --x (see dsvl ask --help)`."""
+    exceptions = _click().exceptions
+    if isinstance(err, exceptions.NoSuchOption):
+        message = f"no such option {err.option_name}"
+        if err.possibilities:
+            message += f" (did you mean {' or '.join(sorted(err.possibilities))}?)"
+    else:
+        message = err.format_message().strip().rstrip(".")
+        message = message[:1].lower() + message[1:]
+    names, ctx = [], err.ctx
+    while ctx is not None:
+        names.insert(0, ctx.info_name if ctx.parent is not None else "dsvl")
+        ctx = ctx.parent
+    return f"dsvl: error: {message} (see {' '.join(names or ['dsvl'])} --help)"
+
+
+class DsvlGroup(TyperGroup):
+    """click's 3-line Usage/Try/Error block for a bad option becomes one line, exit 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        exceptions = _click().exceptions
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except exceptions.UsageError as err:
+            if type(err).__name__ == "NoArgsIsHelpError":  # `dsvl ask` alone: its help
+                err.show()
+                sys.exit(err.exit_code)
+            from dsvl_cli.screen.text import visible
+
+            print(visible(usage_line(err)), file=sys.stderr)
+            sys.exit(int(ExitCode.USAGE))
+        except exceptions.ClickException as err:
+            err.show()
+            sys.exit(err.exit_code)
+        except exceptions.Abort:
+            print("\ndsvl: interrupted", file=sys.stderr)
+            sys.exit(int(ExitCode.INTERRUPTED))
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
     name="dsvl",
+    cls=DsvlGroup,
     help="Ask DeepSeek-VL questions about images: one-shot (ask), interactive (chat), pipes (batch).",
     no_args_is_help=True,
     add_completion=False,
@@ -39,19 +97,17 @@ def root(
 
 
 def _register() -> None:
-    """One line per command; each command module imports nothing heavy at import time."""
-    from dsvl_cli.commands import ask
+    """One line per command; each command module imports nothing heavy at import time. The short
+    help is written out: click cuts a docstring's first sentence with "..." in `dsvl --help`."""
+    from dsvl_cli.catalog import epilog
+    from dsvl_cli.commands import ask, batch, chat, ps, serve, stop
 
-    app.command("ask", no_args_is_help=True)(ask.ask)
-    from dsvl_cli.commands import chat
-    app.command("chat")(chat.chat)
-    from dsvl_cli.commands import serve
-    app.command("serve")(serve.serve)
-    from dsvl_cli.commands import batch
-    app.command("batch")(batch.batch)
-    from dsvl_cli.commands import ps, stop
-    app.command("ps")(ps.ps)
-    app.command("stop")(stop.stop)
+    app.command("ask", no_args_is_help=True, epilog=epilog(), short_help="Ask one question about images.")(ask.ask)
+    app.command("chat", epilog=epilog(exit_codes=False), short_help="Chat about images (a REPL or a script).")(chat.chat)
+    app.command("serve", epilog=epilog(exit_codes=False), short_help="Serve the model over an OpenAI-style API.")(serve.serve)
+    app.command("batch", epilog=epilog(exit_codes=False), short_help="Answer many questions: JSONL in, JSONL out.")(batch.batch)
+    app.command("ps", epilog=epilog(exit_codes=False), short_help="List the models kept warm by --keep-alive.")(ps.ps)
+    app.command("stop", epilog=epilog(exit_codes=False), short_help="Stop models kept warm by --keep-alive.")(stop.stop)
 
 
 _register()

@@ -75,7 +75,7 @@ class ContextLengthError(DsvlError):
 
 def fail(err: BaseException, *, debug: bool = False) -> NoReturn:
     """Print one line for a user-facing error (a traceback with --debug) and exit with its code."""
-    from dsvl_cli.environment import Environment
+    from dsvl_cli.screen.environment import Environment
 
     console = Environment.current().stderr_console()
     if debug:

@@ -12,7 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from dsvl_cli.environment import Environment
+from dsvl_cli import catalog
+from dsvl_cli.screen.environment import Environment
 from dsvl_cli.errors import UsageError
 from dsvl_cli.settings import (
     DEFAULT_MODEL,
@@ -45,8 +46,7 @@ def _opt(*decls: str, env: str, help: str, **kw) -> typer.models.OptionInfo:
 # name -> (annotation, default); the order is the order in --help.
 SHARED: dict[str, tuple] = {
     "model": (Annotated[str, _opt("-m", "--model", env="DSVL_MODEL",
-              help="Hub id, local folder, or alias: 7b, 1.3b, tiny-random (random weights, offline).",
-              show_default=DEFAULT_MODEL)], None),
+              help=catalog.model_help(), show_default=DEFAULT_MODEL)], None),
     "revision": (Annotated[Optional[str], _opt("--revision", env="DSVL_REVISION",
                  help="Hub branch, tag or commit.")], None),
     "device": (Annotated[str, _opt("--device", env="DSVL_DEVICE",

@@ -14,7 +14,7 @@ from typing import TextIO
 
 from rich.console import Console
 
-from dsvl_cli.environment import Environment
+from dsvl_cli.screen.environment import Environment
 from dsvl_cli.results import Result, TextChunk
 from dsvl_cli.screen.text import for_terminal, json_line, visible
 
@@ -50,42 +50,34 @@ class AnswerWriter:
     def write(self, text: str) -> None:
         self.text += text
         shown = for_terminal(text) if self.terminal else text
-        with sigint_deferred(self.terminal):
-            if self._view is not None:
-                self._view.write(shown)
-            else:
-                self.stream.write(shown)
-                self.stream.flush()
+        if self._view is not None:
+            self._view.write(shown)
+        else:
+            self.stream.write(shown)
+            self.stream.flush()
 
     def close(self) -> None:
         """Finish the output (idempotent: an interrupted close may run again)."""
-        with sigint_deferred(self.terminal):
-            if self._view is not None:
-                self._view.close()
-            elif self.text and not self.text.endswith("\n"):
-                self.text += "\n"
-                self.stream.write("\n")
-            self.stream.flush()
-
-
-@contextmanager
-def sigint_deferred(active: bool = True):
-    """Hold Ctrl-C until the block is done: a KeyboardInterrupt in the middle of a write to the
-    terminal leaves half an escape sequence and Rich's console buffer in a state that swallows
-    later output. The press is delivered (not lost) when the block ends. POSIX only."""
-    import signal
-
-    if not active or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        if self._view is not None:
+            self._view.close()
+        elif self.text and not self.text.endswith("\n"):
+            self.text += "\n"
+            self.stream.write("\n")
+        self.stream.flush()
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def context_cut(result: Result, gen, context_length: int | None) -> str | None:
+    """Why an answer stopped short of -n, with the figures, when the context was what stopped it."""
+    stats = result.stats
+    if result.finish_reason != "length" or context_length is None or stats.generated_tokens >= gen.max_new_tokens \
+            or stats.prompt_tokens + stats.generated_tokens < context_length:
+        return None
+    return (f"the answer stopped at the model's context length of {context_length} tokens: the prompt took "
+            f"{stats.prompt_tokens}, leaving room for {stats.generated_tokens} of the {gen.max_new_tokens} "
+            "new tokens asked (-n)")
 
 
 def stats_line(stats: dict) -> str:
@@ -151,9 +143,10 @@ def stream_answer(backend, conversation, gen, env: Environment, *, markdown: boo
 
     def finish() -> None:  # idempotent: it may be cut by the one Ctrl-C and run again
         chunks.close()  # stops generation and waits for it
-        writer.close()
+        with interrupts.hold():
+            writer.close()
 
-    with SingleInterrupt():
+    with SingleInterrupt() as interrupts:
         try:
             try:
                 writer.__enter__()
@@ -161,7 +154,8 @@ def stream_answer(backend, conversation, gen, env: Environment, *, markdown: boo
                     if isinstance(chunk, TextChunk):
                         state["pieces"].append(chunk.text)
                         if show:
-                            writer.write(chunk.text)
+                            with interrupts.hold():  # never half an escape sequence on the terminal
+                                writer.write(chunk.text)
                     else:
                         state["result"] = chunk
             finally:
@@ -170,6 +164,8 @@ def stream_answer(backend, conversation, gen, env: Environment, *, markdown: boo
             finish()
             if state["result"] is None:
                 state["result"] = Result("".join(state["pieces"]), "interrupted")
+                if cache is not None:  # the engine was cut mid-update: its KV may not match its ids
+                    cache.clear()
     if state["result"] is None:
         raise RuntimeError("the answer stream ended without a result")
     return state["result"]
@@ -179,23 +175,44 @@ class SingleInterrupt:
     """Within it, the first Ctrl-C raises KeyboardInterrupt and later ones are ignored (until `arm`).
 
     Why: the clean-up after a Ctrl-C (stopping generation, finishing the output) must not be cut
-    short by a second press. The chat REPL holds one across its whole loop, disarmed while the
-    prompt waits. Only the main thread can set signal handlers; elsewhere, or where SIGINT is not
-    Python's default handler on entry (someone else handles it), this does nothing."""
+    short by a second press, and a press must not land in the middle of a write to the terminal
+    (half an escape sequence, Rich's buffer left open): within `hold()` it waits for the block's
+    end. The chat REPL holds one across its whole loop, disarmed while the prompt waits; an inner
+    one (stream_answer's) then works through it. Only the main thread can set signal handlers;
+    elsewhere, or where someone else handles SIGINT, this does nothing."""
 
     def __init__(self) -> None:
-        self.armed, self.pressed = True, False
+        self.armed, self.pressed, self.held, self.deferred = True, False, False, False
         self._previous = None
+        self._active = self  # the instance whose handler is installed (an outer one, if any)
 
     def _handler(self, signum, frame) -> None:
-        if self.armed and not self.pressed:
-            self.pressed = True
-            raise KeyboardInterrupt
+        if not self.armed or self.pressed:
+            return
+        if self.held:
+            self.deferred = True
+            return
+        self.pressed = True
+        raise KeyboardInterrupt
+
+    @contextmanager
+    def hold(self):
+        active = self._active
+        outer, active.held = active.held, True
+        try:
+            yield
+        finally:
+            active.held = outer
+            if not outer and active.deferred:
+                active.deferred = False
+                if active.armed and not active.pressed:
+                    active.pressed = True
+                    raise KeyboardInterrupt
 
     def arm(self) -> None:
         """Take the next press again (and take SIGINT back from whoever set it meanwhile, e.g.
         prompt_toolkit, which leaves Python's default handler behind)."""
-        self.armed, self.pressed = True, False
+        self.armed, self.pressed, self.deferred = True, False, False
         if self._previous is not None:
             import signal
 
@@ -208,9 +225,13 @@ class SingleInterrupt:
         import signal
         import threading
 
-        if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        current = signal.getsignal(signal.SIGINT)
+        if current is signal.default_int_handler:
             self._previous = signal.signal(signal.SIGINT, self._handler)
+        elif isinstance(getattr(current, "__self__", None), SingleInterrupt):
+            self._active = current.__self__
         return self
 
     def __exit__(self, *exc) -> None:

@@ -7,14 +7,24 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import math
 from dataclasses import dataclass, field
 
+from dsvl_cli import catalog
 from dsvl_cli.errors import UsageError
 
 DEFAULT_MODEL = "deepseek-community/deepseek-vl-7b-chat"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 QUANTIZE = ("int8", "int4")
+RANDOM_MODELS = tuple(catalog.RANDOM_MODELS)  # built here: no revisions
+MAX_TEMPERATURE = 100.0  # finite bounds: NaN and inf pass `< 0` checks and fail deep in generate
+MAX_REPETITION_PENALTY = 100.0
+
+
+def _finite(flag: str, value: float | None) -> None:
+    if value is not None and not math.isfinite(value):
+        raise UsageError(f"{flag} {value}: must be a finite number")
 
 
 def _check_device(device: str) -> None:
@@ -43,6 +53,9 @@ class ModelSettings:
             raise UsageError(f"--quantize {self.quantize!r}: use int8 or int4")
         if not self.model:
             raise UsageError("--model is empty")
+        if self.revision is not None and self.model in RANDOM_MODELS:
+            raise UsageError(f"--revision {self.revision}: model {self.model} is built here, it has no "
+                             "revisions (drop --revision)")
 
 
 @dataclass(frozen=True)
@@ -59,16 +72,20 @@ class GenerationSettings:
     stop: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
+        for flag, value in (("--temperature", self.temperature), ("--top-p", self.top_p),
+                            ("--repetition-penalty", self.repetition_penalty)):
+            _finite(flag, value)
         if self.max_new_tokens < 1:
             raise UsageError(f"--max-new-tokens {self.max_new_tokens}: must be at least 1")
-        if self.temperature < 0:
-            raise UsageError(f"--temperature {self.temperature}: must be 0 (greedy) or more")
+        if not 0 <= self.temperature <= MAX_TEMPERATURE:
+            raise UsageError(f"--temperature {self.temperature}: must be from 0 (greedy) to {MAX_TEMPERATURE:g}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise UsageError(f"--top-p {self.top_p}: must be in (0, 1]")
         if self.top_k is not None and self.top_k < 1:
             raise UsageError(f"--top-k {self.top_k}: must be at least 1")
-        if self.repetition_penalty is not None and self.repetition_penalty <= 0:
-            raise UsageError(f"--repetition-penalty {self.repetition_penalty}: must be positive")
+        if self.repetition_penalty is not None and not 0 < self.repetition_penalty <= MAX_REPETITION_PENALTY:
+            raise UsageError(f"--repetition-penalty {self.repetition_penalty}: must be above 0 and at most "
+                             f"{MAX_REPETITION_PENALTY:g}")
 
     @property
     def greedy(self) -> bool:

@@ -505,7 +505,7 @@ def test_a_terminal_asks_before_save_replaces_a_file(engine, tmp_path, answer):
     import io
 
     from dsvl_cli.chat.ui import ChatUI
-    from dsvl_cli.environment import Environment
+    from dsvl_cli.screen.environment import Environment
     from dsvl_cli.options import build_common
 
     env = Environment(stdin=io.StringIO(), stdout=io.StringIO(), stderr=io.StringIO())

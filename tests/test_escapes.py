@@ -10,7 +10,7 @@ import io
 import json
 
 from dsvl_cli.engine.backend import Backend
-from dsvl_cli.environment import Environment
+from dsvl_cli.screen.environment import Environment
 from dsvl_cli.results import Result, TextChunk
 from dsvl_cli.settings import GenerationSettings
 

@@ -7,6 +7,7 @@ they wait on what the screen shows, never on sleeps.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -24,7 +25,7 @@ LONG_ANSWER_DRIVER = textwrap.dedent("""
     import time
     from dsvl_cli.conversation import Conversation
     from dsvl_cli.engine.backend import Backend
-    from dsvl_cli.environment import Environment
+    from dsvl_cli.screen.environment import Environment
     from dsvl_cli.render import stream_answer
     from dsvl_cli.results import Result, TextChunk
     from dsvl_cli.settings import GenerationSettings
@@ -169,3 +170,82 @@ def test_chat_survives_any_number_of_quick_ctrl_c(tiny_folder, isolated_home):
     finally:
         child.close(force=True)
     assert child.exitstatus == 0
+
+
+# -- escape sequences and markup in untrusted text ----------------------------------------------------
+def test_controls_are_stripped_from_answers_on_a_terminal_only():
+    import io
+
+    from dsvl_cli.render import AnswerWriter
+
+    hostile = "ok\x1b]52;c;cHduZWQ=\x07 \x9b31m red\ttab\nline\r\x00"
+    for markdown, terminal in ((False, True), (True, True)):
+        out = io.StringIO()
+        with AnswerWriter(markdown=markdown, stream=out, terminal=terminal) as writer:
+            writer.write(hostile)
+        assert "\x1b]52" not in out.getvalue() and "\x9b" not in out.getvalue() and "\x07" not in out.getvalue()
+        assert writer.text.startswith(hostile)  # the answer itself is kept as generated
+    piped = io.StringIO()
+    with AnswerWriter(markdown=False, stream=piped, terminal=False) as writer:
+        writer.write(hostile)
+    assert piped.getvalue() == hostile + "\n"  # a pipe gets the bytes
+
+
+def test_json_on_a_terminal_escapes_c1_too():
+    import io
+
+    from dsvl_cli.render import print_json
+
+    out = io.StringIO()
+    print_json({"answer": "a\x9bb\x1b"}, out, terminal=True)
+    assert "\x9b" not in out.getvalue() and "\x1b" not in out.getvalue()
+    assert json.loads(out.getvalue())["answer"] == "a\x9bb\x1b"
+
+
+def test_a_file_name_with_escapes_is_shown_visibly(cli):
+    result = cli(["ask", "\x1b]52;c;cHduZWQ=\x1b\\/x.png", "hi", "-m", "tiny-random"])
+    assert result.exit_code == 2
+    assert "\x1b" not in result.stderr and "\\x1b]52;c;" in result.stderr
+
+
+def test_a_hostile_server_cannot_write_escapes(cli, monkeypatch):
+    """Streamed content and error text from --server reach the terminal without their controls."""
+    from dsvl_cli.engine import remote
+    from dsvl_cli.screen.environment import Environment
+    from dsvl_cli.errors import GenerationError
+    from dsvl_cli.results import Result, TextChunk
+
+    def fake_init(self, url, *, api_key=None):
+        self.url, self.name, self.random_weights = url, "evil\x1b[2J", False
+
+    def fake_stream(self, conversation, gen, **kwargs):
+        yield TextChunk("hello \x1b]0;pwned\x07world")
+        yield Result("hello \x1b]0;pwned\x07world", "stop")
+
+    monkeypatch.setattr(remote.RemoteEngine, "__init__", fake_init)
+    monkeypatch.setattr(remote.RemoteEngine, "stream", fake_stream)
+    monkeypatch.setattr(Environment, "current", classmethod(
+        lambda cls: cls(stdin=sys.stdin, stdout=sys.stdout, stderr=sys.stderr, stdout_isatty=True)))
+    result = cli(["ask", "hi", "--server", "http://127.0.0.1:9", "--plain"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "hello world\n"  # the whole OSC sequence is gone, not only its ESC
+
+    def failing(self, conversation, gen, **kwargs):
+        raise GenerationError("server http://x: \x1b]52;c;eA==\x07 bad gateway")
+        yield
+
+    monkeypatch.setattr(remote.RemoteEngine, "stream", failing)
+    result = cli(["ask", "hi", "--server", "http://127.0.0.1:9", "--plain"])
+    assert result.exit_code == 1 and "\x1b" not in result.stderr and "\\x1b]52" in result.stderr
+
+
+def test_markup_in_a_model_name_is_text_on_a_terminal(tiny_folder):
+    """`--model '[/bold]x/y'` crashed Rich's markup parser in the loading spinner."""
+    pexpect = pytest.importorskip("pexpect")
+    child = _spawn(["-m", "dsvl_cli", "ask", "hi", "-m", "[/bold]x/y", "--offline"])
+    try:
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 2, child.before  # no such folder, not a hub id: a usage error
+    assert "[/bold]x/y" in child.before and "MarkupError" not in child.before and "internal error" not in child.before

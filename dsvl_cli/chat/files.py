@@ -23,7 +23,10 @@ def target(arg: str) -> Path:
     """The file /save's argument names."""
     if not arg:
         raise UsageError("usage: /save FILE (.json to /load it later, .md for a transcript)")
-    return Path(_one_path(arg)).expanduser()
+    path = Path(_one_path(arg)).expanduser()
+    if path.is_dir():
+        raise UsageError(f"cannot write {path}: it is a folder")
+    return path
 
 
 def save(conversation: Conversation, arg: str) -> Path:

@@ -16,6 +16,7 @@ Limits: text only reaches the model through `handle`; a question that starts wit
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Callable, Sequence
 
 from dsvl_cli.chat import files as chat_files
@@ -48,7 +49,7 @@ Ask a question, or use a command:
   /set [KEY VALUE]   show or change a generation option (max_new_tokens, temperature, top_p,
                      top_k, repetition_penalty, seed; "none" resets an optional one)
   /save FILE         save the conversation: .json (restore with /load) or .md (a transcript);
-                     /save! FILE replaces an existing file
+                     asks before replacing a file (/save! FILE replaces it without asking)
   /load FILE         restore a conversation saved as JSON
   /stats             token counts and timings: last answer and the whole session
   /help              this list
@@ -116,6 +117,7 @@ class ChatSession:
         self.pending: list[LoadedImage] = list(images)  # for the next question
         self.last: Turn | None = None
         self.totals = Totals()
+        self.forgotten = 0  # exchanges dropped by /forget: turns keep their numbers as asked
         self._undo_point: tuple[Conversation, list[LoadedImage]] | None = None  # if the turn fails
 
     # -- inputs -----------------------------------------------------------------------------------
@@ -155,10 +157,12 @@ class ChatSession:
             raise ContextLengthError(advice) from None
         except BaseException:  # restore, then let the front end report it
             self._restore_undo_point()
+            if self.cache is not None:  # cut mid-turn: the KV may not match what it says it holds
+                self.cache.clear()
             raise
         self._undo_point = None
         self.conversation.add_assistant(result.answer, result.finish_reason)
-        number = len(exchanges(self.conversation))
+        number = self.forgotten + len(exchanges(self.conversation))
         question = exchanges(self.conversation)[-1][0]
         self.last = Turn(number, question.text, [i.source for i in question.images], result)
         self.totals.add(result.stats)
@@ -177,7 +181,7 @@ class ChatSession:
     def command(self, line: str) -> Reply:
         name, _, arg = line.partition(" ")
         name, arg = name.lower(), arg.strip()
-        if name == "/save!":
+        if name == "/save!":  # overwrite without asking
             try:
                 return self._cmd_save(arg, force=True)
             except DsvlError as err:
@@ -232,7 +236,7 @@ class ChatSession:
 
     def _cmd_clear(self, arg: str) -> Reply:
         self.conversation = Conversation(system=self.conversation.system)
-        self.pending = []
+        self.pending, self.forgotten = [], 0
         if self.cache is not None:
             self.cache.clear()
         return Reply("new conversation (same model and settings)")
@@ -264,6 +268,7 @@ class ChatSession:
         if count == 0:
             raise UsageError("nothing to forget: the conversation is empty")
         self.conversation.messages = [m for group in groups[count:] for m in group]
+        self.forgotten += count
         return Reply(f"forgot the oldest {_plural(count, 'exchange')} ({len(groups) - count} left)")
 
     def _cmd_system(self, arg: str) -> Reply:
@@ -309,8 +314,9 @@ class ChatSession:
         a terminal offers to run (Reply.confirm); the write itself is atomic."""
         path = chat_files.target(arg)
         if not force and (path.exists() or path.is_symlink()):
-            return Reply(f"{path} exists; /save! {arg} replaces it", code=int(ExitCode.USAGE),
-                         confirm=f"/save! {arg}")
+            what = (f"{path} is a symbolic link (to {os.readlink(path)}); /save! {arg} replaces the link with the "
+                    "saved file") if path.is_symlink() else f"{path} exists; /save! {arg} replaces it"
+            return Reply(what, code=int(ExitCode.USAGE), confirm=f"/save! {arg}")
         path = chat_files.save(self.conversation, arg)
         what = "a Markdown transcript" if chat_files.is_markdown(path) else "JSON; /load restores it"
         unsaved = (f"; {'the attached image is' if len(self.pending) == 1 else 'the attached images are'} "
@@ -320,7 +326,7 @@ class ChatSession:
     def _cmd_load(self, arg: str) -> Reply:
         path, self.conversation = chat_files.load(arg, exact=self.exact_pixels)
         self.generation = self.generation.replace(system=self.conversation.system)
-        self.pending, self.last = [], None
+        self.pending, self.last, self.forgotten = [], None, 0
         if self.cache is not None:
             self.cache.clear()
         text = f"loaded {_plural(len(exchanges(self.conversation)), 'exchange')} from {path}"

@@ -18,7 +18,7 @@ from dsvl_cli.chat.ui import ChatUI
 from dsvl_cli.errors import ExitCode
 from dsvl_cli.render import SingleInterrupt, note
 
-PATH_COMMANDS = ("/image", "/save", "/load")
+PATH_COMMANDS = ("/image", "/save", "/save!", "/load")
 
 
 def history_path() -> Path:
@@ -35,14 +35,15 @@ def run_terminal(ui: ChatUI) -> int:
          style="dim")
     with SingleInterrupt() as interrupts:  # one Ctrl-C per question: more presses cannot cut its clean-up
         while True:
-            interrupts.disarm()  # between answers a stray press does nothing (at the prompt it is a key)
             try:
+                interrupts.disarm()  # between answers a stray press does nothing (at the prompt it is a key)
                 text = prompt.prompt(lambda: f"{ui.session.prompt_hint()}>>> ")
-            except KeyboardInterrupt:  # at the prompt: clear the line
+                interrupts.arm()  # prompt_toolkit leaves Python's default handler behind: ours again
+            except KeyboardInterrupt:  # at the prompt: clear the line (or a press as the line was sent)
+                interrupts.arm()
                 continue
             except EOFError:
                 break
-            interrupts.arm()
             try:
                 if not ui.submit(text):
                     break

@@ -14,7 +14,7 @@ from dsvl_cli.chat.turns import Reply, Turn
 from dsvl_cli.errors import DsvlError, ExitCode
 from dsvl_cli.images import display_source
 from dsvl_cli.options import CommonOptions
-from dsvl_cli.render import note, print_json, print_stats, stream_answer
+from dsvl_cli.render import context_cut, note, print_json, print_stats, stream_answer
 from dsvl_cli.results import Stats
 
 # Which failure a pipe's exit code reports when several happened: Ctrl-C, then a runtime failure
@@ -72,17 +72,18 @@ class ChatUI:
         except DsvlError as err:
             self.error(err.message, int(err.exit_code))
             if self.opts.json:
-                number = len([m for m in self.session.conversation.messages if m.role == "user"]) + 1
-                shown = [display_source(i.source) for i in question.images]
-                print_json({"turn": number, "prompt": question.text, "images": shown,
+                number = self.session.forgotten + len([m for m in self.session.conversation.messages
+                                                       if m.role == "user"]) + 1
+                print_json({"turn": number, "prompt": question.text,
+                            "images": [display_source(i.source) for i in question.images],
                             "answer": "", "finish_reason": "error", "stats": Stats().to_dict(),
                             "error": {"kind": err.kind, "message": err.message}, "model": self.session.engine.name},
-                           self.stdout)
+                           self.stdout, terminal=self.env.stdout_isatty)
             return
         self.last_turn = turn
         result = turn.result
         if self.opts.json:
-            print_json(turn.to_dict(self.session.engine.name), self.stdout)
+            print_json(turn.to_dict(self.session.engine.name), self.stdout, terminal=self.env.stdout_isatty)
         elif not result.answer and not self.markdown:
             self.stdout.write("\n")  # one answer per turn, even an empty one
             self.stdout.flush()
@@ -90,8 +91,9 @@ class ChatUI:
             note(self.console, "(interrupted: the partial answer stays in the conversation; /retry answers again)",
                  style="dim")
         elif self.session.at_context_end(turn):
-            note(self.console, "(the answer stopped at the model's context length: /forget N drops the oldest "
-                               "exchanges, /clear starts over)")
+            cut = context_cut(result, self.session.generation, self.session.engine.context_length)
+            note(self.console, f"({cut or 'the answer stopped at the model context length'}: /forget N drops "
+                               "the oldest exchanges, /clear starts over)")
         if self.opts.stats:
             print_stats(self.console, result.stats.to_dict())
 

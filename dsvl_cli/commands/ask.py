@@ -30,26 +30,54 @@ def ask(
 
     with guarded(opts.debug):
         *sources, prompt = args
+        _check_question(prompt)
         if _answer(sources, prompt, opts) == "interrupted":
             print("dsvl: interrupted", file=opts.env.stderr)
             raise typer.Exit(int(ExitCode.INTERRUPTED))
 
 
+def _check_question(prompt: str) -> None:
+    """A forgotten question (`dsvl ask photo.jpg`) would send the image's name as the question."""
+    import re
+    from pathlib import Path
+
+    from dsvl_cli.errors import UsageError
+
+    if not prompt.strip():
+        raise UsageError("no question: the last argument is empty (dsvl ask [IMAGE]... QUESTION)")
+    looks_like_image = prompt == "-" or re.match(r"^(https?://\S+|data:image/)", prompt, re.IGNORECASE)
+    try:
+        looks_like_image = looks_like_image or Path(prompt).expanduser().is_file()
+    except (OSError, ValueError):
+        pass
+    if looks_like_image:
+        raise UsageError(f"no question: the last argument is an image ({prompt[:60]}); "
+                         "put the question after the images")
+
+
 def _answer(sources: list[str], prompt: str, opts: CommonOptions) -> str:
     """Load the images (all checked before the model loads), answer, print; the finish reason."""
     from dsvl_cli.conversation import Conversation
+    from dsvl_cli.errors import ContextLengthError
     from dsvl_cli.images import display_source, load_images
-    from dsvl_cli.render import load_backend, print_json, print_stats, stream_answer
+    from dsvl_cli.render import context_cut, load_backend, note, print_json, print_stats, stream_answer
 
     env = opts.env
     images = load_images(sources, stdin=env.stdin_bytes, exact=opts.exact_pixels)
     conversation = Conversation.single(prompt, images, system=opts.generation.system)
     backend = load_backend(opts)
-    result = stream_answer(backend, conversation, opts.generation, env, markdown=env.markdown(opts.plain),
-                           show=not opts.json)
+    try:
+        result = stream_answer(backend, conversation, opts.generation, env, markdown=env.markdown(opts.plain),
+                               show=not opts.json)
+    except ContextLengthError as err:  # the engine's advice may be chat's; say what applies to ask
+        raise ContextLengthError(f"{err.message.split(';')[0]}; shorten the prompt, use fewer images, "
+                                 "or lower -n") from None
+    cut = context_cut(result, opts.generation, backend.context_length)
+    if cut:
+        note(env.stderr_console(), f"dsvl: warning: {cut}")
     if opts.json:
         print_json({**result.to_dict(), "model": backend.name, "images": [display_source(i.source) for i in images],
-                    "prompt": prompt}, env.stdout)
+                    "prompt": prompt}, env.stdout, terminal=env.stdout_isatty)
     if opts.stats:
         print_stats(env.stderr_console(), result.stats.to_dict())
     return result.finish_reason

@@ -12,7 +12,7 @@ from dsvl_cli.options import CommonOptions, shared_options
 @shared_options
 def chat(
     images: Annotated[Optional[list[str]], typer.Argument(
-        metavar="IMAGE",
+        metavar="[IMAGE]...",
         help="Images for the first question (path, http(s) URL or data: URI).",
         show_default=False)] = None,
     *,

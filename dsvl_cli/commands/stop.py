@@ -23,7 +23,7 @@ def stop(
       dsvl stop --all
     """
     from dsvl_cli.engine import keepalive
-    from dsvl_cli.environment import Environment
+    from dsvl_cli.screen.environment import Environment
     from dsvl_cli.errors import guarded
     from dsvl_cli.render import note
 

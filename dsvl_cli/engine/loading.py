@@ -12,15 +12,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from dsvl_cli import catalog
 from dsvl_cli.engine import tiny_random
 from dsvl_cli.engine.runtime import dsvl_home, pick_device, pick_dtype, quiet_transformers
 from dsvl_cli.errors import ModelError, UsageError
 from dsvl_cli.settings import ModelSettings
 
-HUB_ALIASES = {
-    "7b": "deepseek-community/deepseek-vl-7b-chat",
-    "1.3b": "deepseek-community/deepseek-vl-1.3b-chat",
-}
+HUB_ALIASES = catalog.HUB_ALIASES  # one list for help, README and errors
 # Only these file kinds are fetched from the hub: never pickles, never code.
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]

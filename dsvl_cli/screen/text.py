@@ -4,7 +4,8 @@ Why: a file name, an HTTP reason phrase, a remote server's answer or error, and 
 answer (the tokenizer is byte-level: a model can emit ESC) may all carry C0/C1 control characters;
 written raw to a terminal they move the cursor, retitle the window or set the clipboard (OSC 52).
 
-- `for_terminal(text)`: an answer shown on a terminal: controls removed (newline and tab kept).
+- `for_terminal(text)`: an answer shown on a terminal: escape sequences and controls removed
+  (newline and tab kept).
   Answers going to a pipe or a file are data and are never passed through here.
 - `visible(text)`: a message (an error naming a file, a status line): each control written as a
   visible `\\x1b`-style escape, so the name stays recognisable; newline and tab kept.
@@ -18,12 +19,17 @@ from __future__ import annotations
 import json
 import re
 
+# Whole sequences first (CSI, OSC/DCS/APC/PM strings, two-byte escapes), so their payload does not
+# stay behind as text; then any control left (a sequence split across two streamed pieces).
+_SEQUENCES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x9b[0-?]*[ -/]*[@-~]"
+                        r"|[\x1b][\]P^_X][^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)|[\x90\x9d\x9e\x9f][^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)"
+                        r"|\x1b[ -/]*[0-~]")
 _CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _C1 = re.compile("[\x7f-\x9f]")
 
 
 def for_terminal(text: str) -> str:
-    return _CONTROLS.sub("", text)
+    return _CONTROLS.sub("", _SEQUENCES.sub("", text))
 
 
 def visible(text: str) -> str:
