@@ -245,7 +245,7 @@ def serve(spec: dict, status: StatusPipe) -> int:
     activity = Activity(float(spec["keep_alive"]))
     app = PrivateApp(server_app.create_app(engine, max_body_bytes=BODY_CAP), activity, info)
     server = app.server = server_app.make_server(app)
-    tmp = paths.socket.with_name(f".{paths.key}.{os.getpid()}.sock")
+    tmp = paths.socket.with_name(f".{os.getpid()}.sock")  # shorter than KEY.sock: its length was checked
     sock, inode = bind(tmp)
     done = threading.Event()
     threading.Thread(target=_publish_then_watch, args=(server, activity, paths, tmp, inode, info, status, done),
@@ -256,7 +256,8 @@ def serve(spec: dict, status: StatusPipe) -> int:
         done.set()
         tmp.unlink(missing_ok=True)
         _cleanup(paths, inode)
-    status.error("error", f"the keep-alive server stopped before it was ready (log: {paths.log})")  # unless it was
+    # A no-op once "ready" was said; otherwise uvicorn could not start and the client hears why.
+    status.error("error", f"the keep-alive server stopped before it was ready (log: {paths.log})")
     return 0
 
 
