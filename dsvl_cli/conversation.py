@@ -14,6 +14,7 @@ from typing import BinaryIO
 
 from dsvl_cli.errors import UsageError
 from dsvl_cli.images import LoadedImage, load_images
+from dsvl_cli.userfiles import write_atomic
 
 IMAGE_TOKEN = "<image_placeholder>"
 SAVE_FORMAT = "dsvl-conversation/1"
@@ -46,6 +47,13 @@ class Conversation:
 
     messages: list[Message] = field(default_factory=list)
     system: str | None = None
+
+    def __setattr__(self, name: str, value) -> None:
+        # Every way a system prompt is set (--system, /system, a batch record, a loaded file) meets
+        # the same check: a placeholder in it would break the image count at generation time.
+        if name == "system" and value is not None:
+            check_text(value, "system prompt")
+        super().__setattr__(name, value)
 
     @classmethod
     def single(cls, prompt: str, images: list[LoadedImage] | None = None, system: str | None = None) -> Conversation:
@@ -96,30 +104,59 @@ class Conversation:
         return "\n".join(lines)
 
     @classmethod
-    def from_json(cls, data: dict, *, stdin: BinaryIO | None = None) -> Conversation:
+    def from_json(cls, data: dict, *, stdin: BinaryIO | None = None, exact: bool = False) -> Conversation:
+        """A conversation from its saved JSON, every field checked (UsageError names the first bad
+        one), then its images loaded again."""
         if not isinstance(data, dict) or data.get("format") != SAVE_FORMAT:
             raise UsageError(f"not a saved dsvl conversation (expected format {SAVE_FORMAT})")
-        conv = cls(system=data.get("system"))
-        for raw in data.get("messages", []):
-            role, text = raw.get("role"), raw.get("text")
-            if role not in ("user", "assistant") or not isinstance(text, str):
-                raise UsageError("saved conversation has a malformed message")
-            images = load_images(raw.get("images") or [], stdin=stdin)
-            conv.messages.append(Message(role, text, images, raw.get("finish_reason")))
+        system, raws = data.get("system"), data.get("messages", [])
+        if system is not None and not isinstance(system, str):
+            raise UsageError("saved conversation: system must be text or null")
+        if not isinstance(raws, list):
+            raise UsageError("saved conversation: messages must be a list")
+        checked = [_checked_message(k, raw) for k, raw in enumerate(raws)]
+        conv = cls(system=system)
+        for role, text, sources, finish_reason in checked:
+            conv.messages.append(Message(role, text, load_images(sources, stdin=stdin, exact=exact), finish_reason))
         return conv
 
     def save(self, path: Path) -> None:
+        """JSON (or a Markdown transcript for .md), written atomically (userfiles.py)."""
         if path.suffix.lower() in (".md", ".markdown"):
-            path.write_text(self.to_markdown(), encoding="utf-8")
+            write_atomic(path, self.to_markdown())
         else:
-            path.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            write_atomic(path, json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n")
 
     @classmethod
-    def load(cls, path: Path) -> Conversation:
+    def load(cls, path: Path, *, exact: bool = False) -> Conversation:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise UsageError(f"{path}: no such file") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise UsageError(f"{path}: cannot read saved conversation ({exc})") from None
-        return cls.from_json(data)
+        except RecursionError:
+            raise UsageError(f"{path}: cannot read saved conversation (nested too deeply)") from None
+        try:
+            return cls.from_json(data, exact=exact)
+        except UsageError as err:
+            raise UsageError(f"{path}: {err.message}") from None
+
+
+def _checked_message(index: int, raw) -> tuple[str, str, list[str], str | None]:
+    """(role, text, image sources, finish_reason) of saved message `index`, or UsageError naming it."""
+    where = f"saved conversation: message {index + 1}"
+    if not isinstance(raw, dict):
+        raise UsageError(f"{where} is not an object")
+    role, text, sources = raw.get("role"), raw.get("text"), raw.get("images") or []
+    if role not in ("user", "assistant"):
+        raise UsageError(f"{where}: role must be user or assistant")
+    if not isinstance(text, str):
+        raise UsageError(f"{where}: text must be text")
+    check_text(text, where)
+    if not isinstance(sources, list) or not all(isinstance(x, str) and x for x in sources):
+        raise UsageError(f"{where}: images must be a list of image sources (paths, URLs)")
+    finish_reason = raw.get("finish_reason")
+    if finish_reason is not None and not isinstance(finish_reason, str):
+        raise UsageError(f"{where}: finish_reason must be text")
+    return role, text, sources, finish_reason

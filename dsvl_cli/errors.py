@@ -12,6 +12,8 @@ from typing import NoReturn
 
 from typer import Exit
 
+from dsvl_cli.screen.text import visible  # file names, servers' errors: shown, never obeyed
+
 
 class ExitCode(IntEnum):
     OK = 0
@@ -81,9 +83,9 @@ def fail(err: BaseException, *, debug: bool = False) -> NoReturn:
     if isinstance(err, DsvlError):
         from rich.markup import escape
 
-        console.print(f"[bold red]dsvl: error:[/] {escape(err.message)}", soft_wrap=True)
+        console.print(f"[bold red]dsvl: error:[/] {escape(visible(err.message))}", soft_wrap=True)
         raise Exit(int(err.exit_code))
-    print(f"dsvl: internal error: {type(err).__name__}: {err} (run with --debug for the traceback)",
+    print(visible(f"dsvl: internal error: {type(err).__name__}: {err} (run with --debug for the traceback)"),
           file=sys.stderr)
     raise Exit(int(ExitCode.FAILURE))
 

@@ -25,11 +25,13 @@ class CommonOptions:
     plain: bool = False
     json: bool = False
     stats: bool = False
+    exact_pixels: bool = False  # --exact-pixels: full decode of every image (images/decode.py)
     debug: bool = False
     server: str | None = None  # --server: a running `dsvl serve` does the work (engine/remote.py)
     api_key: str | None = None
     keep_alive: float = 0.0  # --keep-alive seconds: >0 keeps the model warm in a private server (engine/keepalive.py)
     env: Environment | None = None  # the process's streams, read when the command starts
+    requested_model: str | None = None  # -m/DSVL_MODEL as given; None: not given (--server sends "default")
 
 
 def _opt(*decls: str, env: str, help: str, **kw) -> typer.models.OptionInfo:
@@ -39,8 +41,8 @@ def _opt(*decls: str, env: str, help: str, **kw) -> typer.models.OptionInfo:
 # name -> (annotation, default); the order is the order in --help.
 SHARED: dict[str, tuple] = {
     "model": (Annotated[str, _opt("-m", "--model", env="DSVL_MODEL",
-              help="Hub id, local folder, or alias: 7b, 1.3b, tiny-random (random weights, offline).")],
-              DEFAULT_MODEL),
+              help="Hub id, local folder, or alias: 7b, 1.3b, tiny-random (random weights, offline).",
+              show_default=DEFAULT_MODEL)], None),
     "revision": (Annotated[Optional[str], _opt("--revision", env="DSVL_REVISION",
                  help="Hub branch, tag or commit.")], None),
     "device": (Annotated[str, _opt("--device", env="DSVL_DEVICE",
@@ -74,6 +76,10 @@ SHARED: dict[str, tuple] = {
              help="JSON output: answer, finish_reason, stats.")], False),
     "stats": (Annotated[bool, _opt("--stats", env="DSVL_STATS",
               help="Print token counts and timings on stderr.")], False),
+    "exact_pixels": (Annotated[bool, _opt("--exact-pixels", env="DSVL_EXACT_PIXELS",
+                     help="Decode every image in full, as the model card's code does. By default an image over "
+                     "~4 MP (a phone photo) is decoded straight at the 1024 px the model sees: several times "
+                     "faster, near-identical pixels.")], False),
     "debug": (Annotated[bool, _opt("--debug", env="DSVL_DEBUG",
               help="Show tracebacks for errors.")], False),
     "server": (Annotated[Optional[str], _opt("--server", env="DSVL_SERVER",
@@ -100,7 +106,7 @@ def _flag(name: str) -> str:
 
 def build_common(values: dict, env: Environment | None = None) -> CommonOptions:
     """Validated settings from raw option values (raises UsageError). Options a command excluded
-    take their defaults."""
+    take their defaults; -m not given means the default model (and "default" for --server)."""
     values = {**{name: default for name, (_, default) in SHARED.items()}, **values}
     server = values["server"] or None
     keep_alive = parse_duration(values["keep_alive"]) if values["keep_alive"] else 0.0
@@ -112,17 +118,21 @@ def build_common(values: dict, env: Environment | None = None) -> CommonOptions:
         if keep_alive:
             raise UsageError(f"--keep-alive keeps a model warm in a private server here; with --server {server} "
                              "that server answers (use one of the two)")
+    model = {k: values[k] for k in MODEL_FIELDS}
+    model["model"] = values["model"] if values["model"] is not None else DEFAULT_MODEL
     return CommonOptions(
-        model=ModelSettings(**{k: values[k] for k in MODEL_FIELDS}),
+        model=ModelSettings(**model),
         generation=GenerationSettings(**{k: values[k] for k in GEN_FIELDS}),
         plain=values["plain"],
         json=values["json"],
         stats=values["stats"],
         debug=values["debug"],
+        exact_pixels=values["exact_pixels"],
         server=server,
         api_key=values["api_key"] or None,
         keep_alive=keep_alive,
         env=env or Environment.current(),
+        requested_model=values["model"],
     )
 
 

@@ -16,52 +16,76 @@ from rich.console import Console
 
 from dsvl_cli.environment import Environment
 from dsvl_cli.results import Result, TextChunk
+from dsvl_cli.screen.text import for_terminal, json_line, visible
 
 RANDOM_WEIGHTS_NOTE = "model {name} has random weights: its answers are noise (for trying dsvl offline)"
 
 
 def note(console: Console, message: str, style: str = "yellow") -> None:
-    """One status or warning line on stderr, never wrapped."""
-    console.print(message, style=style, markup=False, highlight=False, soft_wrap=True)
+    """One status or warning line on stderr, never wrapped, never markup; control characters (from
+    file names, servers, the model) are shown as visible escapes."""
+    console.print(visible(message), style=style, markup=False, highlight=False, soft_wrap=True)
 
 
 class AnswerWriter:
-    """Writes one streamed answer: live Markdown on a terminal, plain text otherwise."""
+    """Writes one streamed answer: live Markdown on a terminal (screen/live.py), plain text otherwise.
 
-    def __init__(self, markdown: bool, stream: TextIO):
+    `terminal`: stdout is a terminal, so control characters are removed from what is shown (the
+    answer returned stays as generated); in a pipe the answer is written byte for byte."""
+
+    def __init__(self, markdown: bool, stream: TextIO, *, terminal: bool = False):
         self.stream = stream
         self.markdown = markdown
+        self.terminal = terminal or markdown
         self.text = ""
-        self._live = None
+        self._view = None
 
     def __enter__(self) -> AnswerWriter:
         if self.markdown:
-            from rich.live import Live
-            from rich.markdown import Markdown
+            from dsvl_cli.screen.live import MarkdownStream
 
-            self._markdown_cls = Markdown
-            console = Console(file=self.stream)
-            self._live = Live(Markdown(""), console=console, refresh_per_second=12,
-                              vertical_overflow="visible", transient=False)
-            self._live.__enter__()
+            self._view = MarkdownStream(Console(file=self.stream))
         return self
 
     def write(self, text: str) -> None:
         self.text += text
-        if self._live is not None:
-            self._live.update(self._markdown_cls(self.text))
-        else:
-            self.stream.write(text)
-            self.stream.flush()
+        shown = for_terminal(text) if self.terminal else text
+        with sigint_deferred(self.terminal):
+            if self._view is not None:
+                self._view.write(shown)
+            else:
+                self.stream.write(shown)
+                self.stream.flush()
 
-    def __exit__(self, *exc) -> None:
-        if self._live is not None:
-            self._live.update(self._markdown_cls(self.text), refresh=True)
-            self._live.__exit__(*exc)
-        else:
-            if self.text and not self.text.endswith("\n"):
+    def close(self) -> None:
+        """Finish the output (idempotent: an interrupted close may run again)."""
+        with sigint_deferred(self.terminal):
+            if self._view is not None:
+                self._view.close()
+            elif self.text and not self.text.endswith("\n"):
+                self.text += "\n"
                 self.stream.write("\n")
             self.stream.flush()
+
+
+@contextmanager
+def sigint_deferred(active: bool = True):
+    """Hold Ctrl-C until the block is done: a KeyboardInterrupt in the middle of a write to the
+    terminal leaves half an escape sequence and Rich's console buffer in a state that swallows
+    later output. The press is delivered (not lost) when the block ends. POSIX only."""
+    import signal
+
+    if not active or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def stats_line(stats: dict) -> str:
@@ -82,8 +106,9 @@ def print_stats(console: Console, stats: dict) -> None:
     console.print(stats_line(stats), style="dim", markup=False, soft_wrap=True)
 
 
-def print_json(obj: dict, stream: TextIO) -> None:
-    stream.write(json.dumps(obj, ensure_ascii=False) + "\n")
+def print_json(obj: dict, stream: TextIO, *, terminal: bool = False) -> None:
+    """One JSON object on a line; on a terminal with C1 controls escaped too (the same JSON value)."""
+    stream.write((json_line(obj) if terminal else json.dumps(obj, ensure_ascii=False)) + "\n")
     stream.flush()
 
 
@@ -91,7 +116,9 @@ def print_json(obj: dict, stream: TextIO) -> None:
 def status(console: Console, message: str):
     """A spinner on a terminal; nothing at all in a pipe (stderr stays clean for logs)."""
     if console.is_terminal:
-        with console.status(message):
+        from rich.text import Text
+
+        with console.status(Text(visible(message))):  # a model name is text, never markup
             yield
     else:
         yield
@@ -113,22 +140,81 @@ def load_backend(opts, *, prefer_fast: bool = False):
 def stream_answer(backend, conversation, gen, env: Environment, *, markdown: bool, show: bool = True,
                   cache=None) -> Result:
     """Stream one answer to stdout (`show=False`: only collect it, for --json) and return the
-    Result; Ctrl-C while printing stops generation and returns the partial answer as interrupted."""
-    result, pieces = None, []
-    writer = AnswerWriter(markdown=markdown and show, stream=env.stdout)
+    Result; Ctrl-C while printing stops generation and returns the partial answer as interrupted.
+
+    Ctrl-C is taken once: further presses while generation stops and the output is finished are
+    ignored (a second one used to cut that clean-up short and leave the terminal in a mess)."""
+    state = {"result": None, "pieces": []}
+    writer = AnswerWriter(markdown=markdown and show, stream=env.stdout, terminal=env.stdout_isatty)
     chunks = backend.stream(conversation, gen, cache=cache)
-    try:
-        with writer:
-            for chunk in chunks:
-                if isinstance(chunk, TextChunk):
-                    pieces.append(chunk.text)
-                    if show:
-                        writer.write(chunk.text)
-                else:
-                    result = chunk
-    except KeyboardInterrupt:  # arrived while we were printing: stop generation, keep the text
-        chunks.close()
-        result = Result("".join(pieces), "interrupted")
-    if result is None:
+
+    def finish() -> None:  # idempotent: it may be cut by the one Ctrl-C and run again
+        chunks.close()  # stops generation and waits for it
+        writer.close()
+
+    with SingleInterrupt():
+        try:
+            try:
+                writer.__enter__()
+                for chunk in chunks:
+                    if isinstance(chunk, TextChunk):
+                        state["pieces"].append(chunk.text)
+                        if show:
+                            writer.write(chunk.text)
+                    else:
+                        state["result"] = chunk
+            finally:
+                finish()
+        except KeyboardInterrupt:  # arrived while we were printing: stop generation, keep the text
+            finish()
+            if state["result"] is None:
+                state["result"] = Result("".join(state["pieces"]), "interrupted")
+    if state["result"] is None:
         raise RuntimeError("the answer stream ended without a result")
-    return result
+    return state["result"]
+
+
+class SingleInterrupt:
+    """Within it, the first Ctrl-C raises KeyboardInterrupt and later ones are ignored (until `arm`).
+
+    Why: the clean-up after a Ctrl-C (stopping generation, finishing the output) must not be cut
+    short by a second press. The chat REPL holds one across its whole loop, disarmed while the
+    prompt waits. Only the main thread can set signal handlers; elsewhere, or where SIGINT is not
+    Python's default handler on entry (someone else handles it), this does nothing."""
+
+    def __init__(self) -> None:
+        self.armed, self.pressed = True, False
+        self._previous = None
+
+    def _handler(self, signum, frame) -> None:
+        if self.armed and not self.pressed:
+            self.pressed = True
+            raise KeyboardInterrupt
+
+    def arm(self) -> None:
+        """Take the next press again (and take SIGINT back from whoever set it meanwhile, e.g.
+        prompt_toolkit, which leaves Python's default handler behind)."""
+        self.armed, self.pressed = True, False
+        if self._previous is not None:
+            import signal
+
+            signal.signal(signal.SIGINT, self._handler)
+
+    def disarm(self) -> None:
+        self.armed = False
+
+    def __enter__(self) -> SingleInterrupt:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            import signal
+
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None

@@ -24,10 +24,10 @@ def _records(text: str) -> list[dict]:
 
 
 def _parse(lines, prompt=None, **base):
-    from dsvl_cli.batch.inputs import mark_duplicates, parse_lines
+    from dsvl_cli.batch.inputs import parse_lines
     from dsvl_cli.settings import GenerationSettings
 
-    return mark_duplicates(parse_lines(lines, base=GenerationSettings(**base), prompt=prompt))
+    return parse_lines(lines, base=GenerationSettings(**base), prompt=prompt)
 
 
 # -- input formats --------------------------------------------------------------------------------
@@ -77,11 +77,10 @@ def test_tsv_and_plain_lines():
 
 def test_bad_lines_become_errors_with_their_line():
     items = _parse(['{"id": "x", "prompt": "ok"}', '{"id": "y", "prompt": ', '[1, 2]', '{"id": "z"}',
-                    '{"id": "x", "prompt": "again"}', '{"prompt": "<image_placeholder> hi"}',
-                    '{"prompt": "hi", "image": "-"}'])
+                    '{"prompt": "<image_placeholder> hi"}', '{"prompt": "hi", "image": "-"}'])
     errors = [(i.line, i.type) for i in items if hasattr(i, "type")]
-    assert errors == [(2, "invalid_json"), (3, "invalid_json"), (4, "invalid_record"), (5, "duplicate_id"),
-                      (6, "usage_error"), (7, "image_error")]
+    assert errors == [(2, "invalid_json"), (3, "invalid_json"), (4, "invalid_record"),
+                      (5, "usage_error"), (6, "image_error")]
 
 
 def test_plain_lines_without_prompt_is_a_usage_error(cli, tmp_path):
@@ -177,7 +176,8 @@ def test_per_record_options_and_stdin_input(cli):
     assert result.exit_code == 0, result.output
     got = {r["id"]: r for r in _records(result.stdout)}
     assert got["s"]["stats"]["generated_tokens"] <= 3 < got["l"]["stats"]["generated_tokens"] <= 9
-    assert set(got["l"]) == {"id", "answer", "finish_reason", "stats"}
+    assert set(got["l"]) == {"id", "image", "answer", "finish_reason", "stats"} and got["l"]["image"] == SHAPES
+    assert got["s"]["images"] == []  # every record names its images, so answers map back to files
     assert "\x1b[" not in result.stderr  # no progress bar when stderr is not a terminal
 
 
@@ -199,8 +199,7 @@ def test_good_and_bad_records_one_output_each(cli, tmp_path):
              '{"id": "torn", "prompt": "Wh',
              {"id": "missing", "image": str(tmp_path / "nope.png"), "prompt": "What?"},
              {"id": "noprompt", "image": SHAPES},
-             {"id": "good2", "prompt": "Hello"},
-             {"id": "good1", "prompt": "duplicate"}]
+             {"id": "good2", "prompt": "Hello"}]
     out = tmp_path / "out.jsonl"
     result = cli(["batch", str(_jsonl(tmp_path / "jobs.jsonl", lines)), "-o", str(out), "-m", "tiny-random", "-n", "4"])
     assert result.exit_code == 1
@@ -208,10 +207,11 @@ def test_good_and_bad_records_one_output_each(cli, tmp_path):
     assert len(records) == len(lines)
     errors = {r["line"]: (r["id"], r["error"]["type"]) for r in records if "error" in r}
     assert errors == {2: ("broken", "image_error"), 3: (3, "invalid_json"), 4: ("missing", "image_error"),
-                      5: ("noprompt", "invalid_record"), 7: ("good1", "duplicate_id")}
+                      5: ("noprompt", "invalid_record")}
     assert sorted(r["id"] for r in records if "answer" in r) == ["good1", "good2"]
-    assert "broken.png" in next(r for r in records if r["id"] == "broken")["error"]["message"]
-    assert "2 done, 5 failed" in result.stderr
+    broken_record = next(r for r in records if r["id"] == "broken")
+    assert "broken.png" in broken_record["error"]["message"] and broken_record["image"] == str(broken)
+    assert "2 done, 4 failed" in result.stderr
 
 
 def test_retry_failed_redoes_errors_and_writes_each_id_once(cli, tmp_path):

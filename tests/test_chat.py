@@ -236,6 +236,68 @@ def test_save_then_load_gives_the_same_next_answer(engine, tmp_path):
     assert _say(restored, f"/load {tmp_path / 'chat.md'}").code == 2  # a transcript is not loadable
 
 
+def test_save_never_replaces_a_file_unasked_and_writes_atomically(engine, tmp_path, monkeypatch):
+    import os
+
+    session = _session(engine)
+    _say(session, "Describe it.")
+    existing = tmp_path / "notes.json"
+    existing.write_text("precious\n")
+    refused = _say(session, f"/save {existing}")
+    assert refused.code == 2 and "/save! " in refused.text and refused.confirm == f"/save! {existing}"
+    assert existing.read_text() == "precious\n"
+
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_text("not mine\n")
+    link = tmp_path / "link.json"
+    link.symlink_to(elsewhere)
+    assert _say(session, f"/save {link}").code == 2  # a symlink is an existing file too
+    assert _say(session, f"/save! {link}").code == 0
+    assert elsewhere.read_text() == "not mine\n" and not link.is_symlink()  # the link was replaced, not followed
+
+    existing.chmod(0o640)
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", full_disk)
+        failed = _say(session, f"/save! {existing}")
+    assert failed.code == 2 and "No space left" in failed.text
+    assert existing.read_text() == "precious\n"  # the old file is whole
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []  # no temp file left
+    assert _say(session, f"/save! {existing}").code == 0
+    assert json.loads(existing.read_text())["messages"][0]["text"] == "Describe it."
+    assert existing.stat().st_mode & 0o777 == 0o640  # the file keeps its permissions
+
+
+@pytest.mark.parametrize("payload,words", [
+    ({"messages": ["x"]}, "message 1 is not an object"),
+    ({"messages": [{"role": "user", "text": "hi", "images": [123]}]}, "images must be a list"),
+    ({"system": 123, "messages": []}, "system must be text"),
+    ({"messages": [{"role": "robot", "text": "hi"}]}, "role must be user or assistant"),
+    ({"messages": {"role": "user"}}, "messages must be a list"),
+    ({"messages": [{"role": "assistant", "text": "<image_placeholder>"}]}, "reserved token"),
+])
+def test_load_of_a_malformed_file_is_one_line_and_the_session_goes_on(engine, tmp_path, payload, words):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"format": "dsvl-conversation/1", **payload}))
+    session = _session(engine)
+    _say(session, "First question.")
+    reply = _say(session, f"/load {path}")
+    assert reply.code == 2 and words in reply.text and str(path) in reply.text and "\n" not in reply.text
+    assert len(session.conversation.messages) == 2  # the session was kept as it was
+    assert _say(session, "And now?").result.finish_reason in ("stop", "length")
+
+
+def test_pipe_save_over_a_file_fails_and_save_bang_replaces_it(cli, tmp_path):
+    target = tmp_path / "chat.json"
+    target.write_text("keep me\n")
+    result = cli(["chat", "-m", "tiny-random", "-n", "3"], input=f"Hi.\n/save {target}\n")
+    assert result.exit_code == 2 and "/save!" in result.stderr and target.read_text() == "keep me\n"
+    result = cli(["chat", "-m", "tiny-random", "-n", "3"], input=f"Hi.\n/save! {target}\n")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(target.read_text())["format"] == "dsvl-conversation/1"
+
+
 def test_set_changes_every_generation_option(engine):
     session = _session(engine)
     for line, key, value in [("/set max_new_tokens 3", "max_new_tokens", 3), ("/set temperature 0.7", "temperature", 0.7),
@@ -435,3 +497,25 @@ def test_repl_on_a_pty_interrupt_then_answer_history(tiny_folder, isolated_home,
     history = isolated_home / ".local" / "state" / "dsvl" / "chat_history"
     assert "+Describe it." in history.read_text() and "half a line" not in history.read_text()
     assert (history.stat().st_mode & 0o777) == 0o600
+
+
+@pytest.mark.parametrize("answer", [True, False])
+def test_a_terminal_asks_before_save_replaces_a_file(engine, tmp_path, answer):
+    """On a terminal the front end asks (ChatUI.ask, set by the REPL) instead of failing."""
+    import io
+
+    from dsvl_cli.chat.ui import ChatUI
+    from dsvl_cli.environment import Environment
+    from dsvl_cli.options import build_common
+
+    env = Environment(stdin=io.StringIO(), stdout=io.StringIO(), stderr=io.StringIO())
+    ui = ChatUI(_session(engine), build_common({}, env=env))
+    questions = []
+    ui.ask = lambda question: questions.append(question) or answer
+    target = tmp_path / "chat.json"
+    target.write_text("old\n")
+    ui.submit("Hi.")
+    ui.submit(f"/save {target}")
+    assert len(questions) == 1 and str(target) in questions[0] and "[y/N]" in questions[0]
+    assert (target.read_text() != "old\n") is answer
+    assert ui.exit_code == 0  # a question answered "no" is not a failure

@@ -701,3 +701,69 @@ def test_url_without_host():
     with pytest.raises(ImageLoadError) as e:
         load_image("http://")
     assert_error(e, "http://", "invalid URL")
+
+
+# --- pipes and special files: never hang, never a raw library warning ---------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_fifo_without_a_writer_fails_instead_of_hanging(tmp_path, monkeypatch):
+    from dsvl_cli.images import pipes
+
+    monkeypatch.setattr(pipes, "PIPE_IDLE_S", 0.3)
+    fifo = tmp_path / "nobody-writes.png"
+    os.mkfifo(fifo)
+    outcome: list = []
+
+    def load():
+        try:
+            load_image(str(fifo))
+        except ImageLoadError as e:
+            outcome.append(e)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "load_image blocked on a FIFO nobody writes to"
+    (error,) = outcome
+    assert error.source == str(fifo) and "named pipe with nothing to read" in error.reason
+
+
+def test_process_substitution_pipe_still_works():
+    """`dsvl ask <(curl -s URL) ...` passes /dev/fd/N, a pipe whose writer is already running."""
+    read_end, write_end = os.pipe()
+    data = png_bytes()
+    writer = threading.Thread(target=lambda: (os.write(write_end, data), os.close(write_end)), daemon=True)
+    writer.start()
+    try:
+        assert px(load_image(f"/dev/fd/{read_end}")) == RED
+    finally:
+        os.close(read_end)
+    writer.join(5)
+
+
+def test_devices_are_refused():
+    with pytest.raises(ImageLoadError) as e:
+        load_image("/dev/null")
+    assert_error(e, "/dev/null", "not a regular file", "character device")
+
+
+def test_corrupt_exif_prints_no_warning(tmp_path):
+    import warnings
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = save(tmp_path / "bad-exif.jpg", Image.new("RGB", (16, 8), RED), "JPEG", exif=exif.tobytes()[:20])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = load_image(path)
+    assert loaded.image.size in ((16, 8), (8, 16))
+    assert [str(w.message) for w in caught] == []
+
+
+def test_display_source_shortens_only_long_data_uris():
+    uri = "data:image/png;base64," + "A" * 5000
+    shown = images.display_source(uri)
+    assert shown.startswith("data:image/png;base64,AAA") and shown.endswith(f"({len(uri)} chars)") and len(shown) < 90
+    assert images.display_source("photos/" + "x" * 200 + ".jpg") == "photos/" + "x" * 200 + ".jpg"
+    assert images.display_source("data:image/png;base64,AAAA") == "data:image/png;base64,AAAA"

@@ -54,10 +54,13 @@ def _start(app):
 
 @pytest.fixture(scope="module")
 def server(engine):
+    from dsvl_cli.images.guard import MediaPolicy
     from dsvl_cli.serve.app import create_app
     from dsvl_cli.settings import GenerationSettings
 
-    url, stop = _start(create_app(engine, defaults=GenerationSettings(max_new_tokens=12), api_key=KEY))
+    # The image server of these tests is on loopback: allowed here, refused by default (test_serve_security).
+    url, stop = _start(create_app(engine, defaults=GenerationSettings(max_new_tokens=12), api_key=KEY,
+                                  policy=MediaPolicy(allow_private=True)))
     yield url
     stop()
 
@@ -101,8 +104,11 @@ def _messages(url: str, text: str = PROMPT) -> list[dict]:
                                          {"type": "text", "text": text}]}]
 
 
-def _post(url: str, body, *, key: str | None = KEY, **kwargs) -> requests.Response:
+def _post(url: str, body, *, key: str | None = KEY, content_type: str | None = "application/json",
+          **kwargs) -> requests.Response:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
+    if content_type:
+        headers["Content-Type"] = content_type
     data = body if isinstance(body, (str, bytes)) else json.dumps(body)
     return requests.post(url + "/v1/chat/completions", data=data, headers=headers, timeout=60, **kwargs)
 
@@ -437,7 +443,7 @@ def test_serve_without_fastapi_says_how_to_install(cli, monkeypatch):
 def test_serve_command_logs_requests_and_stops_on_sigint(tiny_folder):
     proc = subprocess.Popen([sys.executable, "-m", "dsvl_cli", "serve", "-m", "tiny-random", "--device", "cpu",
                              "--port", "0", "-n", "5"], stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            env={**os.environ, "DSVL_API_KEY": ""})
+                            env={k: v for k, v in os.environ.items() if k != "DSVL_API_KEY"})
     try:
         url = None
         deadline = time.monotonic() + 60

@@ -9,7 +9,8 @@ Formats, detected per file from its first non-blank line:
 
 Blank lines are skipped. `line` counts from 1 in each file. A record without an id gets its line
 number as id (`FILE:LINE` when several inputs are given). A bad line never stops the reading: it
-becomes a BadRecord carrying its line number, and the run goes on. Image paths are relative to the
+becomes a BadRecord carrying its line number, and the run goes on. An id given twice is refused
+before anything runs (refuse_duplicates says why). Image paths are relative to the
 current directory. No torch here.
 """
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from dsvl_cli import wire
 from dsvl_cli.conversation import check_text
 from dsvl_cli.errors import DsvlError, UsageError
 from dsvl_cli.settings import GenerationSettings
@@ -31,10 +33,6 @@ from dsvl_cli.settings import GenerationSettings
 _INT_OPTIONS = ("max_new_tokens", "top_k", "seed")
 _FLOAT_OPTIONS = ("temperature", "top_p", "repetition_penalty")
 _RECORD_KEYS = {"id", "custom_id", "image", "images", "prompt", "system", "stop", *_INT_OPTIONS, *_FLOAT_OPTIONS}
-# OpenAI body keys -> our option names ("model" is ignored: the command's --model is used).
-_OPENAI_BODY = {"max_tokens": "max_new_tokens", "max_completion_tokens": "max_new_tokens",
-                "temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "seed": "seed",
-                "stop": "stop", "repetition_penalty": "repetition_penalty"}
 
 
 @dataclass
@@ -118,19 +116,29 @@ def parse_lines(lines: list[str], *, base: GenerationSettings, prompt: str | Non
     return out
 
 
-def mark_duplicates(items: Iterable[Record | BadRecord]) -> list[Record | BadRecord]:
-    """The first record with an id keeps it; each later one becomes an error record (never two answers)."""
-    seen: dict[str, int] = {}
-    out: list[Record | BadRecord] = []
+def refuse_duplicates(items: Iterable[Record | BadRecord], name: str = "<stdin>") -> None:
+    """Each id may appear once: a duplicate is a UsageError naming both lines, before anything runs.
+
+    Why refuse the whole input rather than answer the first and write an error for the second:
+    two output records with one id (an answer and a `duplicate_id` error) is exactly what a
+    consumer matching by id cannot tell apart, and which of the two lines was meant is a guess.
+    OpenAI's batch API refuses such a file too. Error records count: they carry their id as well.
+    """
+    seen: dict[str, Record | BadRecord] = {}
+    clashes: list[tuple[Record | BadRecord, Record | BadRecord]] = []
     for item in items:
-        key = id_key(item.id)
-        if isinstance(item, Record) and key in seen:
-            out.append(BadRecord(item.id, item.line, "duplicate_id",
-                                 f"id {item.id!r} was already used on line {seen[key]}", item.input))
-            continue
-        seen.setdefault(key, item.line)
-        out.append(item)
-    return out
+        first = seen.setdefault(id_key(item.id), item)
+        if first is not item:
+            clashes.append((first, item))
+    if clashes:
+        first, again = clashes[0]
+        more = f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""
+        raise UsageError(f"duplicate id {json.dumps(first.id, ensure_ascii=False)}: {_where(first, name)} and "
+                         f"{_where(again, name)}{more}; ids must be unique, nothing was run")
+
+
+def _where(item: Record | BadRecord, name: str) -> str:
+    return f"{item.input or name} line {item.line}"
 
 
 # -- formats ------------------------------------------------------------------------------------
@@ -191,12 +199,12 @@ def _from_openai(data: dict, number: int, id_: Any, base: GenerationSettings) ->
         raise _BadLine("invalid_record", "body.messages must be a list")
     options: dict = {}
     for key, value in body.items():
-        if key in ("messages", "model") or (key == "n" and value == 1):
+        if key in ("messages", "model") or (key == "n" and value == 1):  # the command's --model answers
             continue
-        if key not in _OPENAI_BODY:
+        if key not in wire.SAMPLING_FIELDS:
             raise _BadLine("invalid_record", f"unsupported body field: {key}")
         if value is not None:
-            options[_OPENAI_BODY[key]] = value
+            options[wire.SAMPLING_FIELDS[key]] = value
     system, user = None, None
     for message in body["messages"]:
         role = message.get("role") if isinstance(message, dict) else None
@@ -213,24 +221,15 @@ def _from_openai(data: dict, number: int, id_: Any, base: GenerationSettings) ->
 
 
 def _openai_text(content: Any, *, allow_images: bool) -> tuple[str, list[str]]:
-    if isinstance(content, str):
-        return content, []
-    if not isinstance(content, list):
+    if content is None:
         raise _BadLine("invalid_record", "message content must be a string or a list of parts")
-    texts, images = [], []
-    for part in content:
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text" and isinstance(part.get("text"), str):
-            texts.append(part["text"])
-        elif kind == "image_url" and allow_images:
-            url = part.get("image_url")
-            url = url.get("url") if isinstance(url, dict) else url
-            if not isinstance(url, str):
-                raise _BadLine("invalid_record", "image_url part without a url")
-            images.append(url)
-        else:
-            raise _BadLine("invalid_record", f"unsupported content part: {kind!r}")
-    return "\n".join(texts), images
+    try:
+        text, images = wire.split_content(content)
+    except ValueError as exc:
+        raise _BadLine("invalid_record", str(exc)) from None
+    if images and not allow_images:
+        raise _BadLine("invalid_record", "unsupported content part: 'image_url'")
+    return text, images
 
 
 def _sources(images: list[str]) -> list[str]:
@@ -263,8 +262,8 @@ def _settings(base: GenerationSettings, options: dict, system: str | None) -> Ge
 
 def read_inputs(paths: list[str], *, base: GenerationSettings, prompt: str | None = None,
                 stdin: TextIO | None = None) -> list[Record | BadRecord]:
-    """Every record of every input (`-` or none: stdin), duplicates marked. Raises UsageError for an
-    input that cannot be read at all."""
+    """Every record of every input (`-` or none: stdin). Raises UsageError for an input that cannot
+    be read at all, and for an id given twice."""
     paths = paths or ["-"]
     if paths.count("-") > 1:
         raise UsageError("stdin (-) can be given once as an input")
@@ -286,4 +285,5 @@ def read_inputs(paths: list[str], *, base: GenerationSettings, prompt: str | Non
             except OSError as exc:
                 raise UsageError(f"{path}: cannot read it: {exc.strerror or exc}") from None
         items += parse_lines(text.splitlines(), base=base, prompt=prompt, name=name, qualify_ids=len(paths) > 1)
-    return mark_duplicates(items)
+    refuse_duplicates(items, "<stdin>" if paths == ["-"] else paths[0])
+    return items

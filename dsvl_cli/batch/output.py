@@ -1,20 +1,28 @@
 """The output side of `dsvl batch`: records, the summary, and what an earlier run left (--resume).
 
 Each output record is one `write` of one JSON line, flushed at once, so a killed run leaves valid
-JSONL (at most a torn last line, which --resume repairs). Files are replaced atomically.
+JSONL (at most a torn last line, which --resume repairs). Files are replaced atomically, keeping
+their permission bits. Every record names its images (`image`, or `images` for none or several;
+long data: URIs shortened) so answers map back to files. A reader that goes away (`| head -1`)
+raises OutputClosed: the run stops and exits 1, since records were left unanswered.
+
+--resume trusts only lines that dsvl wrote: an object with an `id` and an `answer` string or an
+`error` object. Any other complete line (say, the input file given as -o) is refused, not skipped.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 from dsvl_cli.batch.inputs import BadRecord, Record, id_key
 from dsvl_cli.errors import UsageError
+from dsvl_cli.userfiles import write_atomic
+from dsvl_cli.images.limits import display_source
 
 
 @dataclass
@@ -26,17 +34,24 @@ class Summary:
     generated_tokens: int = 0
     seconds: float = 0.0
     interrupted: bool = False
+    stopped_by: str = ""  # "interrupted" (SIGINT), "terminated" (SIGTERM) or "output closed"
+    left: int = 0  # records neither answered nor failed when the run stopped early
 
     def line(self) -> str:
         rate = self.done / self.seconds if self.seconds > 0 else 0.0
         tok = self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
         failed = f"{self.failed} failed" + (f" (+{self.failed_before} from before)" if self.failed_before else "")
-        head = "interrupted: " if self.interrupted else ""
-        return (f"dsvl batch: {head}{self.done} done, {failed}, {self.skipped} skipped in {self.seconds:.1f}s"
-                f" · {rate:.2f} records/s · {tok:.1f} output tok/s")
+        head = f"{self.stopped_by}: " if self.stopped_by else ""
+        left = f", {self.left} not answered (rerun with --resume -o FILE)" if self.left else ""
+        return (f"dsvl batch: {head}{self.done} done, {failed}, {self.skipped} skipped{left} in "
+                f"{self.seconds:.1f}s · {rate:.2f} records/s · {tok:.1f} output tok/s")
 
 
 # -- output and resume ---------------------------------------------------------------------------
+
+
+class OutputClosed(Exception):
+    """The output's reader went away (`dsvl batch ... | head -1`): records are left unanswered."""
 
 
 class Writer:
@@ -45,16 +60,48 @@ class Writer:
     def __init__(self, stream: TextIO, on_write=None):
         self.stream = stream
         self.on_write = on_write
+        self.closed = False  # the reader went away; later writes raise OutputClosed at once
 
     def write(self, obj: dict) -> None:
-        self.stream.write(json.dumps(obj, ensure_ascii=False) + "\n")
-        self.stream.flush()
+        if self.closed:
+            raise OutputClosed
+        try:
+            self.stream.write(json.dumps(obj, ensure_ascii=False) + "\n")
+            self.stream.flush()
+        except BrokenPipeError:
+            self.closed = True
+            _discard(self.stream)
+            raise OutputClosed from None
         if self.on_write:
             self.on_write()
 
 
+def _discard(stream: TextIO) -> None:
+    """Point the stream's descriptor at /dev/null, so the line still buffered in it (flushed again
+    when the stream closes or Python exits) makes no second BrokenPipeError traceback."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, stream.fileno())
+    finally:
+        os.close(devnull)
+
+
+def sources(record: Record) -> dict:
+    """`image` for a record with one image, else `images` (a list, maybe empty); data: URIs shortened."""
+    if len(record.images) == 1:
+        return {"image": display_source(record.images[0])}
+    return {"images": [display_source(s) for s in record.images]}
+
+
+def answer_record(record: Record, result) -> dict:
+    return {"id": record.id, **sources(record), **result.to_dict()}
+
+
 def error_record(item: Record | BadRecord, kind: str, message: str) -> dict:
-    record = {"id": item.id, "line": item.line, "error": {"type": kind, "message": message}}
+    record = {"id": item.id, "line": item.line}
+    if isinstance(item, Record):
+        record.update(sources(item))
+    record["error"] = {"type": kind, "message": message}
     if item.input is not None:
         record["input"] = item.input
     return record
@@ -84,10 +131,10 @@ def read_previous(path: Path, *, retry_failed: bool) -> Previous:
             obj = json.loads(text) if text.endswith("\n") else None
         except json.JSONDecodeError:
             obj = None
-        if not isinstance(obj, dict) or "id" not in obj:
-            if number < len(lines) and text.strip():
-                raise UsageError(f"{path}: line {number} is not a dsvl batch record; "
-                                 "--resume needs the file an earlier dsvl batch wrote")
+        if not _is_output_record(obj):
+            if text.endswith("\n") and text.strip():
+                raise UsageError(f"{path}: line {number} is not a dsvl batch record (no id with an answer or "
+                                 "error); --resume needs the file an earlier dsvl batch wrote")
             changed = changed or bool(text)  # a torn last line, from a killed run
             continue
         if "error" in obj:
@@ -99,21 +146,14 @@ def read_previous(path: Path, *, retry_failed: bool) -> Previous:
             prev.answered.add(id_key(obj["id"]))
         keep.append(text)
     if changed:
-        _replace(path, "".join(keep))
+        write_atomic(path, "".join(keep))
     return prev
 
 
-def _replace(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _is_output_record(obj) -> bool:
+    """A line dsvl batch wrote: an id and an answer string or an error object."""
+    return (isinstance(obj, dict) and "id" in obj
+            and (isinstance(obj.get("answer"), str) or isinstance(obj.get("error"), dict)))
 
 
 def split_done(items: list[Record | BadRecord], prev: Previous) -> tuple[list, int, int]:
@@ -128,6 +168,29 @@ def split_done(items: list[Record | BadRecord], prev: Previous) -> tuple[list, i
         else:
             todo.append(item)
     return todo, skipped, failed_before
+
+
+def refuse_input_as_output(output: Path | None, inputs: list[str], stdin: TextIO | None) -> None:
+    """-o naming one of the inputs would overwrite it (or, with --resume, count its lines as done)."""
+    if output is None:
+        return
+    try:
+        out = os.stat(output)
+    except OSError:  # not there yet (or unreadable: opening it reports that): not an input
+        return
+    if not stat.S_ISREG(out.st_mode):  # -o /dev/stdout and the like: never an input file
+        return
+    for name in inputs or ["-"]:
+        try:
+            if name == "-":
+                same = stdin is not None and os.path.samestat(os.fstat(stdin.fileno()), out)
+            else:
+                same = os.path.samestat(os.stat(Path(name).expanduser()), out)
+        except (OSError, ValueError, AttributeError):  # a missing input is reported when it is read
+            continue
+        if same:
+            what = "stdin" if name == "-" else name
+            raise UsageError(f"-o {output}: is also the input ({what}); write the answers to another file")
 
 
 def open_output(output: Path, *, append: bool) -> TextIO:

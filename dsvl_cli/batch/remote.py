@@ -17,60 +17,58 @@ Ctrl-C closes the open streams (the server stops those generations); their recor
 from __future__ import annotations
 
 import threading
-from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 from dsvl_cli.batch.inputs import Record
 from dsvl_cli.errors import DsvlError, ImageLoadError, ModelError
+from dsvl_cli.images.cache import SourceCache
 
 
 class _Images:
     """Each source loaded once by the first record that needs it, dropped after its last use."""
 
-    def __init__(self, records: list[Record]):
-        self.uses = Counter(s for r in records for s in r.images)
-        self.loaded: dict[str, Future] = {}
-        self.lock = threading.Lock()
+    def __init__(self, records: list[Record], *, exact: bool = False):
+        self.exact = exact
+        self.cache = SourceCache(self._load)
+        for source in (s for r in records for s in r.images):
+            self.cache.expect(source)
 
     def get(self, source: str):
-        from dsvl_cli.images import load_image
-
-        with self.lock:
-            future, mine = self.loaded.get(source), False
-            if future is None:
-                future, mine = Future(), True
-                self.loaded[source] = future
-        if mine:
-            try:
-                future.set_result(load_image(source))
-            except DsvlError as err:
-                future.set_exception(err if isinstance(err, ImageLoadError) else ImageLoadError(source, err.message))
-        return future.result()
+        return self.cache.get(source)  # raises the ImageLoadError of a bad source, for each record
 
     def release(self, sources: list[str]) -> None:
-        with self.lock:
-            for source in sources:
-                self.uses[source] -= 1
-                if self.uses[source] <= 0:
-                    self.loaded.pop(source, None)
+        for source in sources:
+            self.cache.release(source)
+
+    def _load(self, source: str):
+        from dsvl_cli.images import load_image
+
+        try:
+            return load_image(source, exact=self.exact)
+        except DsvlError as err:
+            raise err if isinstance(err, ImageLoadError) else ImageLoadError(source, err.message) from None
 
 
 def run_remote(engine, records: list[Record], writer, summary, *, concurrency: int,
-               stop: threading.Event) -> None:
+               stop: threading.Event, exact: bool = False) -> None:
     """Answer `records` through `engine` (a RemoteEngine), `concurrency` requests at a time.
 
     Raises the ModelError of a server that could not be reached (after writing what finished)."""
-    from dsvl_cli.batch.output import error_record
+    from dsvl_cli.batch.output import OutputClosed, answer_record, error_record
     from dsvl_cli.conversation import Conversation
 
-    images = _Images(records)
+    images = _Images(records, exact=exact)
     lock = threading.Lock()  # one writer, one summary, several threads
     fatal: list[ModelError] = []
     slots = threading.BoundedSemaphore(concurrency)
 
     def write(record: Record, obj: dict, *, failed: bool, tokens: int = 0) -> None:
         with lock:
-            writer.write(obj)
+            try:
+                writer.write(obj)
+            except OutputClosed:  # the reader went away: stop; run_batch reports it (writer.closed)
+                stop.set()
+                return
             if failed:
                 summary.failed += 1
             else:
@@ -93,7 +91,7 @@ def run_remote(engine, records: list[Record], writer, summary, *, concurrency: i
                 write(record, error_record(record, err.kind, err.message), failed=True)
                 return
             if result.finish_reason != "interrupted":  # cut short: left for --resume
-                write(record, {"id": record.id, **result.to_dict()}, failed=False,
+                write(record, answer_record(record, result), failed=False,
                       tokens=result.stats.generated_tokens)
         finally:
             images.release(record.images)

@@ -4,10 +4,13 @@ Guarantees (nothing is lost):
 - Each output record is one `write` of one JSON line, flushed at once; Ctrl-C lets the running
   batch stop at its next decode step, writes what had already finished, and leaves valid JSONL.
   Records cut short are not written, so `--resume` does them again. A second Ctrl-C aborts at once.
+- SIGTERM is handled like the first Ctrl-C (the summary is printed, exit 143 instead of 130).
+- A reader that goes away (`| head -1`) stops the run after the record it could not take: the
+  summary says how many were left, and the exit code is 1 (records were left unanswered).
 - Output is in completion order, not input order: error records for unreadable lines come first,
-  then answers batch by batch. Match records by `id`.
-- No id gets two answers: duplicate ids in the input become error records (with their line), and
-  `--resume` skips ids already answered in the output file. `--retry-failed` first rewrites that
+  then answers batch by batch. Match records by `id` (each record also names its images).
+- No id gets two records: an id given twice in the input is refused before anything runs, and
+  `--resume` skips ids already answered in the output file. `-o` naming an input is refused. `--retry-failed` first rewrites that
   file without its error records (a temp file renamed over it, so a crash leaves the old or the new
   file, never half of one), then does those records again.
 - Images are loaded and preprocessed by background threads a few batches ahead of the model.
@@ -19,13 +22,24 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from dsvl_cli.batch.inputs import BadRecord, Record
-from dsvl_cli.batch.output import Previous, Summary, Writer, error_record, open_output, read_previous, split_done
+from dsvl_cli.batch.output import (
+    OutputClosed,
+    Previous,
+    Summary,
+    Writer,
+    answer_record,
+    error_record,
+    open_output,
+    read_previous,
+    refuse_input_as_output,
+    split_done,
+)
 from dsvl_cli.errors import DsvlError, ImageLoadError, UsageError
+from dsvl_cli.images.cache import SourceCache
 
 PREFETCH_WORKERS = 4
 PREFETCH_BATCHES = 2  # how many batches ahead of the model images are prepared
@@ -56,43 +70,41 @@ def plan_batches(engine, records: list[Record], batch_size: int) -> list[list[Re
 
 
 class Prefetcher:
-    """Loads and preprocesses each image source once, a few batches ahead of the model."""
+    """Loads and preprocesses each image source once, a few batches ahead of the model (a
+    SourceCache filled by a thread pool; a source is dropped after the last batch that uses it)."""
 
-    def __init__(self, engine, batches: list[list[Record]], stop: threading.Event):
-        self.engine, self.batches, self.stop = engine, batches, stop
-        self.uses: Counter = Counter(s for batch in batches for r in batch for s in r.images)
-        self.futures: dict[str, Future] = {}
-        self.submitted = 0  # batches whose sources are queued
+    def __init__(self, engine, batches: list[list[Record]], stop: threading.Event, *, exact: bool = False):
+        self.engine, self.batches, self.stop, self.exact = engine, batches, stop, exact
         self.pool = ThreadPoolExecutor(PREFETCH_WORKERS, thread_name_prefix="dsvl-prefetch")
+        self.cache = SourceCache(self._prepare, pool=self.pool)
+        for source in (s for batch in batches for r in batch for s in r.images):
+            self.cache.expect(source)
+        self.submitted = 0  # batches whose sources are queued
 
     def take(self, index: int) -> dict:
         """source -> PreparedImage or ImageLoadError, for batch `index` (waits for them)."""
         while self.submitted < min(len(self.batches), index + 1 + PREFETCH_BATCHES):
-            for record in self.batches[self.submitted]:
-                for source in record.images:
-                    if source not in self.futures:
-                        self.futures[source] = self.pool.submit(self._prepare, source)
+            for source in (s for r in self.batches[self.submitted] for s in r.images):
+                self.cache.prefetch(source)
             self.submitted += 1
-        wanted = {s for r in self.batches[index] for s in r.images}
-        return {s: self.futures[s].result() for s in wanted}
+        return {s: self.cache.get(s) for r in self.batches[index] for s in r.images}
 
     def release(self, batch: list[Record]) -> None:
         for source in (s for r in batch for s in r.images):
-            self.uses[source] -= 1
-            if self.uses[source] <= 0:
-                self.futures.pop(source, None)
+            self.cache.release(source)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def _prepare(self, source: str):
+        """The prepared image, or the ImageLoadError for it (a value: each record reports it)."""
         from dsvl_cli.engine.batched import prepare_image
         from dsvl_cli.images import load_image
 
         if self.stop.is_set():
             return ImageLoadError(source, "not loaded: the batch was interrupted")
         try:
-            return prepare_image(self.engine, load_image(source))
+            return prepare_image(self.engine, load_image(source, exact=self.exact))
         except DsvlError as err:
             return err if isinstance(err, ImageLoadError) else ImageLoadError(source, err.message)
 
@@ -101,38 +113,48 @@ class Prefetcher:
 
 
 class _Interrupts:
-    """First Ctrl-C: set `stop` so the running batch ends at its next step. Second: abort now."""
+    """First Ctrl-C or SIGTERM: set `stop` so the running batch ends at its next step, and remember
+    which signal it was (`signum`, for the exit code). A second signal: abort now.
 
-    def __init__(self, stop: threading.Event, console):
-        self.stop, self.console, self.previous = stop, console, None
+    Why SIGTERM too: `kill`, `timeout` and process managers send it; without a handler Python dies
+    at once, with no summary and the running batch's finished records unwritten."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, stop: threading.Event):
+        self.stop, self.previous, self.signum = stop, {}, None
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.stop.is_set():
+        if self.stop.is_set() and self.signum is not None:
             raise KeyboardInterrupt
+        self.signum = self.signum or signum
         self.stop.set()
-        print("dsvl: stopping after the current step (Ctrl-C again to abort)", file=sys.stderr, flush=True)
+        what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        print(f"dsvl: {what}: stopping after the current step ({what} again to abort)", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
 
 def run_records(engine, records: list[Record], writer: Writer, summary: Summary, *,
-                batch_size: int, stop: threading.Event) -> None:
+                batch_size: int, stop: threading.Event, exact: bool = False) -> None:
     """Answer `records`, writing each result as soon as its batch is done."""
-    from dsvl_cli.engine.batched import BatchItem, FeatureStore, generate_batch
     from dsvl_cli.conversation import Conversation
+    from dsvl_cli.engine.batched import BatchItem, FeatureStore, generate_batch
+    from dsvl_cli.images import prepare_for_threads
 
+    prepare_for_threads([s for r in records for s in r.images])  # before the prefetch threads start
     batches = plan_batches(engine, records, batch_size)
     features = FeatureStore(engine)
     for source in (s for r in records for s in r.images):
         features.expect(source)
-    prefetcher = Prefetcher(engine, batches, stop)
+    prefetcher = Prefetcher(engine, batches, stop, exact=exact)
     try:
         for index, batch in enumerate(batches):
             if stop.is_set():
@@ -157,7 +179,7 @@ def run_records(engine, records: list[Record], writer: Writer, summary: Summary,
                         writer.write(error_record(record, result.kind, result.message))
                         summary.failed += 1
                     elif result.finish_reason != "interrupted":  # cut short: left for --resume
-                        writer.write({"id": record.id, **result.to_dict()})
+                        writer.write(answer_record(record, result))
                         summary.done += 1
                         summary.generated_tokens += result.stats.generated_tokens
             for source in (s for r in batch for s in r.images):
@@ -173,7 +195,7 @@ def run_batch(inputs: list[str], *, output: Path | None, prompt: str | None, bat
     (the caller maps it to an exit code); raises UsageError for bad usage, before any model load."""
     from dsvl_cli.batch.inputs import read_inputs
     from dsvl_cli.conversation import check_text
-    from dsvl_cli.render import load_backend, note
+    from dsvl_cli.render import note
 
     if (resume or retry_failed) and output is None:
         raise UsageError("--resume and --retry-failed need -o FILE (the output of the earlier run)")
@@ -181,6 +203,7 @@ def run_batch(inputs: list[str], *, output: Path | None, prompt: str | None, bat
         raise UsageError(f"--batch-size {batch_size}: must be at least 1")
     if opts.generation.system is not None:
         check_text(opts.generation.system, "--system")
+    refuse_input_as_output(output, inputs, opts.env.stdin)
     items = read_inputs(inputs, base=opts.generation, prompt=prompt, stdin=opts.env.stdin)
     prev = read_previous(output, retry_failed=retry_failed) if (resume or retry_failed) else Previous()
     todo, skipped, failed_before = split_done(items, prev)
@@ -188,34 +211,63 @@ def run_batch(inputs: list[str], *, output: Path | None, prompt: str | None, bat
     console = opts.env.stderr_console()
     stream = open_output(output, append=resume or retry_failed) if output else opts.env.stdout
     stop = threading.Event()
-    started = time.perf_counter()
+    clock = [time.perf_counter()]  # rates count generation, not the model load: reset after it
+    # Records on the terminal are the progress; a bar on the same screen would split their lines.
+    show = console.is_terminal and not (output is None and _isatty(stream))
+    signals, writer = _Interrupts(stop), None
     try:
-        with _Interrupts(stop, console), _progress(console, len(todo)) as advance:
+        with signals, _progress(console, len(todo) if show else 0) as advance:
             writer = Writer(stream, on_write=advance)
-            for bad in (i for i in todo if isinstance(i, BadRecord)):
-                writer.write(error_record(bad, bad.type, bad.message))
-                summary.failed += 1
-            records = [i for i in todo if isinstance(i, Record)]
-            if records and not stop.is_set():
-                engine = load_backend(opts, prefer_fast=True)  # many generations: the fast path pays
-                started = time.perf_counter()  # rates count generation, not the model load
-                if not engine.supports_batching:  # a running `dsvl serve` batches what arrives together
-                    from dsvl_cli.batch.remote import run_remote
-
-                    run_remote(engine, records, writer, summary, concurrency=batch_size or REMOTE_IN_FLIGHT,
-                               stop=stop)
-                else:
-                    run_records(engine, records, writer, summary,
-                                batch_size=batch_size or engine.default_batch_size, stop=stop)
-    except KeyboardInterrupt:  # the second Ctrl-C: everything written so far stays valid
+            _answer(todo, writer, summary, stop, clock, batch_size=batch_size, opts=opts)
+    except (KeyboardInterrupt, OutputClosed):  # a second Ctrl-C, or the reader left: what is written stays valid
         stop.set()
     finally:
-        summary.seconds = time.perf_counter() - started
+        summary.seconds = time.perf_counter() - clock[0]
         summary.interrupted = stop.is_set()
+        summary.stopped_by = _stopped_by(signals.signum if stop.is_set() else None, writer)
+        summary.left = len(todo) - summary.done - summary.failed if summary.stopped_by else 0
         if output is not None:
             stream.close()
     note(console, summary.line(), style="dim")
     return summary
+
+
+def _answer(todo: list, writer: Writer, summary: Summary, stop: threading.Event, clock: list, *,
+            batch_size: int | None, opts) -> None:
+    """Error records for unreadable lines first, then the records, by the local model or --server."""
+    from dsvl_cli.render import load_backend
+
+    for bad in (i for i in todo if isinstance(i, BadRecord)):
+        writer.write(error_record(bad, bad.type, bad.message))
+        summary.failed += 1
+    records = [i for i in todo if isinstance(i, Record)]
+    if not records or stop.is_set():
+        return
+    engine = load_backend(opts, prefer_fast=True)  # many generations: the fast path pays
+    clock[0] = time.perf_counter()
+    if not engine.supports_batching:  # a running `dsvl serve` batches what arrives together
+        from dsvl_cli.batch.remote import run_remote
+
+        run_remote(engine, records, writer, summary, concurrency=batch_size or REMOTE_IN_FLIGHT, stop=stop,
+                   exact=opts.exact_pixels)
+    else:
+        run_records(engine, records, writer, summary, batch_size=batch_size or engine.default_batch_size, stop=stop,
+                    exact=opts.exact_pixels)
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _stopped_by(signum: int | None, writer: Writer | None) -> str:
+    if writer is not None and writer.closed:
+        return "output closed"
+    if signum is None:
+        return ""
+    return "terminated" if signum == signal.SIGTERM else "interrupted"
 
 
 class _progress:
@@ -227,7 +279,13 @@ class _progress:
     def __enter__(self):
         if not self.console.is_terminal or not self.total:
             return lambda: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         self.bar = Progress(TextColumn("batch"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                             console=self.console, transient=True)

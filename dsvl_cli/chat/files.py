@@ -19,11 +19,17 @@ def is_markdown(path: Path) -> bool:
     return path.suffix.lower() in (".md", ".markdown")
 
 
-def save(conversation: Conversation, arg: str) -> Path:
-    """Write `conversation` to the file named by `arg` (/save's argument); the path written."""
+def target(arg: str) -> Path:
+    """The file /save's argument names."""
     if not arg:
         raise UsageError("usage: /save FILE (.json to /load it later, .md for a transcript)")
-    path = Path(_one_path(arg)).expanduser()
+    return Path(_one_path(arg)).expanduser()
+
+
+def save(conversation: Conversation, arg: str) -> Path:
+    """Write `conversation` to the file named by `arg` (/save's argument), atomically; the path
+    written. Whether it may replace an existing file is the caller's question (see /save!)."""
+    path = target(arg)
     try:
         _with_absolute_paths(conversation).save(path)
     except OSError as exc:
@@ -31,14 +37,14 @@ def save(conversation: Conversation, arg: str) -> Path:
     return path
 
 
-def load(arg: str) -> tuple[Path, Conversation]:
+def load(arg: str, *, exact: bool = False) -> tuple[Path, Conversation]:
     """The conversation saved in the file named by `arg` (/load's argument), images loaded again."""
     if not arg:
         raise UsageError("usage: /load FILE (a conversation saved with /save FILE.json)")
     path = Path(_one_path(arg)).expanduser()
     if is_markdown(path):
         raise UsageError(f"{path} is a Markdown transcript; /load reads the JSON that /save FILE.json writes")
-    return path, Conversation.load(path)
+    return path, Conversation.load(path, exact=exact)
 
 
 def split_sources(arg: str) -> list[str]:

@@ -47,7 +47,8 @@ Ask a question, or use a command:
   /system [TEXT]     show or set the system prompt (--default: the model's own; "": none)
   /set [KEY VALUE]   show or change a generation option (max_new_tokens, temperature, top_p,
                      top_k, repetition_penalty, seed; "none" resets an optional one)
-  /save FILE         save the conversation: .json (restore with /load) or .md (a transcript)
+  /save FILE         save the conversation: .json (restore with /load) or .md (a transcript);
+                     /save! FILE replaces an existing file
   /load FILE         restore a conversation saved as JSON
   /stats             token counts and timings: last answer and the whole session
   /help              this list
@@ -106,8 +107,9 @@ def _plural(n: int, word: str) -> str:
 
 class ChatSession:
     def __init__(self, engine: Backend, generation: GenerationSettings, *, images: Sequence[LoadedImage] = (),
-                 reuse: bool = True):
+                 reuse: bool = True, exact_pixels: bool = False):
         self.engine = engine
+        self.exact_pixels = exact_pixels  # --exact-pixels: how /image and /load decode
         self.generation = generation
         self.conversation = Conversation(system=generation.system)
         self.cache = engine.new_cache() if reuse else None  # None where the backend keeps no KV
@@ -175,6 +177,11 @@ class ChatSession:
     def command(self, line: str) -> Reply:
         name, _, arg = line.partition(" ")
         name, arg = name.lower(), arg.strip()
+        if name == "/save!":
+            try:
+                return self._cmd_save(arg, force=True)
+            except DsvlError as err:
+                return Reply.failure(err)
         handler = getattr(self, "_cmd_" + name[1:], None) if name in COMMANDS else None
         if handler is None:
             close = difflib.get_close_matches(name, COMMANDS, n=1)
@@ -199,7 +206,7 @@ class ChatSession:
         if not sources:
             raise UsageError("usage: /image SRC... (a path, http(s) URL or data: URI)")
         check_chat_sources(sources)
-        images = load_images(sources)
+        images = load_images(sources, exact=self.exact_pixels)
         self.pending.extend(images)
         return Reply(f"attached {', '.join(i.source for i in images)} to your next question "
                      f"({_plural(len(self.pending), 'image')} attached)")
@@ -297,7 +304,13 @@ class ChatSession:
             raise UsageError(f"/set {key} {raw}: {err.message.partition(': ')[2] or err.message}") from None
         return Reply(f"{key} = {value}")
 
-    def _cmd_save(self, arg: str) -> Reply:
+    def _cmd_save(self, arg: str, *, force: bool = False) -> Reply:
+        """Never replaces a file unasked: an existing one (a symlink too) needs /save! FILE, which
+        a terminal offers to run (Reply.confirm); the write itself is atomic."""
+        path = chat_files.target(arg)
+        if not force and (path.exists() or path.is_symlink()):
+            return Reply(f"{path} exists; /save! {arg} replaces it", code=int(ExitCode.USAGE),
+                         confirm=f"/save! {arg}")
         path = chat_files.save(self.conversation, arg)
         what = "a Markdown transcript" if chat_files.is_markdown(path) else "JSON; /load restores it"
         unsaved = (f"; {'the attached image is' if len(self.pending) == 1 else 'the attached images are'} "
@@ -305,7 +318,7 @@ class ChatSession:
         return Reply(f"saved {_plural(len(exchanges(self.conversation)), 'exchange')} to {path} ({what}){unsaved}")
 
     def _cmd_load(self, arg: str) -> Reply:
-        path, self.conversation = chat_files.load(arg)
+        path, self.conversation = chat_files.load(arg, exact=self.exact_pixels)
         self.generation = self.generation.replace(system=self.conversation.system)
         self.pending, self.last = [], None
         if self.cache is not None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from dsvl_cli.chat.session import COMMANDS, block_open
 from dsvl_cli.chat.ui import ChatUI
 from dsvl_cli.errors import ExitCode
-from dsvl_cli.render import note
+from dsvl_cli.render import SingleInterrupt, note
 
 PATH_COMMANDS = ("/image", "/save", "/load")
 
@@ -30,20 +30,24 @@ def history_path() -> Path:
 def run_terminal(ui: ChatUI) -> int:
     """The interactive loop. Errors were shown as they happened, so leaving is always exit 0."""
     prompt = _prompt_session(ui)
+    ui.ask = _asker(ui)
     note(ui.console, f"dsvl chat · {ui.session.engine.name} · /help lists commands · Ctrl-D or /exit leaves",
          style="dim")
-    while True:
-        try:
-            text = prompt.prompt(lambda: f"{ui.session.prompt_hint()}>>> ")
-        except KeyboardInterrupt:  # at the prompt: clear the line
-            continue
-        except EOFError:
-            break
-        try:
-            if not ui.submit(text):
+    with SingleInterrupt() as interrupts:  # one Ctrl-C per question: more presses cannot cut its clean-up
+        while True:
+            interrupts.disarm()  # between answers a stray press does nothing (at the prompt it is a key)
+            try:
+                text = prompt.prompt(lambda: f"{ui.session.prompt_hint()}>>> ")
+            except KeyboardInterrupt:  # at the prompt: clear the line
+                continue
+            except EOFError:
                 break
-        except KeyboardInterrupt:  # before the answer started (or a second Ctrl-C): back to the prompt
-            note(ui.console, "(interrupted)", style="dim")
+            interrupts.arm()
+            try:
+                if not ui.submit(text):
+                    break
+            except KeyboardInterrupt:  # before the answer started (after it, the answer handles it)
+                note(ui.console, "(interrupted)", style="dim")
     return int(ExitCode.OK)
 
 
@@ -102,3 +106,19 @@ def _completer():
                 yield from paths.get_completions(Document(word, len(word)), complete_event)
 
     return ChatCompleter()
+
+
+def _asker(ui: ChatUI):
+    """A yes/no question on the terminal (its own prompt: no history, one line); Ctrl-C means no."""
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.output import create_output
+
+    session = PromptSession(output=None if ui.env.stdout_isatty else create_output(stdout=ui.env.stderr))
+
+    def ask(question: str) -> bool:
+        try:
+            return session.prompt(question).strip().lower() in ("y", "yes")
+        except (KeyboardInterrupt, EOFError):
+            return False
+
+    return ask

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dsvl_cli.errors import DsvlError
+from dsvl_cli.images import display_source
 from dsvl_cli.results import Result, Stats
 
 
@@ -20,6 +21,7 @@ class Reply:
     code: int = 0
     answer: bool = False  # a question (or /retry) is ready: call ChatSession.respond
     exit: bool = False
+    confirm: str | None = None  # a command that does what failed, if the user agrees (a terminal asks)
 
     @property
     def error(self) -> bool:
@@ -40,8 +42,8 @@ class Turn:
     result: Result
 
     def to_dict(self, model: str) -> dict:
-        return {"turn": self.number, "prompt": self.prompt, "images": self.images, **self.result.to_dict(),
-                "model": model}
+        return {"turn": self.number, "prompt": self.prompt, "images": [display_source(s) for s in self.images],
+                **self.result.to_dict(), "model": model}
 
 
 @dataclass

@@ -7,9 +7,12 @@ streams come from the options' Environment, so tests hand in their own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dsvl_cli.chat.session import ChatSession
 from dsvl_cli.chat.turns import Reply, Turn
 from dsvl_cli.errors import DsvlError, ExitCode
+from dsvl_cli.images import display_source
 from dsvl_cli.options import CommonOptions
 from dsvl_cli.render import note, print_json, print_stats, stream_answer
 from dsvl_cli.results import Stats
@@ -36,6 +39,8 @@ class ChatUI:
         self.console = self.env.stderr_console()
         self.exit_code = int(ExitCode.OK)
         self.last_turn: Turn | None = None
+        # Asks a yes/no question (a terminal sets it); None, as in a pipe: what needs a yes fails.
+        self.ask: Callable[[str], bool] | None = None
 
     def submit(self, text: str) -> bool:
         """Handle one input; False when the session should end."""
@@ -47,6 +52,10 @@ class ChatUI:
         return not reply.exit
 
     def show(self, reply: Reply) -> None:
+        if reply.confirm is not None and self.ask is not None:  # a terminal: ask, don't fail
+            if self.ask(f"{reply.text}; do that now? [y/N] "):
+                self.submit(reply.confirm)
+            return
         if reply.error:
             self.error(reply.text, reply.code)
         elif reply.text:
@@ -64,7 +73,8 @@ class ChatUI:
             self.error(err.message, int(err.exit_code))
             if self.opts.json:
                 number = len([m for m in self.session.conversation.messages if m.role == "user"]) + 1
-                print_json({"turn": number, "prompt": question.text, "images": [i.source for i in question.images],
+                shown = [display_source(i.source) for i in question.images]
+                print_json({"turn": number, "prompt": question.text, "images": shown,
                             "answer": "", "finish_reason": "error", "stats": Stats().to_dict(),
                             "error": {"kind": err.kind, "message": err.message}, "model": self.session.engine.name},
                            self.stdout)

@@ -38,17 +38,17 @@ def ask(
 def _answer(sources: list[str], prompt: str, opts: CommonOptions) -> str:
     """Load the images (all checked before the model loads), answer, print; the finish reason."""
     from dsvl_cli.conversation import Conversation
-    from dsvl_cli.images import load_images
+    from dsvl_cli.images import display_source, load_images
     from dsvl_cli.render import load_backend, print_json, print_stats, stream_answer
 
     env = opts.env
-    images = load_images(sources, stdin=env.stdin_bytes)
+    images = load_images(sources, stdin=env.stdin_bytes, exact=opts.exact_pixels)
     conversation = Conversation.single(prompt, images, system=opts.generation.system)
     backend = load_backend(opts)
     result = stream_answer(backend, conversation, opts.generation, env, markdown=env.markdown(opts.plain),
                            show=not opts.json)
     if opts.json:
-        print_json({**result.to_dict(), "model": backend.name, "images": [i.source for i in images],
+        print_json({**result.to_dict(), "model": backend.name, "images": [display_source(i.source) for i in images],
                     "prompt": prompt}, env.stdout)
     if opts.stats:
         print_stats(env.stderr_console(), result.stats.to_dict())

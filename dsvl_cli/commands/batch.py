@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -43,21 +44,26 @@ def batch(
       a.jpg<TAB>What is this?                                          (TSV)
       a.jpg                                                            (plain; with --prompt)
     JSONL records may set system, max_new_tokens, temperature, top_p, top_k, repetition_penalty,
-    seed and stop. A record without an id gets its line number as id.
+    seed and stop. A record without an id gets its line number as id. Ids must be unique: an id
+    given twice is refused before anything runs (exit 2, naming both lines).
 
     \b
-    Output: {"id", "answer", "finish_reason", "stats"} or {"id", "line", "error": {"type", "message"}},
-    written and flushed as each record finishes. Records come out in COMPLETION order, not input
-    order: match them by id. No id is answered twice. Bad records (broken image, malformed JSON,
-    missing prompt, duplicate id) get an error record and the run goes on.
+    Output: {"id", "image" | "images", "answer", "finish_reason", "stats"} or
+    {"id", "line", "image" | "images", "error": {"type", "message"}}, written and flushed as each
+    record finishes ("image" for one image, "images" for none or several; long data: URIs are
+    shortened). Records come out in COMPLETION order, not input order: match them by id. Bad
+    records (broken image, malformed JSON, missing prompt) get an error record and the run goes on.
+    -o FILE must not be one of the inputs (exit 2). --resume counts a line as done only if it is
+    a dsvl record with an answer or an error, and keeps FILE's permissions.
 
     \b
     With --server URL (or DSVL_SERVER) a running `dsvl serve` answers: several requests are open at
     once so the server batches them; output, resume and exit codes are the same.
 
     \b
-    Exit: 0 all answered, 1 any record failed, 2 bad usage, 130 interrupted (Ctrl-C: what finished
-    is written; rerun with --resume -o FILE to finish the rest).
+    Exit: 0 all answered; 1 any record failed, or the output was closed early (`| head`: the
+    summary on stderr says how many were left); 2 bad usage; 130 Ctrl-C, 143 SIGTERM (what finished
+    is written, the summary printed; rerun with --resume -o FILE to finish the rest).
 
     \b
     Examples:
@@ -72,7 +78,9 @@ def batch(
     with guarded(opts.debug):
         summary = run_batch(inputs or [], output=output, prompt=prompt, batch_size=batch_size,
                             resume=resume, retry_failed=retry_failed, opts=opts)
-    if summary.interrupted:
+    if summary.stopped_by == "terminated":
+        raise typer.Exit(128 + signal.SIGTERM)
+    if summary.stopped_by == "interrupted":
         raise typer.Exit(int(ExitCode.INTERRUPTED))
-    if summary.failed or summary.failed_before:
+    if summary.failed or summary.failed_before or summary.stopped_by:  # "output closed": records left
         raise typer.Exit(int(ExitCode.FAILURE))

@@ -57,7 +57,8 @@ def _run(sources: list[str], opts: CommonOptions) -> int:
     from dsvl_cli.render import load_backend
 
     check_chat_sources(sources)
-    first_images = load_images(sources)  # validated before the model loads
-    session = ChatSession(load_backend(opts, prefer_fast=True), opts.generation, images=first_images)
+    first_images = load_images(sources, exact=opts.exact_pixels)  # validated before the model loads
+    session = ChatSession(load_backend(opts, prefer_fast=True), opts.generation, images=first_images,
+                          exact_pixels=opts.exact_pixels)
     ui = ChatUI(session, opts)
     return terminal.run_terminal(ui) if opts.env.stdin_isatty else pipe.run_lines(ui, opts.env.stdin)

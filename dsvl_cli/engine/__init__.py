@@ -8,6 +8,8 @@ neither torch nor transformers; loading a model does.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dsvl_cli.engine.backend import Backend
 from dsvl_cli.settings import ModelSettings
 
@@ -15,9 +17,12 @@ __all__ = ["Backend", "open_backend"]
 
 
 def open_backend(settings: ModelSettings, *, server: str | None = None, api_key: str | None = None,
+                 requested_model: str | None = None, on_note: Callable[[str], None] | None = None,
                  prefer_fast: bool = False, verbose: bool = False, keep_alive: float = 0.0) -> Backend:
-    """The local engine for `settings`, or with `server` a client of that server, or with
-    `keep_alive` (seconds) a client of the private server kept warm for `settings`.
+    """The local engine for `settings`, or with `server` a client of that server, asking it for
+    `requested_model` (-m as given; None: whatever it serves) and telling `on_note` when another
+    model answers, or with `keep_alive` (seconds) a client of the private server kept warm for
+    `settings`.
 
     `prefer_fast`: the caller generates many times (chat, batch, serve), so the static-cache fast
     path pays where it is on by default (CUDA); --compile/--no-compile decides otherwise."""
@@ -28,7 +33,7 @@ def open_backend(settings: ModelSettings, *, server: str | None = None, api_key:
     if server:
         from dsvl_cli.engine.remote import RemoteEngine
 
-        return RemoteEngine(server, api_key=api_key)
+        return RemoteEngine(server, api_key=api_key, model=requested_model, on_note=on_note)
     from dsvl_cli.engine.local import LocalEngine
 
     return LocalEngine.load(settings, verbose=verbose, prefer_fast=prefer_fast)

@@ -11,6 +11,7 @@ Capabilities:
 - `supports_batching`: `generate_batch(items, gen)` answers several questions in one call.
 - `counts_tokens`: `count_tokens(conversation)` gives the prompt's length in tokens.
 - `default_batch_size`: how many questions to put in one batch on this backend.
+- `image_side`: the longest image side the model looks at (its processor's size), None if unknown.
 
 Every backend streams (`stream` yields TextChunks, then exactly one Result); the non-streaming
 answer is that stream joined, once, here.
@@ -35,6 +36,7 @@ class Backend:
     supports_batching: bool = False
     counts_tokens: bool = False
     default_batch_size: int = 1
+    image_side: int | None = None
 
     def stream(self, conversation: Conversation, gen: GenerationSettings, *, cache: Any = None,
                stop_event: threading.Event | None = None) -> Iterator[Chunk]:
@@ -51,6 +53,8 @@ class Backend:
         return None
 
     def count_tokens(self, conversation: Conversation) -> int:
+        """Prompt tokens of `conversation` (images count as their image tokens; only their number
+        is read, so stand-ins work before the pictures are loaded). Safe from any thread."""
         raise NotImplementedError(f"{type(self).__name__} does not count tokens")
 
     def generate_batch(self, items: list, gen: GenerationSettings, **kwargs) -> list:

@@ -51,7 +51,14 @@ def resolve(settings: ModelSettings) -> ResolvedModel:
     if not _HUB_ID.fullmatch(repo_id):
         raise UsageError(f"model {name}: no such folder, and not a hub id (owner/name) or alias "
                          f"({', '.join([*HUB_ALIASES, *tiny_random.SPECS])})")
-    return ResolvedModel(name, _snapshot(repo_id, settings), random_weights=False)
+    try:
+        return ResolvedModel(name, _snapshot(repo_id, settings), random_weights=False)
+    except ModelError as err:
+        if repo_id != name:  # an alias: never meant as a folder
+            raise
+        # `checkpoints/final` may be a folder that is not there: say so, then what the Hub said.
+        reason = err.message.removeprefix(f"model {repo_id}: ")
+        raise ModelError(f"model {name}: no folder {name} here; as a Hub id: {reason}") from None
 
 
 def _snapshot(repo_id: str, settings: ModelSettings) -> Path:

@@ -16,6 +16,7 @@ from typing import Any
 from dsvl_cli.conversation import IMAGE_TOKEN, Conversation
 from dsvl_cli.engine import loading, runtime, streaming
 from dsvl_cli.engine.backend import Backend
+from dsvl_cli.engine.preprocess import hybrid_pixels
 from dsvl_cli.images.cache import SourceCache
 from dsvl_cli.results import Chunk
 from dsvl_cli.settings import GenerationSettings, ModelSettings
@@ -39,6 +40,8 @@ class LocalEngine(Backend):
         self.fast = None  # a fastpath.FastPath once enable_fast_path() ran
         # id(picture) -> (picture, tensors): the value holds the picture, so its id stays its own
         self._pixels = SourceCache(keep=PIXEL_MEMO_SIZE)
+        self._counter = None  # count_tokens' own tokenizer (made on first use)
+        self._count_lock = threading.Lock()
 
     @classmethod
     def load(cls, settings: ModelSettings, *, verbose: bool = False, prefer_fast: bool = False) -> LocalEngine:
@@ -128,7 +131,9 @@ class LocalEngine(Backend):
         otherwise not save. Batch and serve pass False: they use each picture once, and a memo
         would keep full-resolution pictures alive after their request."""
         def preprocess(_key) -> tuple[Any, dict[str, Any]]:
-            return image, dict(self.processor.image_processor(images=[image], return_tensors="pt"))
+            processor = self.processor.image_processor
+            fused = hybrid_pixels(processor, image)  # a photo intake already shrank: one pass
+            return image, fused if fused is not None else dict(processor(images=[image], return_tensors="pt"))
 
         if not remember:
             return preprocess(None)[1]
@@ -152,8 +157,32 @@ class LocalEngine(Backend):
         positions = [i for i, tok in enumerate(ids) if tok == self.image_token_id]
         return [(positions[k], positions[k] + per_image) for k in range(0, len(positions), per_image)]
 
+    @property
+    def image_side(self) -> int:
+        """The longest side the processor resizes to (SAM's 1024 on the 7B, SigLIP's 384 on 1.3B)."""
+        processor = self.processor.image_processor
+
+        def side(size) -> int:  # a dict or transformers' SizeDict; 1.3B's processor has no high_res_size
+            value = (lambda k: size.get(k)) if isinstance(size, dict) else (lambda k: getattr(size, k, None))
+            return max(value(k) or 0 for k in ("height", "width", "longest_edge"))
+
+        return max(side(processor.size), side(getattr(processor, "high_res_size", None)))
+
     def count_tokens(self, conversation: Conversation) -> int:
-        return len(self.tokenizer(self.expand_placeholders(self.render(conversation)))["input_ids"])
+        """The rendered prompt's tokens, each image placeholder counted as its run of image tokens.
+
+        A tokenizer of its own: the one `generate` uses changes its padding settings per call
+        (batched encoding), and a fast tokenizer must not be used from two threads while that
+        happens (the server counts on its parse threads while the worker generates)."""
+        with self._count_lock:
+            if self._counter is None:
+                from tokenizers import Tokenizer
+
+                self._counter = Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
+                self._counter.no_padding()
+                self._counter.no_truncation()
+        ids = self._counter.encode(self.render(conversation), add_special_tokens=True).ids
+        return len(ids) + len(conversation.images) * (int(self.processor.num_image_tokens) - 1)
 
     # -- generation (engine/core.py is where `generate` runs) -----------------------------------
     def new_cache(self) -> streaming.PromptCache:

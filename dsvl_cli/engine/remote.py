@@ -15,6 +15,9 @@ Limits, on purpose:
   up to BUSY_RETRY_S in all.
 - Result.token_ids is empty (the API sends text, not token ids). Against a server other than
   dsvl's, stats hold what `usage` and the client's own clock can tell.
+- The request names the model `-m` gave, or "default" (whatever the server has loaded) when `-m`
+  was not given; a dsvl server answers 404 for another model. If a server answers with a model
+  other than the one asked for, `on_note` is told once per model.
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import requests
 
 from dsvl_cli import __version__, wire
 from dsvl_cli.conversation import Conversation
 from dsvl_cli.engine.backend import Backend
+from dsvl_cli.engine.loading import HUB_ALIASES
 from dsvl_cli.errors import ContextLengthError, GenerationError, ModelError, UsageError
 from dsvl_cli.images import LoadedImage
 from dsvl_cli.images.cache import SourceCache
@@ -62,8 +66,12 @@ class RemoteEngine(Backend):
     inline_images = False  # True: URLs too are fetched here and sent as data: URIs (--keep-alive)
     png_level = 6  # zlib level of those PNGs: smaller over a network, level 1 is faster over a local socket
 
-    def __init__(self, url: str, *, api_key: str | None = None):
+    def __init__(self, url: str, *, api_key: str | None = None, model: str | None = None,
+                 on_note: Callable[[str], None] | None = None):
         self.url = base_url(url)
+        self.requested_model = model
+        self._on_note = on_note
+        self._noted: set[str] = set()
         self._session = self._new_session()
         self._session.headers["User-Agent"] = f"dsvl/{__version__}"
         if api_key:
@@ -91,6 +99,7 @@ class RemoteEngine(Backend):
                 if "error" in obj:
                     raise self._error(obj["error"], status=None)
                 usage = obj.get("usage") or usage
+                self._note_model(obj.get("model"))
                 for choice in obj.get("choices") or []:
                     piece = (choice.get("delta") or {}).get("content")
                     if piece:
@@ -115,8 +124,20 @@ class RemoteEngine(Backend):
 
     # -- the request ----------------------------------------------------------------------------
     def request_body(self, conversation: Conversation, gen: GenerationSettings) -> dict:
-        return {"model": self.name, "messages": wire.to_messages(conversation, self._image_ref), "stream": True,
-                "stream_options": {"include_usage": True}, **wire.sampling_fields(gen)}
+        return {"model": self.requested_model or "default", "messages": wire.to_messages(conversation, self._image_ref),
+                "stream": True, "stream_options": {"include_usage": True}, **wire.sampling_fields(gen)}
+
+    def _note_model(self, answered) -> None:
+        """Tell the user once when the server answered with another model than -m asked for."""
+        asked = self.requested_model
+        if asked in (None, "default") or not isinstance(answered, str) or answered in self._noted:
+            return
+        same = {asked, *(alias for alias, hub in HUB_ALIASES.items() if asked in (alias, hub)),
+                *(hub for alias, hub in HUB_ALIASES.items() if asked in (alias, hub))}
+        if answered not in same:
+            self._noted.add(answered)
+            if self._on_note is not None:
+                self._on_note(f"note: asked for model {asked}; server {self.url} answered with {answered}")
 
     def _image_ref(self, loaded: LoadedImage) -> str:
         if not self.inline_images and wire.IMAGE_URL.match(loaded.source):  # the server fetches these itself
@@ -173,6 +194,8 @@ class RemoteEngine(Backend):
             return UsageError(f"server {self.url}: {message}; set DSVL_API_KEY or --api-key")
         if error.get("code") == "context_length_exceeded":
             return ContextLengthError(message)
+        if error.get("code") == "model_not_found":
+            return UsageError(f"server {self.url}: {message}")
         if status == 400:
             return UsageError(message)
         if status == 404 and path == "/v1/models":

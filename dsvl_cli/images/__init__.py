@@ -15,7 +15,11 @@ Limits, on purpose:
   orientation is applied. Colour profiles (ICC) are ignored.
 - `-` can be read once per process, so it may appear once among the sources of one question.
 - Decoding uses warnings.catch_warnings, which is process-global, so decoding holds a module lock:
-  callers may load images from several threads (fetching URLs overlaps; decoding takes turns).
+  callers may load images from several threads (fetching URLs overlaps; decoding takes turns);
+  such callers call prepare_for_threads(sources) first. Pillow's warnings about a damaged file
+  (a corrupt EXIF block) are not printed: the pixels are used, the damaged metadata ignored.
+- A named pipe (FIFO, `<(curl ...)`) is read without blocking forever (images/pipes.py); other
+  non-regular files (terminals, devices, sockets) are refused.
 """
 
 from __future__ import annotations
@@ -37,14 +41,15 @@ from PIL import Image
 
 from dsvl_cli.errors import ImageLoadError
 from dsvl_cli.images.decode import decode_image
-from dsvl_cli.images.limits import max_image_bytes, oserror_text, read_capped, too_big
+from dsvl_cli.images.guard import ImageGuard
+from dsvl_cli.images.limits import display_source, fmt_bytes, max_image_bytes, oserror_text, read_capped, too_big
 
 # `scheme://...` is always treated as a URL; a bare `scheme:` only when no such file exists.
 _URL_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")  # 2+ chars, so `C:\\...` stays a path
 _NON_FILE_SCHEMES = frozenset("file ftp sftp ssh javascript mailto about blob s3 gs hf".split())
 
-__all__ = ["LoadedImage", "load_image", "load_images", "max_image_bytes"]
+__all__ = ["LoadedImage", "display_source", "load_image", "load_images", "max_image_bytes", "prepare_for_threads"]
 
 
 @dataclass(frozen=True)
@@ -54,23 +59,41 @@ class LoadedImage:
     load_s: float  # seconds spent reading/fetching + decoding
 
 
-def load_image(source: str, *, stdin: BinaryIO | None = None) -> LoadedImage:
-    """Read, fetch or decode one image source; raise ImageLoadError with a one-line reason."""
+def load_image(source: str, *, stdin: BinaryIO | None = None, exact: bool = False,
+               guard: ImageGuard | None = None) -> LoadedImage:
+    """Read, fetch or decode one image source; raise ImageLoadError with a one-line reason.
+
+    Images over ~4 MP are decoded at the size the model needs (images/decode.py); `exact`
+    decodes every image in full, as the model card's way does (--exact-pixels). `guard`: the
+    source comes from an untrusted client (the server): URLs go through its media policy, data:
+    URIs meet its caps, local files and stdin are refused (guard.py)."""
     start = time.perf_counter()
-    image = _resolve(source, stdin)
+    image = _resolve(source, stdin, exact) if guard is None else _resolve_guarded(source, guard)
     return LoadedImage(source=source, image=image, load_s=time.perf_counter() - start)
 
 
-def load_images(sources: Sequence[str], *, stdin: BinaryIO | None = None) -> list[LoadedImage]:
+def load_images(sources: Sequence[str], *, stdin: BinaryIO | None = None, exact: bool = False) -> list[LoadedImage]:
     """Load every source in order; the first bad one raises. `-` may appear at most once."""
     if sum(1 for s in sources if s == "-") > 1:
         raise ImageLoadError("-", "stdin can only be read once")
-    return [load_image(s, stdin=stdin) for s in sources]
+    return [load_image(s, stdin=stdin, exact=exact) for s in sources]
 
 
-def _resolve(source: str, stdin: BinaryIO | None) -> Image.Image:
+def prepare_for_threads(sources: Sequence[str]) -> None:
+    """Import the HTTP stack now, in the calling thread, when any source is a URL.
+
+    Why: callers that load images on worker threads would otherwise import `requests` on one of
+    them while another decodes inside warnings.catch_warnings (process-global); the decoder's exit
+    then drops the filter requests installs for urllib3's DependencyWarning, and "SOCKS support
+    requires PySocks" reached stderr in most runs. Call it before the threads start.
+    """
+    if any(_URL_RE.match(s) for s in sources):
+        import requests  # noqa: F401  (imports urllib3 and its optional SOCKS support, once)
+
+
+def _resolve(source: str, stdin: BinaryIO | None, exact: bool) -> Image.Image:
     if source == "-":
-        return _from_stdin(stdin)
+        return _from_stdin(stdin, exact)
     if not source:
         raise ImageLoadError(source, "empty image source")
     url = _URL_RE.match(source)
@@ -79,18 +102,29 @@ def _resolve(source: str, stdin: BinaryIO | None) -> Image.Image:
         if scheme in ("http", "https"):
             from dsvl_cli.images.fetch import from_url
 
-            return from_url(source)
+            return from_url(source, exact)
         raise _unsupported_scheme(source, scheme)
     scheme_match = _SCHEME_RE.match(source)
     if scheme_match and not os.path.lexists(os.path.expanduser(source)):
         scheme = scheme_match.group(1).lower()  # `a:b.png` on disk stays a path
         if scheme == "data":
-            return _from_data_uri(source)
+            return _from_data_uri(source, exact)
         if scheme in ("http", "https"):
             raise ImageLoadError(source, f"malformed URL (expected {scheme}://host/...)")
         if scheme in _NON_FILE_SCHEMES:
             raise _unsupported_scheme(source, scheme)
-    return _from_path(source)
+    return _from_path(source, exact)
+
+
+def _resolve_guarded(source: str, guard: ImageGuard) -> Image.Image:
+    url = _URL_RE.match(source)
+    if url and url.group(1).lower() in ("http", "https"):
+        from dsvl_cli.images.guarded import from_url_guarded
+
+        return from_url_guarded(source, guard)
+    if source[:5].lower() == "data:":
+        return _from_data_uri(source, guard=guard)
+    raise ImageLoadError(source[:80], "only http(s) URLs and data: URIs are accepted here")
 
 
 def _unsupported_scheme(source: str, scheme: str) -> ImageLoadError:
@@ -101,7 +135,7 @@ def _unsupported_scheme(source: str, scheme: str) -> ImageLoadError:
 # --- sources -----------------------------------------------------------------------------------
 
 
-def _from_path(source: str) -> Image.Image:
+def _from_path(source: str, exact: bool) -> Image.Image:
     path = os.path.expanduser(source)
     try:
         st = os.stat(path)
@@ -115,22 +149,33 @@ def _from_path(source: str) -> Image.Image:
         raise ImageLoadError(source, f"cannot access file: {oserror_text(e)}") from None
     if stat.S_ISDIR(st.st_mode):
         raise ImageLoadError(source, "is a directory, not an image file")
-    if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+    if stat.S_ISFIFO(st.st_mode):  # a named pipe, or <(curl ...): read without blocking forever
+        from dsvl_cli.images.pipes import read_pipe
+
+        return decode_image(source, io.BytesIO(read_pipe(source, path)), empty_reason="the pipe was empty",
+                            exact=exact)
+    if not stat.S_ISREG(st.st_mode):  # a terminal, /dev/zero, a socket: nothing an image comes from
+        raise ImageLoadError(source, f"not a regular file ({_file_kind(st.st_mode)})")
+    if st.st_size == 0:
         raise ImageLoadError(source, "empty file")
     try:
         with open(path, "rb") as f:
-            if f.seekable():
-                return decode_image(source, f, empty_reason="empty file")
-            # A pipe such as <(curl ...): buffer it, under the same cap as stdin.
-            data = read_capped(source, f)
-            return decode_image(source, io.BytesIO(data), empty_reason="empty file")
+            return decode_image(source, f, empty_reason="empty file", exact=exact)
     except PermissionError:
         raise ImageLoadError(source, "permission denied") from None
     except OSError as e:  # read errors outside decoding (decode errors are mapped in _decode)
         raise ImageLoadError(source, f"cannot read file: {oserror_text(e)}") from None
 
 
-def _from_stdin(stdin: BinaryIO | None) -> Image.Image:
+def _file_kind(mode: int) -> str:
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    return "a socket" if stat.S_ISSOCK(mode) else "a special file"
+
+
+def _from_stdin(stdin: BinaryIO | None, exact: bool) -> Image.Image:
     stream = stdin if stdin is not None else getattr(sys.stdin, "buffer", None)
     if stream is None:
         raise ImageLoadError("-", "no stdin available to read image bytes from")
@@ -141,12 +186,11 @@ def _from_stdin(stdin: BinaryIO | None) -> Image.Image:
         data = read_capped("-", stream)
     except OSError as e:
         raise ImageLoadError("-", f"cannot read stdin: {oserror_text(e)}") from None
-    return decode_image("-", io.BytesIO(data), empty_reason="no bytes on stdin")
+    return decode_image("-", io.BytesIO(data), empty_reason="no bytes on stdin", exact=exact)
 
 
-def _from_data_uri(uri: str) -> Image.Image:
-    # Errors name a shortened URI: a multi-megabyte error line helps nobody.
-    source = uri if len(uri) <= 80 else f"{uri[:60]}…({len(uri)} chars)"
+def _from_data_uri(uri: str, exact: bool = False, guard: ImageGuard | None = None) -> Image.Image:
+    source = display_source(uri)  # a multi-megabyte error line helps nobody
     header, comma, payload = uri[len("data:"):].partition(",")
     if not comma:
         raise ImageLoadError(source, "malformed data: URI (no ',' before the data)")
@@ -165,8 +209,13 @@ def _from_data_uri(uri: str) -> Image.Image:
         data = base64.b64decode(raw + b"=" * (-len(raw) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise ImageLoadError(source, "data: URI has invalid base64 data") from None
-    if len(data) > max_image_bytes():
-        raise ImageLoadError(source, too_big())
-    return decode_image(source, io.BytesIO(data), empty_reason="data: URI has no image data")
+    if guard is None:
+        if len(data) > max_image_bytes():
+            raise ImageLoadError(source, too_big())
+        return decode_image(source, io.BytesIO(data), empty_reason="data: URI has no image data", exact=exact)
+    if len(data) > guard.max_bytes:
+        raise ImageLoadError(source, f"larger than the server's {fmt_bytes(guard.max_bytes)} limit")
+    return decode_image(source, io.BytesIO(data), empty_reason="data: URI has no image data",
+                        max_pixels=guard.max_pixels, max_side=guard.max_side)
 
 

@@ -1,14 +1,31 @@
 """Decoding: sniff, decode with Pillow, apply EXIF orientation, normalise to RGB.
 
-Decoding uses warnings.catch_warnings, which is process-global, so it holds a module lock: callers
-may load images from several threads (fetching URLs overlaps; decoding takes turns).
+Photo intake at the size the model needs: no DeepSeek-VL processor looks at more than INTAKE_SIDE
+pixels on the long side (SAM-B's 1024 px), so an image of more than INTAKE_MIN_PIXELS (a 12 MP
+phone photo) is decoded at the smallest JPEG DCT scale that still gives >= INTAKE_SIDE (Pillow's
+`draft`), or for other formats reduced by a whole factor, then resized once (bicubic, as the
+processor resizes) to INTAKE_SIDE on the long side, and only then rotated per EXIF (rotating the
+small image is cheaper and gives the same pixels). The processor's own resize to 1024 then keeps
+the size. Smaller images take the exact path, bit for bit as before; `exact=True` (--exact-pixels)
+takes it for every image. Limits: for the 1.3B model (384 px) the 1024 px intermediate is still
+larger than needed; the decompression-bomb guard checks the full size before anything is decoded.
+
+Threads: images decode in parallel (Pillow's decoders release the GIL), so batch's prefetch
+threads keep several photos in flight. Pillow's warnings are therefore filtered once for the
+process (`_pillow_warning_filters`), never with warnings.catch_warnings around each decode, which
+swaps the process-wide filter list and made decodes take turns under a lock.
+
+The server (`max_pixels`, `max_side`: images from untrusted clients) refuses a picture with more
+than `max_pixels` from its header, before decoding (a JPEG counts at its reduced decoding scale),
+and shrinks every picture larger than `max_side` the same way as above, so no full-resolution copy
+outlives its decode.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import struct
-import threading
 import warnings
 import zlib
 from typing import BinaryIO
@@ -18,35 +35,95 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from dsvl_cli.errors import ImageLoadError
 
 _SNIFF = 4096
+INTAKE_SIDE = 1024  # the longest side any DeepSeek-VL processor resizes to
+INTAKE_MIN_PIXELS = 4_000_000  # below this, decoding is a few ms: the exact path, bit for bit
 # Pillow raises these on corrupt or truncated data (some plugins leak non-OSError exceptions).
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error, zlib.error)
 
 
-_DECODE_LOCK = threading.Lock()  # warnings.catch_warnings is process-global
+def _pillow_warning_filters() -> None:
+    """A decompression-bomb warning is an error (the image is refused, not just noted); Pillow's
+    notes on damaged metadata ("Corrupt EXIF data") are dropped: warnings raised by Pillow or
+    attributed to this package's calls into it. Set before every decode (filterwarnings replaces
+    an identical entry, so the list does not grow): something else may have reset the filters."""
+    warnings.filterwarnings("ignore", module=r"(PIL|dsvl_cli\.images)(\.|$)")
+    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
-def decode_image(source: str, fp: BinaryIO, *, empty_reason: str, url: bool = False) -> Image.Image:
-    """Sniff, decode and normalise to RGB. `fp` must be seekable and positioned at the start."""
+def decode_image(source: str, fp: BinaryIO, *, empty_reason: str, url: bool = False,
+                 exact: bool = False, max_pixels: int | None = None, max_side: int | None = None) -> Image.Image:
+    """Sniff, decode and normalise to RGB (large images at the size the model needs, see above).
+    `fp` must be seekable and positioned at the start."""
     head = fp.read(_SNIFF)
     fp.seek(0)
     if not head:
         raise ImageLoadError(source, empty_reason)
     _reject_text_formats(source, head, url)
-    with _DECODE_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse, don't just warn
-        try:
-            with Image.open(fp) as opened:
-                opened.load()  # decode now, so truncation is caught here and not later
-                rgb = _to_rgb(source, _apply_orientation(opened))
-                return rgb.copy() if rgb is opened else rgb
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise ImageLoadError(source, _bomb_reason(e)) from None
-        except UnidentifiedImageError:
-            raise ImageLoadError(source, "not a recognised image format") from None
-        except MemoryError:
-            raise ImageLoadError(source, "not enough memory to decode the image") from None
-        except _DECODE_ERRORS:
-            raise ImageLoadError(source, "truncated or corrupt image data") from None
+    _pillow_warning_filters()
+    try:
+        with Image.open(fp) as opened:
+            side = max_side or INTAKE_SIDE
+            if max(opened.size) > side and (max_side is not None or
+                                             (not exact and opened.width * opened.height > INTAKE_MIN_PIXELS)):
+                _draft(opened, side)
+                _check_pixels(source, opened, max_pixels)
+                return _decode_shrunk(source, opened, side)
+            _check_pixels(source, opened, max_pixels)
+            opened.load()  # decode now, so truncation is caught here and not later
+            rgb = _to_rgb(source, _apply_orientation(opened))
+            return rgb.copy() if rgb is opened else rgb
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageLoadError(source, _bomb_reason(e)) from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(source, "not a recognised image format") from None
+    except MemoryError:
+        raise ImageLoadError(source, "not enough memory to decode the image") from None
+    except _DECODE_ERRORS:
+        raise ImageLoadError(source, "truncated or corrupt image data") from None
+
+
+def _draft(opened: Image.Image, side: int) -> None:
+    """JPEG: decode at the smallest DCT scale (1/2, 1/4, 1/8) whose long side is still >= `side`."""
+    if opened.format == "JPEG":  # the decoder then skips most of its work
+        scale = side / max(opened.size)
+        opened.draft(opened.mode, (math.ceil(opened.width * scale), math.ceil(opened.height * scale)))
+
+
+def _decode_shrunk(source: str, opened: Image.Image, side: int) -> Image.Image:
+    """A large image decoded (drafted already) to `side` on its long side, then oriented per EXIF."""
+    orientation = _orientation(opened)
+    opened.load()
+    image = _to_rgb(source, opened)
+    factor = max(image.size) // side
+    if factor >= 2:  # a box filter by a whole factor first: the bicubic pass then reads far less
+        image = image.reduce(factor)
+    ratio = side / max(image.size)
+    if ratio < 1:
+        image = image.resize((max(1, round(image.width * ratio)), max(1, round(image.height * ratio))),
+                             Image.Resampling.BICUBIC)
+    elif image is opened:
+        image = image.copy()
+    return image.transpose(orientation) if orientation is not None else image
+
+
+def _orientation(image: Image.Image) -> Image.Transpose | None:
+    """The transpose that EXIF orientation 2-8 asks for (what ImageOps.exif_transpose applies)."""
+    try:
+        value = image.getexif().get(0x0112)
+    except (SyntaxError, ValueError, TypeError, KeyError, struct.error):
+        return None
+    return {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}.get(value)
+
+
+def _check_pixels(source: str, opened: Image.Image, max_pixels: int | None) -> None:
+    """Refuse, from the header, a picture with more pixels than `max_pixels` (JPEG: after draft)."""
+    if max_pixels is None:
+        return
+    width, height = opened.size
+    if width * height > max_pixels:
+        raise ImageLoadError(source, f"image is {width}x{height} pixels, more than the {max_pixels} allowed")
 
 
 def _reject_text_formats(source: str, head: bytes, url: bool) -> None:

@@ -1,6 +1,9 @@
 """Fetching an image over http(s): timeouts, a redirect limit and a byte cap.
 
-requests is imported only when a URL is fetched.
+requests is imported only when a URL is fetched. With an ImageGuard (the server), redirects are
+followed here hop by hop so the media policy sees every URL, and connections go through
+`_GuardedAdapter`, which resolves the host itself, checks every address and connects to a checked
+one (guard.py). Without one (the CLI), requests follows redirects and connects as usual.
 """
 
 from __future__ import annotations
@@ -13,14 +16,15 @@ from PIL import Image
 from dsvl_cli import __version__
 from dsvl_cli.errors import ImageLoadError
 from dsvl_cli.images.decode import decode_image
-from dsvl_cli.images.limits import CHUNK, max_image_bytes, one_line, too_big
+from dsvl_cli.images.guard import ImageGuard
+from dsvl_cli.images.limits import CHUNK, fmt_bytes, max_image_bytes, one_line, too_big
 
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 30.0
 MAX_REDIRECTS = 5
 
 
-def from_url(source: str) -> Image.Image:
+def from_url(source: str, exact: bool = False) -> Image.Image:
     import requests  # only URL sources pay for importing requests
 
     cap = max_image_bytes()
@@ -33,11 +37,11 @@ def from_url(source: str) -> Image.Image:
                 body = _read_response(source, resp, cap)
     except requests.RequestException as e:
         raise ImageLoadError(source, _request_reason(e)) from None
-    return decode_image(source, io.BytesIO(body), empty_reason="URL returned an empty body", url=True)
+    return decode_image(source, io.BytesIO(body), empty_reason="URL returned an empty body", url=True, exact=exact)
 
 
-def _read_response(source: str, resp, cap: int) -> bytes:
-    """Check status and headers, then stream the body under the byte cap."""
+def _read_response(source: str, resp, cap: int, guard: ImageGuard | None = None) -> bytes:
+    """Check status and headers, then stream the body under the byte cap (and the guard's deadline)."""
     if resp.status_code >= 400:
         try:
             phrase = HTTPStatus(resp.status_code).phrase
@@ -50,13 +54,16 @@ def _read_response(source: str, resp, cap: int) -> bytes:
     if ctype == "image/svg+xml":
         raise ImageLoadError(source, "SVG is not supported; convert it to PNG first")
     length = resp.headers.get("Content-Length", "")
+    limit = too_big() if guard is None else f"larger than the server's {fmt_bytes(cap)} limit"
     if length.isdigit() and int(length) > cap:
-        raise ImageLoadError(source, too_big())
+        raise ImageLoadError(source, limit)
     body = bytearray()
     for chunk in resp.iter_content(CHUNK):  # decoded bytes, so a gzip bomb meets the cap too
         body += chunk
         if len(body) > cap:
-            raise ImageLoadError(source, too_big())
+            raise ImageLoadError(source, limit)
+        if guard is not None:
+            guard.check(source)
     return bytes(body)
 
 

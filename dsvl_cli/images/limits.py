@@ -6,6 +6,7 @@ import os
 from typing import BinaryIO
 
 from dsvl_cli.errors import ImageLoadError, UsageError
+from dsvl_cli.screen.text import visible
 
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
 MAX_BYTES_ENV = "DSVL_MAX_IMAGE_BYTES"
@@ -52,5 +53,17 @@ def oserror_text(e: OSError) -> str:
 
 
 def one_line(text: str, limit: int = 160) -> str:
-    text = " ".join(text.split())
+    """`text` (a server's reason phrase, an OS message) as one short line without control characters."""
+    text = " ".join(visible(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def display_source(source: str) -> str:
+    """A source as shown in messages and JSON output: data: URIs past 80 characters shortened.
+
+    Why: a record or an error line that echoes a multi-megabyte data: URI helps nobody; the
+    start (media type and first bytes) and the length are enough to tell it apart.
+    """
+    if len(source) <= 80 or not source[:5].lower() == "data:":
+        return source
+    return f"{source[:60]}…({len(source)} chars)"

@@ -8,15 +8,20 @@ Limits, on purpose:
   requests in arrival order; requests waiting together with the same generation settings run as
   one batch (up to `max_batch`). At most `max_queue` requests wait behind the running batch; past
   that the answer is 429 with Retry-After.
-- Images are resolved in one helper thread (images.py decodes from one thread at a time), never on
-  the event loop. The server fetches http(s) image URLs itself: bind to 127.0.0.1 (the default) or
-  set an API key before exposing it. Local paths in `image_url` are refused.
+- Before any expensive work a request passes the gate (gate.py: Host, key, JSON only, body cap and
+  timeout) and the cheap caps (limits.py: text, image count, prompt tokens); the body is parsed and
+  tokens are counted on a helper thread, never on the event loop.
+- Images are fetched and decoded on their own threads under the media policy (media.py: public
+  addresses only by default, a total deadline per fetch, cancelled when the client goes away); a
+  text-only request never waits for them. Local paths in `image_url` are refused.
 - No KV reuse across requests: image placeholders are the same tokens for every picture, so a
   prefix cache shared between clients could reuse another image's KV; `cached_tokens` is 0.
 - A client that disconnects stops its generation (the engine's stop_event); one that disconnects
-  while queued is skipped. On SIGINT/SIGTERM uvicorn stops accepting, lets in-flight requests
-  finish for up to GRACE_S seconds, then cancels them (which stops their generation).
-- Request bodies are capped (413): room for a few images at the image byte cap, base64-encoded.
+  while queued is skipped. On SIGINT/SIGTERM uvicorn stops accepting and lets in-flight requests
+  finish for up to GRACE_S seconds; then `Drain` cuts the rest: streams get an error chunk and
+  `[DONE]`, queued requests a 503 (transport.py).
+- A request naming another model gets 404 model_not_found; the loaded model's name, its aliases
+  and "default" are accepted.
 """
 
 from __future__ import annotations
@@ -24,44 +29,33 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
-import socket
-import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from dsvl_cli.serve import protocol as chat_api
 from dsvl_cli.errors import ContextLengthError, DsvlError, ExitCode, GenerationError, ImageLoadError
-from dsvl_cli.images import load_image, max_image_bytes
+from dsvl_cli.images.guard import MediaPolicy
 from dsvl_cli.results import Result, TextChunk
+from dsvl_cli.serve import gate
+from dsvl_cli.serve import protocol as chat_api
+from dsvl_cli.serve.gate import ApiError, ClientClosed
+from dsvl_cli.serve.limits import PromptCounter, ServeLimits, image_side
+from dsvl_cli.serve.logs import AccessLog
+from dsvl_cli.serve.media import ClientGone, MediaLoader
 from dsvl_cli.serve.scheduler import END as _END
-from dsvl_cli.serve.scheduler import Job, QueueFull, Worker
+from dsvl_cli.serve.scheduler import Drain, Job, QueueFull, Worker
+from dsvl_cli.serve.transport import GRACE_S, bind, configure_logging, make_server
 from dsvl_cli.settings import GenerationSettings
 
-IMAGE_WORKERS = 4  # requests whose images are fetched and decoded at once
-GRACE_S = 10.0  # how long shutdown waits for in-flight requests before cancelling them
+__all__ = ["create_app", "bind", "make_server", "configure_logging", "GRACE_S"]
+PARSE_WORKERS = 2  # threads that parse bodies and count tokens (text-only requests need only these)
 RETRY_AFTER_S = 1
 log = logging.getLogger("dsvl.serve")
-
-
-def default_max_body_bytes() -> int:
-    """Four images at the image byte cap, base64-encoded, plus room for the text."""
-    return max_image_bytes() * 4 // 3 * 4 + (1 << 20)
-
-
-class ApiError(Exception):
-    """An HTTP error in OpenAI's shape."""
-
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 code: str | None = None, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.code, self.headers = status, message, type_, code, headers
 
 
 def _from_dsvl(err: DsvlError) -> ApiError:
@@ -77,15 +71,19 @@ def _from_dsvl(err: DsvlError) -> ApiError:
 # -- the app -------------------------------------------------------------------------------------------
 
 def create_app(engine, *, defaults: GenerationSettings | None = None, api_key: str | None = None,
-               max_queue: int = 16, max_batch: int | None = None, max_body_bytes: int | None = None) -> FastAPI:
+               max_queue: int = 16, max_batch: int | None = None, max_body_bytes: int | None = None,
+               limits: ServeLimits | None = None, policy: MediaPolicy | None = None,
+               allowed_hosts: frozenset[str] | None = None, image_max_side: int | None = None) -> FastAPI:
     """The ASGI app over a loaded engine (or anything with its `stream`, `name`, `random_weights`).
 
-    `max_batch`: most requests in one generate call (default: batch's default for the device)."""
-    defaults = defaults or GenerationSettings()
-    body_cap = max_body_bytes or default_max_body_bytes()
+    `max_batch`: most requests in one generate call (default: batch's default for the device).
+    `allowed_hosts`: the Host names answered (None: any). `policy`: what image URLs may be fetched."""
+    limits = limits or ServeLimits()
     worker = Worker(engine, max_queue, max_batch or engine.default_batch_size)
-    # Image fetching runs beside the event loop; a slow URL must not hold up other requests' images.
-    images = ThreadPoolExecutor(max_workers=IMAGE_WORKERS, thread_name_prefix="dsvl-serve-images")
+    media = MediaLoader(policy or MediaPolicy(), limits, image_max_side or image_side(engine))
+    intake = Intake(engine, defaults or GenerationSettings(), api_key, limits, media,
+                    max_body_bytes or limits.body_bytes())
+    drain = Drain(media.shutdown)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -94,26 +92,118 @@ def create_app(engine, *, defaults: GenerationSettings | None = None, api_key: s
             yield
         finally:
             worker.stop(GRACE_S)
-            images.shutdown(wait=False, cancel_futures=True)
+            media.shutdown()
+            intake.shutdown()
 
     app = FastAPI(title="dsvl", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.dsvl_drain = drain
+    app.add_middleware(gate.HostCheck, allowed=allowed_hosts)
     app.add_middleware(AccessLog)
+    _error_handlers(app)
 
-    def check_key(request: Request) -> None:
-        if api_key is None:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), api_key.encode()):
-            raise ApiError(401, "missing or wrong API key (send Authorization: Bearer KEY)",
-                           "authentication_error", "invalid_api_key")
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "model": engine.name}
 
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> dict:
+        gate.check_key(request, api_key)
+        return {"object": "list", "data": [{"id": engine.name, "object": "model", "created": 0,
+                                            "owned_by": "dsvl", "random_weights": engine.random_weights}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        req, gen, conversation = await intake.read(request)
+        try:
+            job = worker.submit(conversation, gen)
+        except QueueFull:
+            raise ApiError(429, f"the server is busy: {max_queue} requests already waiting; retry later",
+                           "rate_limit_error", "queue_full", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+        del conversation
+        request.state.dsvl_job = job
+        drain.add(job)
+        try:
+            first = await _next(job, request)  # waits through the queue; errors still get a status
+            if isinstance(first, BaseException):
+                raise first
+        except BaseException:
+            job.stop.set()
+            drain.discard(job)
+            raise
+        cid = chat_api.new_id()
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            events = _sse(job, first, cid, engine.name, include_usage, request, drain)
+            return StreamingResponse(events, media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        try:
+            result = await _collect(job, first, request)
+        finally:
+            job.stop.set()
+            drain.discard(job)
+        _note_tokens(request, result)
+        return chat_api.completion(cid, engine.name, result)
+
+    return app
+
+
+class Intake:
+    """From an HTTP request to a checked Conversation: every cap checked cheapest first (limits.py),
+    the body parsed and the tokens counted on helper threads, the images loaded last (media.py)."""
+
+    def __init__(self, engine, defaults: GenerationSettings, api_key: str | None, limits: ServeLimits,
+                 media: MediaLoader, body_cap: int):
+        self.engine, self.defaults, self.api_key, self.limits = engine, defaults, api_key, limits
+        self.media, self.body_cap = media, body_cap
+        self.names = chat_api.model_names(engine.name)
+        self.counter = PromptCounter(engine)
+        self._pool = ThreadPoolExecutor(max_workers=PARSE_WORKERS, thread_name_prefix="dsvl-serve-parse")
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def read(self, request: Request):
+        """(the parsed request, its GenerationSettings, its Conversation with images loaded)."""
+        loop = asyncio.get_running_loop()
+        gate.check_key(request, self.api_key)
+        gate.require_json(request)
+        raw = await gate.read_body(request, self.body_cap, self.limits.body_timeout_s)
+        req = await loop.run_in_executor(self._pool, chat_api.parse_request, raw)
+        del raw  # the body can be megabytes of base64: keep only what was parsed out of it
+        chat_api.check_model(req.model, self.engine.name, self.names)
+        gen = chat_api.generation_settings(req, self.defaults)
+        self.limits.check_text(chat_api.check_messages(req))
+        sources = chat_api.image_sources(req)
+        self.limits.check_images(len(sources))
+        self.media.precheck(sources)
+        standins = chat_api.build_conversation(req, {source: None for source in sources})
+        await loop.run_in_executor(self._pool, self.counter.check, standins)
+        images = await self.media.load(sources, request.is_disconnected)
+        return req, gen, chat_api.build_conversation(req, images)
+
+
+def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(chat_api.error_body(exc.message, exc.type, exc.code), exc.status, headers=exc.headers)
 
     @app.exception_handler(DsvlError)
     async def dsvl_error(request: Request, exc: DsvlError) -> JSONResponse:
+        job = getattr(request.state, "dsvl_job", None)
+        if job is not None and job.cut:
+            return await api_error(request, ApiError(503, "the server is shutting down", "server_error",
+                                                     "server_shutdown"))
         return await api_error(request, _from_dsvl(exc))
+
+    @app.exception_handler(chat_api.ModelNotFound)
+    async def model_not_found(request: Request, exc: chat_api.ModelNotFound) -> JSONResponse:
+        return await api_error(request, ApiError(404, str(exc), code="model_not_found"))
+
+    @app.exception_handler(ClientClosed)
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, exc: Exception) -> Response:
+        request.state.dsvl_client_gone = True
+        return Response(status_code=499)  # nobody reads it; the log line says client-gone
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -125,68 +215,7 @@ def create_app(engine, *, defaults: GenerationSettings | None = None, api_key: s
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return await api_error(request, ApiError(exc.status_code, str(exc.detail), headers=exc.headers))
 
-    @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok", "model": engine.name}
 
-    @app.get("/v1/models")
-    async def list_models(request: Request) -> dict:
-        check_key(request)
-        return {"object": "list", "data": [{"id": engine.name, "object": "model", "created": 0,
-                                            "owned_by": "dsvl", "random_weights": engine.random_weights}]}
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        check_key(request)
-        raw = await _read_body(request, body_cap)
-        try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ApiError(400, f"request body is not valid JSON ({exc})") from None
-        req = chat_api.parse_request(data)
-        gen = chat_api.generation_settings(req, defaults)
-        loop = asyncio.get_running_loop()
-        conversation = await loop.run_in_executor(images, chat_api.build_conversation, req, load_image)
-        try:
-            job = worker.submit(conversation, gen)
-        except QueueFull:
-            raise ApiError(429, f"the server is busy: {max_queue} requests already waiting; retry later",
-                           "rate_limit_error", "queue_full", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
-        request.state.dsvl_job = job
-        try:
-            first = await _next(job, request)  # waits through the queue; errors still get a status
-            if isinstance(first, BaseException):
-                raise first
-        except BaseException:
-            job.stop.set()
-            raise
-        cid = chat_api.new_id()
-        if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            events = _sse(job, first, cid, engine.name, include_usage, request)
-            return StreamingResponse(events, media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        try:
-            result = await _collect(job, first, request)
-        finally:
-            job.stop.set()
-        _note_tokens(request, result)
-        return chat_api.completion(cid, engine.name, result)
-
-    return app
-
-
-async def _read_body(request: Request, cap: int) -> bytes:
-    too_big = ApiError(413, f"request body is larger than {cap} bytes", code="request_too_large")
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > cap:
-        raise too_big
-    body = bytearray()
-    async for piece in request.stream():
-        body += piece
-        if len(body) > cap:
-            raise too_big
-    return bytes(body)
 
 
 async def _next(job: Job, request: Request):
@@ -197,7 +226,7 @@ async def _next(job: Job, request: Request):
         except asyncio.TimeoutError:
             if await request.is_disconnected():
                 job.stop.set()
-                raise ApiError(499, "client closed the request") from None
+                raise ClientClosed() from None
 
 
 async def _collect(job: Job, item, request: Request) -> Result:
@@ -213,10 +242,12 @@ async def _collect(job: Job, item, request: Request) -> Result:
     return result
 
 
-async def _sse(job: Job, item, cid: str, model: str, include_usage: bool, request: Request) -> AsyncIterator[str]:
+async def _sse(job: Job, item, cid: str, model: str, include_usage: bool, request: Request,
+               drain: Drain) -> AsyncIterator[str]:
     """Server-sent events: a role chunk, content chunks, a finish chunk, [DONE].
 
-    Starlette cancels this generator when the client disconnects; `finally` then stops the job.
+    Starlette cancels this generator when the client disconnects; `finally` then stops the job. A
+    stream cut by shutdown (Drain) ends with an error chunk, then [DONE].
     """
     def event(obj: dict) -> str:
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
@@ -235,84 +266,16 @@ async def _sse(job: Job, item, cid: str, model: str, include_usage: bool, reques
                 err = _from_dsvl(item) if isinstance(item, DsvlError) else ApiError(500, str(item), "server_error")
                 yield event(chat_api.error_body(err.message, err.type, err.code))
             item = await job.out.get()
+        if job.cut:
+            yield event(chat_api.error_body("the server is shutting down; the answer was cut short",
+                                            "server_error", "server_shutdown"))
         yield "data: [DONE]\n\n"
     finally:
         if item is not _END:  # cancelled before the end: the client went away (or shutdown)
             request.state.dsvl_client_gone = True
         job.stop.set()
+        drain.discard(job)
 
 
 def _note_tokens(request: Request, result: Result) -> None:
     request.state.dsvl_tokens = (result.stats.prompt_tokens, result.stats.generated_tokens)
-
-
-class AccessLog:
-    """One stderr line per request: client, method, path, status, tokens, seconds."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        scope.setdefault("state", {})
-        started = time.perf_counter()
-        status = {"code": None}
-
-        async def send_and_note(message):
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_note)
-        finally:
-            state = scope["state"]
-            tokens = state.get("dsvl_tokens")
-            client = scope.get("client") or ("-", 0)
-            parts = [client[0], scope["method"], scope["path"], str(status["code"] or 500)]
-            if state.get("dsvl_client_gone"):
-                parts.append("client-gone")
-            if tokens:
-                parts.append(f"tokens={tokens[0]}+{tokens[1]}")
-            job = state.get("dsvl_job")
-            if job is not None and job.batch_size:
-                parts.append(f"batch={job.batch_size}")
-            parts.append(f"{time.perf_counter() - started:.3f}s")
-            log.info(" ".join(parts))
-
-
-# -- running it ----------------------------------------------------------------------------------------
-
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket (port 0: any free port), so the URL is known before uvicorn starts."""
-    from dsvl_cli.errors import UsageError
-
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise UsageError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc})") from None
-    sock.listen(2048)  # clients that connect before uvicorn is up wait in the backlog, not refused
-    return sock
-
-
-def make_server(app: FastAPI, grace_s: float = GRACE_S):
-    """A uvicorn Server for the app; `.run(sockets=[sock])` serves until SIGINT/SIGTERM."""
-    import uvicorn
-
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=grace_s)
-    return uvicorn.Server(config)
-
-
-def configure_logging() -> None:
-    """Request lines go to stderr as plain `dsvl serve: ...` lines."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("dsvl serve: %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False

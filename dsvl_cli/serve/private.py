@@ -39,6 +39,9 @@ from dsvl_cli import __version__
 from dsvl_cli.engine import keepalive
 from dsvl_cli.errors import DsvlError, ExitCode
 
+# The caller loaded its images as a local run does (its caps, its intake shrink, --exact-pixels) and
+# sends them losslessly: the server must take them as they are, not apply a public server's caps.
+NO_SHRINK = 1 << 30  # no picture is that large: decoded as sent
 START_TIMEOUT_S = 120.0  # uvicorn's own start-up, after the model loaded: milliseconds normally
 BODY_CAP = 1 << 30  # the client already applied the user's image caps; chat resends every image per turn
 log = logging.getLogger("dsvl.serve")
@@ -60,12 +63,24 @@ class Activity:
         return max(0.0, self.keep_alive - self.idle_s())
 
 
+def private_limits():
+    """dsvl serve's per-request caps, opened up: only this user's own calls reach this server."""
+    from dsvl_cli.serve.limits import ServeLimits
+
+    return ServeLimits(max_images=1 << 20, max_image_bytes=BODY_CAP, max_image_pixels=1 << 40,
+                       max_text_chars=1 << 30, body_timeout_s=600.0)
+
+
 class PrivateApp:
     """ASGI wrapper: the /dsvl routes, and activity around every other request."""
 
     def __init__(self, app, activity: Activity, info: dict):
         self.app, self.activity, self.info = app, activity, info
         self.server = None  # the uvicorn Server, once made: /dsvl/stop asks it to exit
+
+    @property
+    def state(self):  # serve/transport.py reads the app's shutdown drain from here
+        return self.app.state
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -243,7 +258,9 @@ def serve(spec: dict, status: StatusPipe) -> int:
             "version": __version__,
             "started": time.time(), "socket": str(paths.socket), "log": str(paths.log)}
     activity = Activity(float(spec["keep_alive"]))
-    app = PrivateApp(server_app.create_app(engine, max_body_bytes=BODY_CAP), activity, info)
+    app = PrivateApp(server_app.create_app(engine, max_body_bytes=BODY_CAP, limits=private_limits(),
+                                           allowed_hosts=frozenset({"localhost"}), image_max_side=NO_SHRINK),
+                     activity, info)
     server = app.server = server_app.make_server(app)
     tmp = paths.socket.with_name(f".{os.getpid()}.sock")  # shorter than KEY.sock: its length was checked
     sock, inode = bind(tmp)

@@ -19,22 +19,28 @@ Mapping, on purpose:
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from dsvl_cli import wire
 from dsvl_cli.conversation import Conversation, Message, check_text
+from dsvl_cli.engine.loading import HUB_ALIASES
 from dsvl_cli.errors import ImageLoadError, UsageError
 from dsvl_cli.images import LoadedImage
 from dsvl_cli.results import Result, Stats
 from dsvl_cli.settings import GenerationSettings
 
 OPENAI_FINISH = {"stop": "stop", "length": "length", "interrupted": "stop"}
-_REMOTE_IMAGE = re.compile(r"^(https?://|data:)", re.IGNORECASE)
+DEFAULT_MODEL_ID = "default"  # the documented catch-all: whatever model the server has loaded
+SEED_RANGE = (-(1 << 63), (1 << 64) - 1)  # what torch.manual_seed takes
+
+
+class ModelNotFound(Exception):
+    """The request names a model this server does not serve (404 model_not_found, as OpenAI)."""
 
 
 class ImageURL(BaseModel):
@@ -68,17 +74,18 @@ class StreamOptions(BaseModel):
 
 
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # unknown OpenAI fields (user, metadata...) are ignored
+    # Unknown OpenAI fields (user, metadata...) are ignored; numbers must be finite (1e999 is inf).
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=1, le=1 << 31)
+    max_completion_tokens: int | None = Field(None, ge=1, le=1 << 31)
+    temperature: float | None = Field(None, ge=0, le=100)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=1)
-    repetition_penalty: float | None = Field(None, gt=0)
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    top_k: int | None = Field(None, ge=1, le=1 << 31)
+    repetition_penalty: float | None = Field(None, gt=0, le=100)
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
+    stop: str | list[str] | None = Field(None, max_length=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1)
@@ -92,61 +99,89 @@ class ChatRequest(BaseModel):
         return self
 
 
-def parse_request(data: object) -> ChatRequest:
-    """Validate a decoded JSON body; UsageError names the first bad field."""
+def parse_request(raw: bytes) -> ChatRequest:
+    """Parse and validate a JSON body in one pass (pydantic's own parser: no intermediate dicts, a
+    nesting limit instead of a RecursionError); UsageError names the first bad field."""
     try:
-        return ChatRequest.model_validate(data)
+        return ChatRequest.model_validate_json(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        first = exc.errors(include_url=False)[0]
+        if first["type"] == "json_invalid":
+            raise UsageError(f"request body is not valid JSON ({first['msg'].removeprefix('Invalid JSON: ')})") from None
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise UsageError(f"{where}: {first['msg']}") from None
 
 
 def generation_settings(req: ChatRequest, defaults: GenerationSettings) -> GenerationSettings:
     """The server's defaults, with what the request sets (UsageError when out of range)."""
-    changes: dict = {}
-    max_tokens = req.max_completion_tokens or req.max_tokens
-    if max_tokens is not None:
-        changes["max_new_tokens"] = max_tokens
-    for name in ("temperature", "top_p", "top_k", "repetition_penalty", "seed"):
-        if getattr(req, name) is not None:
-            changes[name] = getattr(req, name)
-    if req.stop is not None:
-        changes["stop"] = (req.stop,) if isinstance(req.stop, str) else tuple(s for s in req.stop if s)
-    return defaults.replace(**changes)
+    return defaults.replace(**wire.settings_changes(req.model_dump(include=set(wire.SAMPLING_FIELDS))))
 
 
-def build_conversation(req: ChatRequest, load: Callable[[str], LoadedImage]) -> Conversation:
-    """A Conversation from the request's messages; `load` resolves each image (blocking)."""
-    systems: list[str] = []
-    messages: list[Message] = []
+def image_sources(req: ChatRequest) -> list[str]:
+    """Every distinct image URL in the request, in order of first use (each is loaded once)."""
+    urls = (part.image_url.url for m in req.messages if isinstance(m.content, list)
+            for part in m.content if part.type == "image_url")
+    return list(dict.fromkeys(urls))
+
+
+def check_messages(req: ChatRequest) -> int:
+    """Validate every message before anything is loaded; returns the characters of text.
+
+    The image placeholder is refused in every role (system and assistant text too: each one in the
+    prompt is expanded into image tokens and breaks the image count), and image_url must be an
+    http(s) URL or a data: URI: a client may never make the server read its own files.
+    """
+    chars = 0
     for index, raw in enumerate(req.messages):
         text, urls = _split_content(raw.content)
+        chars += len(text)
+        check_text(text, f"messages.{index} ({raw.role})")
+        if urls and raw.role != "user":
+            raise UsageError(f"messages.{index}: a {raw.role} message cannot hold images")
+        for url in urls:
+            if not wire.IMAGE_URL.match(url):
+                shown = url if len(url) <= 80 else url[:60] + "…"
+                raise ImageLoadError(shown, "image_url must be an http(s) URL or a data: URI")
+    return chars
+
+
+def build_conversation(req: ChatRequest, images: Mapping[str, LoadedImage]) -> Conversation:
+    """A Conversation from checked messages (check_messages); `images` maps each source to its picture
+    (any stand-in object when the conversation is only rendered to count its tokens)."""
+    systems: list[str] = []
+    messages: list[Message] = []
+    for raw in req.messages:
+        text, urls = _split_content(raw.content)
         if raw.role in ("system", "developer"):
-            if urls:
-                raise UsageError(f"messages.{index}: a {raw.role} message cannot hold images")
             systems.append(text)
         elif raw.role == "assistant":
             messages.append(Message("assistant", text))
         else:
-            images = [_load_one(url, load) for url in urls]
-            messages.append(Message("user", check_text(text, f"messages.{index}"), images))
+            messages.append(Message("user", text, [images[url] for url in urls]))
     return Conversation(messages, system="\n\n".join(systems) if systems else None)
 
 
 def _split_content(content: str | list[Part] | None) -> tuple[str, list[str]]:
-    if content is None or isinstance(content, str):
-        return content or "", []
-    texts = [p.text or "" for p in content if p.type == "text"]
-    urls = [p.image_url.url for p in content if p.type == "image_url"]
-    return "\n".join(texts), urls
+    """(text, image URLs) of validated content, through the one mapping of the wire format."""
+    if isinstance(content, list):
+        content = [part.model_dump(exclude_none=True) for part in content]
+    return wire.split_content(content)
 
 
-def _load_one(url: str, load: Callable[[str], LoadedImage]) -> LoadedImage:
-    if not _REMOTE_IMAGE.match(url):
-        shown = url if len(url) <= 80 else url[:60] + "…"
-        raise ImageLoadError(shown, "image_url must be an http(s) URL or a data: URI")
-    return load(url)
+def model_names(name: str) -> frozenset[str]:
+    """The model ids a request may name for the loaded model: its name, its aliases, and "default"."""
+    names = {name, DEFAULT_MODEL_ID}
+    for alias, hub_id in HUB_ALIASES.items():
+        if name in (alias, hub_id):
+            names.update((alias, hub_id))
+    return frozenset(names)
+
+
+def check_model(requested: str | None, served: str, accepted: frozenset[str]) -> None:
+    """404 model_not_found (raised as ModelNotFound) unless the request names the loaded model."""
+    if requested is not None and requested not in accepted:
+        raise ModelNotFound(f"the model `{requested}` does not exist on this server; it serves `{served}` "
+                            f'(send that, one of its aliases, or "{DEFAULT_MODEL_ID}")')
 
 
 # -- responses ------------------------------------------------------------------------------------

@@ -12,6 +12,9 @@ seed gives the same answer however busy the server is. Greedy answers are the sa
 
 A job's items go to its request's event loop: TextChunks as they are decoded, then a Result or a
 DsvlError, then END. A job whose `stop` is set (client gone, shutdown) ends its own row only.
+
+One bad request never fails its batch-mates: when a batch fails as a whole, each of its rows that
+has not streamed anything yet runs again alone, so only the row at fault gets the error.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ class QueueFull(Exception):
     """More requests than the queue admits (the server answers 429)."""
 
 
-@dataclass
+@dataclass(eq=False)  # jobs are told apart by identity (kept in sets)
 class Job:
     conversation: object
     gen: GenerationSettings
@@ -45,6 +48,7 @@ class Job:
     stop: threading.Event = field(default_factory=threading.Event)
     batch_size: int = 0  # how many requests shared its generate call (0: not run)
     ended: bool = False  # END was emitted (a batched row may end before its batch does)
+    cut: bool = False  # stopped by the server's shutdown (Drain), not by its client
 
     def emit(self, item) -> None:
         """Hand an item to the request's event loop (from the worker thread); END only once."""
@@ -188,16 +192,58 @@ class Worker:
                                        on_done=stream.finish) for job, stream in zip(jobs, streams)]
             results = self.engine.generate_batch(items, jobs[0].gen.replace(system=None))
         except DsvlError as err:
-            for job in jobs:
-                job.emit(err)
+            self._rerun_alone(jobs, streams, err)
             return
-        except Exception as exc:  # a bug or a torch failure: report it to every job, keep serving
-            log.error("batched generation failed:\n%s", traceback.format_exc().rstrip())
-            for job in jobs:
-                job.emit(GenerationError(f"generation failed: {type(exc).__name__}: {exc}"))
+        except Exception as exc:  # a bug, a torch failure or one bad row: find the row, keep serving
+            log.error("batched generation failed; running its %d requests one by one:\n%s", len(jobs),
+                      traceback.format_exc().rstrip())
+            self._rerun_alone(jobs, streams, GenerationError(f"generation failed: {type(exc).__name__}: {exc}"))
             return
         for job, stream, result in zip(jobs, streams, results):
             if isinstance(result, DsvlError):
                 job.emit(result)
             else:
                 stream.finish(result)
+
+
+    def _rerun_alone(self, jobs: list[Job], streams: list[TextStream], err: DsvlError) -> None:
+        """After a whole batch failed: each row runs alone, so only the row at fault fails. A row
+        that already streamed text (or ended) cannot start over in front of its client: it gets
+        the batch's error."""
+        for job, stream in zip(jobs, streams):
+            if job.ended or stream.text.emitted:
+                job.emit(err)
+            else:
+                job.batch_size = 1
+                self._run_one(job)
+
+
+class Drain:
+    """The server's open jobs, so that shutdown can cut them once its grace period ends.
+
+    `begin(grace_s)` runs on the event loop when uvicorn starts shutting down; `grace_s` later every
+    job still open is stopped with `cut` set (its stream then ends with an error chunk and [DONE];
+    a queued one gets 503) and `on_cut` runs (the image loads in flight are cancelled).
+    """
+
+    def __init__(self, on_cut=None):
+        self._jobs: set[Job] = set()
+        self._on_cut = on_cut
+        self.cutting = False
+
+    def add(self, job: Job) -> None:
+        self._jobs.add(job)
+
+    def discard(self, job: Job) -> None:
+        self._jobs.discard(job)
+
+    def begin(self, grace_s: float) -> None:
+        asyncio.get_running_loop().call_later(grace_s, self.cut_all)
+
+    def cut_all(self) -> None:
+        self.cutting = True
+        for job in list(self._jobs):
+            job.cut = True
+            job.stop.set()
+        if self._on_cut is not None:
+            self._on_cut()

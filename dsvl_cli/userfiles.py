@@ -1,0 +1,36 @@
+"""Files the user owns (chat's /save, batch's rewritten -o FILE): written atomically.
+
+A temp file in the same folder, flushed to disk, then renamed over the target: a full disk or a
+crash leaves the old file or the new one, never a truncated mix. The new file keeps the old one's
+permission bits (a new one gets the umask's, not mkstemp's 0600). A symlink at the target is
+replaced by the file itself: nothing is written through the link to wherever it points.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from pathlib import Path
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace (or create) `path` with `text`, UTF-8, atomically."""
+    try:
+        old = path.lstat()
+        mode = None if stat.S_ISLNK(old.st_mode) else stat.S_IMODE(old.st_mode)
+    except FileNotFoundError:
+        mode = None
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as to any new file
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
