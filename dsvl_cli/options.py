@@ -12,10 +12,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from dsvl_cli.durations import parse_duration
 from dsvl_cli.environment import Environment
 from dsvl_cli.errors import UsageError
-from dsvl_cli.settings import DEFAULT_MODEL, GenerationSettings, ModelSettings
+from dsvl_cli.settings import DEFAULT_MODEL, GenerationSettings, ModelSettings, parse_duration
 
 
 @dataclass(frozen=True)

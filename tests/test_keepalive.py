@@ -214,7 +214,7 @@ def test_a_failed_start_reports_what_a_local_load_reports(cli, tmp_path):
 
 
 def test_keys_bad_durations_and_server_conflicts():
-    from dsvl_cli.durations import parse_duration
+    from dsvl_cli.settings import parse_duration
     from dsvl_cli.engine.keepalive import server_key
     from dsvl_cli.errors import UsageError
     from dsvl_cli.options import build_common

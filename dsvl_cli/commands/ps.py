@@ -34,7 +34,7 @@ def ps(
 
 def table(rows: list[dict]) -> str:
     """Aligned columns, ollama-style; user-given names are shown with control characters replaced."""
-    from dsvl_cli.durations import format_duration
+    from dsvl_cli.settings import format_duration
 
     lines = [COLUMNS]
     for row in rows:
