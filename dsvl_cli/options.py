@@ -14,7 +14,12 @@ import typer
 
 from dsvl_cli.environment import Environment
 from dsvl_cli.errors import UsageError
-from dsvl_cli.settings import DEFAULT_MODEL, GenerationSettings, ModelSettings, parse_duration
+from dsvl_cli.settings import (
+    DEFAULT_MODEL,
+    GenerationSettings,
+    ModelSettings,
+    parse_duration,
+)
 
 
 @dataclass(frozen=True)

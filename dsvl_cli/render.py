@@ -130,8 +130,9 @@ def load_backend(opts, *, prefer_fast: bool = False):
 
     console = opts.env.stderr_console()
     with status(console, f"Loading {opts.server or opts.model.model}…"):
-        backend = open_backend(opts.model, server=opts.server, api_key=opts.api_key, prefer_fast=prefer_fast,
-                               verbose=opts.debug, keep_alive=opts.keep_alive)
+        backend = open_backend(opts.model, server=opts.server, api_key=opts.api_key,
+                               requested_model=opts.requested_model, on_note=lambda text: note(console, text),
+                               prefer_fast=prefer_fast, verbose=opts.debug, keep_alive=opts.keep_alive)
     if backend.random_weights:
         note(console, RANDOM_WEIGHTS_NOTE.format(name=backend.name))
     return backend

@@ -95,10 +95,10 @@ class GenerationSettings:
         return kwargs
 
 
-# -- durations (--keep-alive) ----------------------------------------------------------------------
-# As people type them: 30s, 5m, 1h30m, 250ms, 90 (seconds), 0 (off): ollama's keep_alive grammar
-# (Go's time.ParseDuration minus the exotic units). No negative durations (an idle server should
-# always end), no days or weeks.
+# -- durations as people type them (--keep-alive): `30s`, `5m`, `1h30m`, `250ms`, `90` (seconds), `0` (off).
+# Why not a library: the grammar is ollama's `keep_alive` (Go's time.ParseDuration minus the exotic
+# units) and fits in a regular expression; `--help` must stay free of imports. Limits: no negative
+# durations ("forever" is not offered: an idle server should always end), no days or weeks.
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")

@@ -52,9 +52,9 @@ MaxConnections = Annotated[int, _opt("--max-connections", env="DSVL_MAX_CONNECTI
                                      help="Open connections beyond this are closed at once.")]
 
 
-# The output options, --exact-pixels, --server and --keep-alive belong to the clients (ask, chat, batch):
-# serve reads none of them, and a DSVL_SERVER (or DSVL_KEEP_ALIVE) exported for those clients must not
-# stop a server from starting.
+# The output options, --exact-pixels and --server belong to the clients (ask, chat, batch): serve reads
+# none of them, and a DSVL_SERVER (or DSVL_KEEP_ALIVE) exported for those clients must not stop a
+# server from starting.
 @shared_options(exclude=("plain", "json", "stats", "server", "exact_pixels", "keep_alive"))
 def serve(ctx: typer.Context, opts: CommonOptions, host: Host = "127.0.0.1", port: Port = 8000, max_queue: MaxQueue = 16,
           batch_size: BatchSize = None, api_key_file: KeyFile = None, allow_private_urls: AllowPrivate = False,

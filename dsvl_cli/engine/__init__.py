@@ -19,10 +19,9 @@ __all__ = ["Backend", "open_backend"]
 def open_backend(settings: ModelSettings, *, server: str | None = None, api_key: str | None = None,
                  requested_model: str | None = None, on_note: Callable[[str], None] | None = None,
                  prefer_fast: bool = False, verbose: bool = False, keep_alive: float = 0.0) -> Backend:
-    """The local engine for `settings`, or with `server` a client of that server, asking it for
-    `requested_model` (-m as given; None: whatever it serves) and telling `on_note` when another
-    model answers, or with `keep_alive` (seconds) a client of the private server kept warm for
-    `settings`.
+    """The local engine for `settings`, or with `server` a client of that server (asking it for
+    `requested_model`: -m as given, None: whatever it serves; `on_note` hears when another model
+    answers), or with `keep_alive` (seconds) a client of the private server kept warm for `settings`.
 
     `prefer_fast`: the caller generates many times (chat, batch, serve), so the static-cache fast
     path pays where it is on by default (CUDA); --compile/--no-compile decides otherwise."""

@@ -76,11 +76,8 @@ class PrivateApp:
 
     def __init__(self, app, activity: Activity, info: dict):
         self.app, self.activity, self.info = app, activity, info
+        self.state = app.state  # what make_server reads from the app it serves (its drain)
         self.server = None  # the uvicorn Server, once made: /dsvl/stop asks it to exit
-
-    @property
-    def state(self):  # serve/transport.py reads the app's shutdown drain from here
-        return self.app.state
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
