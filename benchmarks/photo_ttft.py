@@ -2,7 +2,8 @@
 
 `seed`: the model card's way (PIL open + `ImageOps.exif_transpose` + RGB, then the processor on
 the full image). `dsvl`: `images.load_image` (large images decoded at the 1024 px the model needs,
-images/decode.py), then the same processor. The two alternate call by call on the same model
+images/decode.py), then the engine's preprocessing (engine/preprocess.py: one pass for a picture
+already at that size). The two alternate call by call on the same model
 (default `tiny-random-fullres`: the real 384 px SigLIP + 1024 px SAM sizes, random weights), so a
 noisy machine's drift hits both; each cell is the median of `--repeats`. The photos are made here
 (4032x3024, EXIF orientation 6, gradients + noise + shapes; JPEG quality 90 and PNG), or given.
@@ -88,23 +89,28 @@ def main() -> None:
         with Image.open(path) as opened:
             return ImageOps.exif_transpose(opened).convert("RGB")
 
-    ways = {"seed": seed_decode, "dsvl": lambda path: load_image(str(path)).image}
+    def seed_preprocess(image):
+        return dict(processor(images=[image], return_tensors="pt"))
+
+    # way -> (decode, preprocess): dsvl's preprocessing is the engine's (one pass for shrunk photos)
+    ways = {"seed": (seed_decode, seed_preprocess),
+            "dsvl": (lambda path: load_image(str(path)).image, lambda image: engine.pixels(image, remember=False))}
     photos = [Path(p) for p in args.photos] if args.photos else make_photos(Path(tempfile.mkdtemp()))
     report = {"model": args.model, "import_s": import_s, "load_s": load_s, "photos": {}}
     for photo in photos:
         cells = {way: {"decode": [], "preprocess": [], "prefill": []} for way in ways}
         for _ in range(args.repeats):  # intake: alternating ways, no model work in between
-            for way, decode in ways.items():
+            for way, (decode, preprocess) in ways.items():
                 t0 = time.perf_counter()
                 image = decode(photo)
                 t1 = time.perf_counter()
-                processor(images=[image], return_tensors="pt")
+                preprocess(image)
                 t2 = time.perf_counter()
                 cells[way]["decode"].append(t1 - t0)
                 cells[way]["preprocess"].append(t2 - t1)
         for _ in range(max(1, args.repeats // 2)):  # prefill: the same shapes both ways, timed apart
-            for way, decode in ways.items():
-                pixels = dict(processor(images=[decode(photo)], return_tensors="pt"))
+            for way, (decode, preprocess) in ways.items():
+                pixels = preprocess(decode(photo))
                 t0 = time.perf_counter()
                 with torch.inference_mode():
                     engine.model.generate(**text, **pixels, max_new_tokens=1, do_sample=False,

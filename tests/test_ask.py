@@ -217,7 +217,8 @@ def test_stdin_image_in_a_real_pipe():
     assert json.loads(result.stdout)["images"] == ["-"]
 
 
-@pytest.mark.parametrize("args", [["--help"], ["ask", "--help"], ["chat", "--help"], ["batch", "--help"], ["serve", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["ask", "--help"], ["chat", "--help"], ["batch", "--help"],
+                                  ["serve", "--help"], ["ps", "--help"], ["stop", "--help"]])
 def test_help_imports_neither_torch_nor_transformers(args):
     import subprocess
     import sys

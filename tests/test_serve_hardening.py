@@ -335,3 +335,22 @@ def test_serve_ignores_dsvl_server_and_stops_cleanly_on_sigterm(tiny_folder, tmp
         if proc.poll() is None:
             proc.kill()
     assert "Traceback" not in rest
+
+
+def test_ask_server_sends_a_large_local_picture_within_the_servers_caps(cli, served, tmp_path):
+    from PIL import Image
+
+    big = tmp_path / "big.png"
+    Image.frombytes("RGB", (3000, 2000), os.urandom(3000 * 2000 * 3)).save(big, compress_level=1)
+    assert big.stat().st_size > 10 * 1024 * 1024  # over the server's per-image cap as it is
+    result = cli(["ask", str(big), "What is this?", "--server", served])
+    assert result.exit_code == 0 and result.stdout == "ok\n", result.output
+
+
+def test_bodies_of_many_tiny_values_and_long_stop_strings_are_refused_before_parsing(served):
+    values = '{"messages": [{"role": "user", "content": "Hi"}], "x": [' + ",".join(["1"] * 200_000) + "]}"
+    assert "JSON values" in _error(_post(served, values, key=None), 400)["message"]
+    objects = '{"messages": [' + ",".join(['{"role": "user", "content": ""}'] * 50_000) + "]}"
+    assert "JSON values" in _error(_post(served, objects, key=None), 400)["message"]
+    assert "stop" in _error(_post(served, {"messages": USER, "stop": ["x" * 1000]}, key=None), 400)["message"]
+    assert _post(served, {"messages": USER, "stop": ["\n\n", "END"]}, key=None).status_code == 200

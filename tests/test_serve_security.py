@@ -400,3 +400,40 @@ def test_a_client_that_hangs_up_cancels_its_fetch(images, caplog):
     finally:
         stop()
     assert any("client-gone" in r.getMessage() for r in caplog.records if r.name == "dsvl.serve")
+
+
+# -- defended before issue 13: keep them so ---------------------------------------------------------
+
+def test_fifty_clients_get_429_with_retry_after_and_the_rest_answers(served):
+    from test_serve import _blocking_engine
+
+    fake = _blocking_engine()
+    url, stop = _start(_app(fake, max_queue=4))
+    pool = ThreadPoolExecutor(50)
+    try:
+        first = _post(url, {"messages": USER, "stream": True}, key=None, stream=True)
+        assert b"assistant" in next(first.iter_lines())  # running: the queue is now the limit
+        futures = [pool.submit(_post, url, {"messages": USER}, key=None) for _ in range(49)]
+        busy = []
+        deadline = time.monotonic() + 30
+        while len(busy) < 44:  # at most max_queue (+1 while the worker changes jobs) wait; the rest: 429
+            assert time.monotonic() < deadline, len(busy)
+            busy = [f for f in futures if f.done()]
+        fake.release()
+        replies = [f.result(timeout=30) for f in futures]
+        turned_away = [r for r in replies if r.status_code == 429]
+        assert all(_error(r, 429)["code"] == "queue_full" and r.headers["Retry-After"].isdigit()
+                   for r in turned_away)
+        assert 44 <= len(turned_away) <= 45 and all(r.status_code in (200, 429) for r in replies)
+        first.close()
+    finally:
+        fake.release()
+        pool.shutdown(wait=False)
+        stop()
+
+
+def test_local_files_and_file_urls_are_never_read(served):
+    url, _ = served
+    for source in ("/etc/hostname", "file:///etc/hostname", "FILE:///etc/passwd", "~/.ssh/id_rsa", "C:\\x.png"):
+        body = _error(_post(url, {"messages": _image_messages(source)}, key=None), 400)
+        assert "http(s) URL or a data: URI" in body["message"], source

@@ -42,6 +42,8 @@ MaxPixels = Annotated[int, _opt("--max-image-pixels", env="DSVL_MAX_IMAGE_PIXELS
                                 help="Most pixels per image (a JPEG counts after reduced-scale decoding).")]
 MaxImageBytes = Annotated[int, _opt("--max-image-bytes", env="DSVL_SERVE_MAX_IMAGE_BYTES", min=1,
                                     help="Most bytes per image, fetched or sent as a data: URI.")]
+MaxBody = Annotated[int, _opt("--max-body-bytes", env="DSVL_MAX_BODY_BYTES", min=1,
+                              help="Most bytes per request body, data: URIs included (larger: 413).")]
 MaxText = Annotated[int, _opt("--max-text-chars", env="DSVL_MAX_TEXT_CHARS", min=1,
                               help="Most characters of text per request, all messages together.")]
 FetchTimeout = Annotated[float, _opt("--fetch-timeout", env="DSVL_FETCH_TIMEOUT",
@@ -60,7 +62,8 @@ def serve(ctx: typer.Context, opts: CommonOptions, host: Host = "127.0.0.1", por
           batch_size: BatchSize = None, api_key_file: KeyFile = None, allow_private_urls: AllowPrivate = False,
           allowed_media_domains: MediaDomains = None, no_url_images: NoUrls = False,
           allowed_hosts: AllowedHosts = None, max_images: MaxImages = 8, max_image_pixels: MaxPixels = 4096 * 4096,
-          max_image_bytes: MaxImageBytes = 10 * 1024 * 1024, max_text_chars: MaxText = 64_000,
+          max_image_bytes: MaxImageBytes = 10 * 1024 * 1024, max_body_bytes: MaxBody = 48 * 1024 * 1024,
+          max_text_chars: MaxText = 64_000,
           fetch_timeout: FetchTimeout = 20.0, max_connections: MaxConnections = 512,
           grace_period: Grace = 10.0) -> None:
     """Keep the model warm behind an OpenAI-compatible API (Chat Completions, streaming, images).
@@ -86,7 +89,7 @@ def serve(ctx: typer.Context, opts: CommonOptions, host: Host = "127.0.0.1", por
     with guarded(opts.debug):
         flag = (opts.api_key or "") if source("api_key").name == "COMMANDLINE" else None
         key = config.api_key(flag, os.environ.get("DSVL_API_KEY"), api_key_file)
-        limits = ServeLimits(max_images=max_images, max_image_bytes=max_image_bytes,
+        limits = ServeLimits(max_images=max_images, max_image_bytes=max_image_bytes, max_body_bytes=max_body_bytes,
                              max_image_pixels=max_image_pixels, max_text_chars=max_text_chars,
                              fetch_timeout_s=fetch_timeout)
         policy = config.media_policy(allow_private_urls, allowed_media_domains, no_url_images)

@@ -139,14 +139,15 @@ class LocalEngine(Backend):
             return preprocess(None)[1]
         return self._pixels.get(id(image), preprocess)[1]
 
-    def encode(self, conversation: Conversation):
+    def encode(self, conversation: Conversation, *, remember: bool = True):
         """input_ids (1, L), attention_mask (1, L) and pixel tensors (n_images, 3, H, W) on the device:
-        what `processor(text=..., images=...)` returns (tested equal), with per-picture memoized pixels."""
+        what `processor(text=..., images=...)` returns (tested equal), with per-picture memoized
+        pixels when `remember` (a caller that keeps a KV cache for a next turn: chat)."""
         import torch
         from transformers import BatchFeature
 
         data = dict(self.tokenizer(self.expand_placeholders(self.render(conversation)), return_tensors="pt"))
-        per_image = [self.pixels(loaded.image) for loaded in conversation.images]
+        per_image = [self.pixels(loaded.image, remember=remember) for loaded in conversation.images]
         if per_image:
             data.update({key: torch.cat([p[key] for p in per_image]) for key in per_image[0]})
         return BatchFeature(data).to(self.model.device, dtype=self.model.dtype)

@@ -8,7 +8,8 @@ exit codes. No torch here.
 Limits, on purpose:
 - Images given as http(s) URLs or data: URIs are sent as they are (the server fetches the URL
   itself); every other source (a path, stdin) is sent as a lossless PNG data: URI of the decoded
-  pixels, so the server sees exactly the pixels a local run would.
+  pixels, so the server sees exactly the pixels a local run would, downscaled to SEND_MAX_SIDE on
+  the long side when larger (as dsvl serve does to every picture it decodes, within its byte cap).
 - `cache` (chat's KV reuse) is ignored: the server keeps no per-client cache; cached_tokens is 0.
 - Timeouts: CONNECT_TIMEOUT_S to connect, READ_TIMEOUT_S between two pieces of the answer (a
   queued request waits its turn within that). 429 and 503 are retried after their Retry-After for
@@ -39,6 +40,7 @@ from dsvl_cli.engine.loading import HUB_ALIASES
 from dsvl_cli.errors import ContextLengthError, GenerationError, ModelError, UsageError
 from dsvl_cli.images import LoadedImage
 from dsvl_cli.images.cache import SourceCache
+from dsvl_cli.images.decode import downscaled
 from dsvl_cli.results import Chunk, Result, Stats, TextChunk
 from dsvl_cli.settings import GenerationSettings
 
@@ -46,6 +48,7 @@ CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 600.0
 BUSY_RETRY_S = 120.0
 _URI_CACHE_SIZE = 16
+SEND_MAX_SIDE = 1024  # pictures sent as data: URIs are downscaled to this long side (the model uses no more)
 POOL_SIZE = 64  # kept-alive connections; more open streams than this still work, with a urllib3 warning
 
 
@@ -144,8 +147,11 @@ class RemoteEngine(Backend):
             return loaded.source
 
         def png_uri(_key) -> tuple[LoadedImage, str]:  # holds `loaded`, so its id stays its own
+            image = loaded.image
+            if max(image.size) > SEND_MAX_SIDE:  # what dsvl serve keeps of it anyway; fits its byte cap
+                image = downscaled(image, SEND_MAX_SIDE)
             buffer = io.BytesIO()
-            loaded.image.save(buffer, format="PNG", compress_level=self.png_level)
+            image.save(buffer, format="PNG", compress_level=self.png_level)
             return loaded, "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
         return self._uris.get(id(loaded), png_uri)[1]  # chat resends its images every turn: encode once

@@ -116,7 +116,7 @@ class _StopOnEvent:
 def prepare(engine, conversation: Conversation, gen: GenerationSettings, cache: PromptCache | None) -> Turn:
     """Encode, plan, and keep what can be kept of `cache` (see the module docstring)."""
     started = time.perf_counter()
-    inputs = engine.encode(conversation)
+    inputs = engine.encode(conversation, remember=cache is not None)  # only a next turn reuses pixels
     last_user = next((m for m in reversed(conversation.messages) if m.role == "user"), None)
     image_s = time.perf_counter() - started + sum(i.load_s for i in (last_user.images if last_user else []))
     ids = inputs["input_ids"][0].tolist()

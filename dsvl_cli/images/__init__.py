@@ -47,6 +47,8 @@ from dsvl_cli.images.limits import display_source, fmt_bytes, max_image_bytes, o
 # `scheme://...` is always treated as a URL; a bare `scheme:` only when no such file exists.
 _URL_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")  # 2+ chars, so `C:\\...` stays a path
+_SPACE_RE = re.compile(r"\s+")
+_URLSAFE = bytes.maketrans(b"-_", b"+/")
 _NON_FILE_SCHEMES = frozenset("file ftp sftp ssh javascript mailto about blob s3 gs hf".split())
 
 __all__ = ["LoadedImage", "display_source", "load_image", "load_images", "max_image_bytes", "prepare_for_threads"]
@@ -114,6 +116,36 @@ def _resolve(source: str, stdin: BinaryIO | None, exact: bool) -> Image.Image:
         if scheme in _NON_FILE_SCHEMES:
             raise _unsupported_scheme(source, scheme)
     return _from_path(source, exact)
+
+
+def _data_uri_bytes(uri: str, source: str) -> bytes:
+    """The decoded payload of a base64 data: URI. Copies of the (possibly many-megabyte) text are
+    made only when needed (whitespace, %-escapes, the URL-safe alphabet, missing padding), and all
+    of them are gone when this returns."""
+    comma = uri.find(",")
+    if comma < 0:
+        raise ImageLoadError(source, "malformed data: URI (no ',' before the data)")
+    params = [p.strip().lower() for p in uri[len("data:"):comma].split(";")]
+    media_type = params[0] or "text/plain"
+    if not media_type.startswith("image/"):
+        raise ImageLoadError(source, f"data: URI media type is '{media_type}', not image/*")
+    if "base64" not in params[1:]:
+        raise ImageLoadError(source, "data: URI is not base64-encoded (expected ';base64,')")
+    text = uri[comma + 1:]
+    if _SPACE_RE.search(text):
+        text = _SPACE_RE.sub("", text)
+    if not text:
+        raise ImageLoadError(source, "data: URI has no image data")
+    try:
+        raw = unquote_to_bytes(text) if "%" in text else text.encode("ascii")
+        del text
+        if b"-" in raw or b"_" in raw:
+            raw = raw.translate(_URLSAFE)  # accept the URL-safe alphabet too
+        if len(raw) % 4:
+            raw += b"=" * (-len(raw) % 4)
+        return base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageLoadError(source, "data: URI has invalid base64 data") from None
 
 
 def _resolve_guarded(source: str, guard: ImageGuard) -> Image.Image:
@@ -191,24 +223,7 @@ def _from_stdin(stdin: BinaryIO | None, exact: bool) -> Image.Image:
 
 def _from_data_uri(uri: str, exact: bool = False, guard: ImageGuard | None = None) -> Image.Image:
     source = display_source(uri)  # a multi-megabyte error line helps nobody
-    header, comma, payload = uri[len("data:"):].partition(",")
-    if not comma:
-        raise ImageLoadError(source, "malformed data: URI (no ',' before the data)")
-    params = [p.strip().lower() for p in header.split(";")]
-    media_type = params[0] or "text/plain"
-    if not media_type.startswith("image/"):
-        raise ImageLoadError(source, f"data: URI media type is '{media_type}', not image/*")
-    if "base64" not in params[1:]:
-        raise ImageLoadError(source, "data: URI is not base64-encoded (expected ';base64,')")
-    text = re.sub(r"\s+", "", payload)
-    if not text:
-        raise ImageLoadError(source, "data: URI has no image data")
-    try:
-        raw = unquote_to_bytes(text) if "%" in text else text.encode("ascii")
-        raw = raw.replace(b"-", b"+").replace(b"_", b"/")  # accept the URL-safe alphabet too
-        data = base64.b64decode(raw + b"=" * (-len(raw) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        raise ImageLoadError(source, "data: URI has invalid base64 data") from None
+    data = _data_uri_bytes(uri, source)
     if guard is None:
         if len(data) > max_image_bytes():
             raise ImageLoadError(source, too_big())

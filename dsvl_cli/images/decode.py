@@ -106,6 +106,13 @@ def _decode_shrunk(source: str, opened: Image.Image, side: int) -> Image.Image:
     return image.transpose(orientation) if orientation is not None else image
 
 
+def downscaled(image: Image.Image, max_side: int) -> Image.Image:
+    """A copy whose long side is `max_side`, aspect ratio kept (as the model's processor resizes)."""
+    ratio = max_side / max(image.size)
+    size = (max(1, round(image.width * ratio)), max(1, round(image.height * ratio)))
+    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
+
+
 def _orientation(image: Image.Image) -> Image.Transpose | None:
     """The transpose that EXIF orientation 2-8 asks for (what ImageOps.exif_transpose applies)."""
     try:
@@ -137,8 +144,12 @@ def _reject_text_formats(source: str, head: bytes, url: bool) -> None:
 
 
 def _apply_orientation(image: Image.Image) -> Image.Image:
-    """Rotate/flip per EXIF. A malformed EXIF block is ignored rather than failing the image."""
+    """Rotate/flip per EXIF. A malformed EXIF block is ignored rather than failing the image.
+    Without an orientation to apply the image itself comes back (exif_transpose would copy it:
+    a second full-size picture in memory)."""
     try:
+        if image.getexif().get(0x0112, 1) == 1:
+            return image
         return ImageOps.exif_transpose(image)
     except (SyntaxError, ValueError, TypeError, KeyError, struct.error):
         return image

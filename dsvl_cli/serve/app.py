@@ -1,10 +1,10 @@
 """`dsvl serve`: an OpenAI-compatible HTTP API over one warm LocalEngine (FastAPI + uvicorn).
 
 Why: loading the model costs seconds (tiny-random) to minutes (7B); a server keeps it loaded for
-shell loops (`dsvl ask --server`) and for any OpenAI client. The wire format lives in chat_api.py.
+shell loops (`dsvl ask --server`) and for any OpenAI client. The wire format lives in protocol.py.
 
 Limits, on purpose:
-- One `generate` at a time: a single worker thread owns the engine (serve_worker.py) and takes
+- One `generate` at a time: a single worker thread owns the engine (scheduler.py) and takes
   requests in arrival order; requests waiting together with the same generation settings run as
   one batch (up to `max_batch`). At most `max_queue` requests wait behind the running batch; past
   that the answer is 429 with Retry-After.
@@ -18,8 +18,8 @@ Limits, on purpose:
   prefix cache shared between clients could reuse another image's KV; `cached_tokens` is 0.
 - A client that disconnects stops its generation (the engine's stop_event); one that disconnects
   while queued is skipped. On SIGINT/SIGTERM uvicorn stops accepting and lets in-flight requests
-  finish for up to GRACE_S seconds; then `Drain` cuts the rest: streams get an error chunk and
-  `[DONE]`, queued requests a 503 (transport.py).
+  finish for up to the grace period (GRACE_S, `--grace-period`); then `Drain` cuts the rest:
+  streams get an error chunk and `[DONE]`, queued requests a 503 (drain.py, transport.py).
 - A request naming another model gets 404 model_not_found; the loaded model's name, its aliases
   and "default" are accepted.
 """
@@ -48,12 +48,15 @@ from dsvl_cli.serve.limits import PromptCounter, ServeLimits, image_side
 from dsvl_cli.serve.logs import AccessLog
 from dsvl_cli.serve.media import ClientGone, MediaLoader
 from dsvl_cli.serve.scheduler import END as _END
-from dsvl_cli.serve.scheduler import Drain, Job, QueueFull, Worker
+from dsvl_cli.serve.drain import Drain
+from dsvl_cli.serve.scheduler import Job, QueueFull, Worker
 from dsvl_cli.serve.transport import GRACE_S, bind, configure_logging, make_server
 from dsvl_cli.settings import GenerationSettings
 
 __all__ = ["create_app", "bind", "make_server", "configure_logging", "GRACE_S"]
 PARSE_WORKERS = 2  # threads that parse bodies and count tokens (text-only requests need only these)
+BULK_BYTES = 1 << 20  # bodies larger than this (data: URIs) are parsed and decoded BULK_REQUESTS at a time
+BULK_REQUESTS = 2
 RETRY_AFTER_S = 1
 log = logging.getLogger("dsvl.serve")
 
@@ -113,7 +116,7 @@ def create_app(engine, *, defaults: GenerationSettings | None = None, api_key: s
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        req, gen, conversation = await intake.read(request)
+        stream, include_usage, gen, conversation = await intake.read(request)
         try:
             job = worker.submit(conversation, gen)
         except QueueFull:
@@ -131,8 +134,7 @@ def create_app(engine, *, defaults: GenerationSettings | None = None, api_key: s
             drain.discard(job)
             raise
         cid = chat_api.new_id()
-        if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        if stream:
             events = _sse(job, first, cid, engine.name, include_usage, request, drain)
             return StreamingResponse(events, media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -158,18 +160,29 @@ class Intake:
         self.names = chat_api.model_names(engine.name)
         self.counter = PromptCounter(engine)
         self._pool = ThreadPoolExecutor(max_workers=PARSE_WORKERS, thread_name_prefix="dsvl-serve-parse")
+        self._bulk = asyncio.Semaphore(BULK_REQUESTS)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def read(self, request: Request):
-        """(the parsed request, its GenerationSettings, its Conversation with images loaded)."""
-        loop = asyncio.get_running_loop()
+        """(stream?, include usage?, GenerationSettings, the Conversation with its images loaded).
+
+        The parsed request is dropped on return: its data: URIs can be megabytes. A body over
+        BULK_BYTES waits for one of BULK_REQUESTS slots before it is parsed and its images decoded,
+        which bounds what several large requests at once can take."""
         gate.check_key(request, self.api_key)
         gate.require_json(request)
         raw = await gate.read_body(request, self.body_cap, self.limits.body_timeout_s)
-        req = await loop.run_in_executor(self._pool, chat_api.parse_request, raw)
-        del raw  # the body can be megabytes of base64: keep only what was parsed out of it
+        if len(raw) <= BULK_BYTES:
+            return await self._checked(request, raw)
+        async with self._bulk:
+            return await self._checked(request, raw)
+
+    async def _checked(self, request: Request, raw: bytearray):
+        loop = asyncio.get_running_loop()
+        self.limits.check_json_shape(raw)
+        req = await loop.run_in_executor(self._pool, chat_api.parse_request, raw)  # empties raw
         chat_api.check_model(req.model, self.engine.name, self.names)
         gen = chat_api.generation_settings(req, self.defaults)
         self.limits.check_text(chat_api.check_messages(req))
@@ -179,7 +192,8 @@ class Intake:
         standins = chat_api.build_conversation(req, {source: None for source in sources})
         await loop.run_in_executor(self._pool, self.counter.check, standins)
         images = await self.media.load(sources, request.is_disconnected)
-        return req, gen, chat_api.build_conversation(req, images)
+        usage = bool(req.stream_options and req.stream_options.include_usage)
+        return req.stream, usage, gen, chat_api.build_conversation(req, images)
 
 
 def _error_handlers(app: FastAPI) -> None:

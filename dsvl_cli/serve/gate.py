@@ -85,7 +85,7 @@ def require_json(request: Request) -> None:
                        code="unsupported_media_type")
 
 
-async def read_body(request: Request, cap: int, timeout_s: float) -> bytes:
+async def read_body(request: Request, cap: int, timeout_s: float) -> bytearray:
     too_big = ApiError(413, f"request body is larger than {cap} bytes", code="request_too_large")
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > cap:
@@ -101,4 +101,4 @@ async def read_body(request: Request, cap: int, timeout_s: float) -> bytes:
         raise ApiError(408, f"the request body did not arrive within {timeout_s:g} s", code="timeout") from None
     except ClientDisconnect:
         raise ClientClosed() from None
-    return bytes(body)
+    return body  # not copied into bytes: it may be a hundred megabytes

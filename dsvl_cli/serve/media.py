@@ -6,8 +6,10 @@ redirect hop), how long a fetch may take in all, and what a remote client is tol
 are decided here, apart from the routes.
 
 Limits, on purpose:
-- Each distinct source of a request is loaded once, on a pool of FETCH_WORKERS threads shared by
-  all requests; a text-only request never waits for this pool.
+- Each distinct source of a request is loaded once. URLs are fetched on a pool of FETCH_WORKERS
+  threads shared by all requests; data: URIs are decoded on one thread of their own (no network
+  to wait for, and one multi-megabyte payload in flight at a time bounds memory). A text-only
+  request never waits for either.
 - A fetch gets `limits.fetch_timeout_s` in all (not per read); at that deadline, or as soon as the
   client goes away, its socket is shut down and the request ends (a watchdog on the event loop
   checks every WATCH_S).
@@ -45,7 +47,8 @@ class MediaLoader:
         self.policy = policy
         self.limits = limits
         self.max_side = max_side
-        self._pool = ThreadPoolExecutor(max_workers=FETCH_WORKERS, thread_name_prefix="dsvl-serve-images")
+        self._pool = ThreadPoolExecutor(max_workers=FETCH_WORKERS, thread_name_prefix="dsvl-serve-fetch")
+        self._local = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsvl-serve-data-uris")
         self._guards: set[ImageGuard] = set()
 
     def shutdown(self) -> None:
@@ -53,12 +56,13 @@ class MediaLoader:
         for guard in list(self._guards):
             guard.cancel("the server is shutting down")
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._local.shutdown(wait=False, cancel_futures=True)
 
     def precheck(self, sources: list[str]) -> None:
         """Refuse, before any connection, URLs the policy refuses from their text alone (scheme, the
         domain allow-list, --no-url-images): the client wrote those, so it may know why."""
         for source in sources:
-            if source[:5].lower() != "data:":
+            if not _is_data(source):
                 try:
                     self.policy.check_url(source)
                 except Blocked as exc:
@@ -77,7 +81,7 @@ class MediaLoader:
         loop = asyncio.get_running_loop()
         guards = {source: self._guard() for source in sources}
         self._guards.update(guards.values())
-        futures = {loop.run_in_executor(self._pool, _load, source, guard): source
+        futures = {loop.run_in_executor(self._local if _is_data(source) else self._pool, _load, source, guard): source
                    for source, guard in guards.items()}
         try:
             pending = set(futures)
@@ -100,7 +104,7 @@ class MediaLoader:
         """What the client is told: data: URI errors in full; for a URL, one generic line."""
         if not isinstance(exc, ImageLoadError):
             return exc
-        if source[:5].lower() == "data:":
+        if _is_data(source):
             return exc
         log.warning("image fetch failed: %s", escape(exc.message, 400, spaces=True))
         if not self.policy.allow_urls:
@@ -113,6 +117,10 @@ def _load(source: str, guard: ImageGuard) -> LoadedImage:
     if guard.why is not None:  # cancelled while waiting for a thread
         raise ImageLoadError(source, guard.why)
     return load_image(source, guard=guard)
+
+
+def _is_data(source: str) -> bool:
+    return source[:5].lower() == "data:"
 
 
 def _short(source: str) -> str:

@@ -19,10 +19,11 @@ Mapping, on purpose:
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -37,6 +38,9 @@ from dsvl_cli.settings import GenerationSettings
 OPENAI_FINISH = {"stop": "stop", "length": "length", "interrupted": "stop"}
 DEFAULT_MODEL_ID = "default"  # the documented catch-all: whatever model the server has loaded
 SEED_RANGE = (-(1 << 63), (1 << 64) - 1)  # what torch.manual_seed takes
+
+
+StopString = Annotated[str, Field(max_length=256)]  # transformers builds tables per stop string
 
 
 class ModelNotFound(Exception):
@@ -85,7 +89,7 @@ class ChatRequest(BaseModel):
     top_k: int | None = Field(None, ge=1, le=1 << 31)
     repetition_penalty: float | None = Field(None, gt=0, le=100)
     seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
-    stop: str | list[str] | None = Field(None, max_length=16)
+    stop: StopString | list[StopString] | None = Field(None, max_length=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1)
@@ -99,15 +103,29 @@ class ChatRequest(BaseModel):
         return self
 
 
-def parse_request(raw: bytes) -> ChatRequest:
-    """Parse and validate a JSON body in one pass (pydantic's own parser: no intermediate dicts, a
-    nesting limit instead of a RecursionError); UsageError names the first bad field."""
+def parse_request(raw: bytearray) -> ChatRequest:
+    """Parse and validate a JSON body; UsageError names the first bad field. Empties `raw`.
+
+    Memory: the body is decoded to text, `raw` emptied, then parsed: at most two copies of the body
+    are alive at once (pydantic's own JSON parser peaked at three). Deep nesting is a
+    RecursionError inside json, reported as bad JSON."""
     try:
-        return ChatRequest.model_validate_json(raw)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"request body is not valid JSON (not UTF-8: {exc.reason})") from None
+    finally:
+        raw.clear()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"request body is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise UsageError("request body is not valid JSON (nested too deeply)") from None
+    del text
+    try:
+        return ChatRequest.model_validate(data)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
-        if first["type"] == "json_invalid":
-            raise UsageError(f"request body is not valid JSON ({first['msg'].removeprefix('Invalid JSON: ')})") from None
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise UsageError(f"{where}: {first['msg']}") from None
 

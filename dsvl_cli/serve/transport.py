@@ -10,6 +10,11 @@ under a 1,024-descriptor limit, lock everyone else out. Here:
 - past `max_connections` open connections a new one is closed at once (a reverse proxy in front
   can queue and rate-limit per client; this server cannot tell clients apart).
 
+Memory: a decoded picture or a request body is tens of megabytes that glibc's allocator would keep
+in its per-thread arenas once freed (measured: eight 4096x4096 PNGs on the fetch threads left the
+server 1.1 GB larger for good). `return_freed_memory` fixes glibc's mmap threshold at 1 MiB, so such
+blocks are mapped on their own and given back to the system when freed. Elsewhere it does nothing.
+
 Shutdown (SIGINT/SIGTERM): uvicorn stops accepting and waits for open requests; after the grace
 period the app's `Drain` cuts what is still running (each open stream gets an error chunk and
 `[DONE]`), and CUT_MARGIN_S later uvicorn cancels whatever is left.
@@ -17,6 +22,8 @@ period the app's `Drain` cuts what is still running (each open stream gets an er
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import socket
 
@@ -27,6 +34,7 @@ CUT_MARGIN_S = 3.0  # after the cut, time for streams to send their last chunks
 HEADER_TIMEOUT_S = 10.0
 KEEP_ALIVE_S = 5
 MAX_CONNECTIONS = 512
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 log = logging.getLogger("dsvl.serve")
 
 
@@ -52,6 +60,7 @@ def make_server(app, grace_s: float = GRACE_S, *, max_connections: int = MAX_CON
     """A uvicorn Server for the app; `.run(sockets=[sock])` serves until SIGINT/SIGTERM."""
     import uvicorn
 
+    return_freed_memory()
     drain = getattr(app.state, "dsvl_drain", None)
 
     class Server(uvicorn.Server):
@@ -65,6 +74,15 @@ def make_server(app, grace_s: float = GRACE_S, *, max_connections: int = MAX_CON
                             timeout_keep_alive=KEEP_ALIVE_S,
                             timeout_graceful_shutdown=grace_s + CUT_MARGIN_S)
     return Server(config)
+
+
+def return_freed_memory() -> None:
+    """Large allocations get their own mappings, returned to the system when freed (glibc only)."""
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to tune
+        return
+    mallopt(_M_MMAP_THRESHOLD, 1 << 20)
 
 
 def _protocol(max_connections: int, header_timeout_s: float):
