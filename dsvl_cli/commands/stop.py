@@ -9,7 +9,8 @@ import typer
 
 def stop(
     model: Annotated[Optional[str], typer.Argument(
-        help="The model (as given to -m, another name of it, or the ID from `dsvl ps`).", show_default=False)] = None,
+        metavar="[MODEL]", help="The model (as given to -m, another name of it, or the ID from `dsvl ps`).",
+        show_default=False)] = None,
     everything: Annotated[bool, typer.Option("--all", help="Stop every keep-alive server.")] = False,
 ) -> None:
     """Stop the keep-alive server of MODEL; with --all, every one; with neither, the only one.

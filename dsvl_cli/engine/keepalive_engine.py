@@ -168,6 +168,7 @@ class KeepAliveEngine(RemoteEngine):
 
     inline_images = True  # fetched here like a local run does; the server never fetches a URL for us
     png_level = 1  # a local socket: encoding time matters, size hardly
+    send_max_side = None  # the server must see the pixels a local run would (no downscale on the way)
 
     def __init__(self, settings: ModelSettings, keep_alive: float):
         self.settings, self.keep_alive = settings, keep_alive

@@ -68,6 +68,7 @@ class RemoteEngine(Backend):
 
     inline_images = False  # True: URLs too are fetched here and sent as data: URIs (--keep-alive)
     png_level = 6  # zlib level of those PNGs: smaller over a network, level 1 is faster over a local socket
+    send_max_side: int | None = SEND_MAX_SIDE  # None: sent as loaded (--keep-alive: the pixels of a local run)
 
     def __init__(self, url: str, *, api_key: str | None = None, model: str | None = None,
                  on_note: Callable[[str], None] | None = None):
@@ -151,8 +152,8 @@ class RemoteEngine(Backend):
 
         def png_uri(_key) -> tuple[LoadedImage, str]:  # holds `loaded`, so its id stays its own
             image = loaded.image
-            if max(image.size) > SEND_MAX_SIDE:  # what dsvl serve keeps of it anyway; fits its byte cap
-                image = downscaled(image, SEND_MAX_SIDE)
+            if self.send_max_side and max(image.size) > self.send_max_side:  # what dsvl serve keeps anyway
+                image = downscaled(image, self.send_max_side)
             buffer = io.BytesIO()
             image.save(buffer, format="PNG", compress_level=self.png_level)
             return loaded, "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

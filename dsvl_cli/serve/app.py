@@ -76,14 +76,14 @@ def _from_dsvl(err: DsvlError) -> ApiError:
 def create_app(engine, *, defaults: GenerationSettings | None = None, api_key: str | None = None,
                max_queue: int = 16, max_batch: int | None = None, max_body_bytes: int | None = None,
                limits: ServeLimits | None = None, policy: MediaPolicy | None = None,
-               allowed_hosts: frozenset[str] | None = None) -> FastAPI:
+               allowed_hosts: frozenset[str] | None = None, image_max_side: int | None = None) -> FastAPI:
     """The ASGI app over a loaded engine (or anything with its `stream`, `name`, `random_weights`).
 
     `max_batch`: most requests in one generate call (default: batch's default for the device).
     `allowed_hosts`: the Host names answered (None: any). `policy`: what image URLs may be fetched."""
     limits = limits or ServeLimits()
     worker = Worker(engine, max_queue, max_batch or engine.default_batch_size)
-    media = MediaLoader(policy or MediaPolicy(), limits, image_side(engine))
+    media = MediaLoader(policy or MediaPolicy(), limits, image_max_side or image_side(engine))
     intake = Intake(engine, defaults or GenerationSettings(), api_key, limits, media,
                     max_body_bytes or limits.body_bytes())
     drain = Drain(media.shutdown)

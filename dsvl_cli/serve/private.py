@@ -39,6 +39,9 @@ from dsvl_cli import __version__
 from dsvl_cli.engine import keepalive
 from dsvl_cli.errors import DsvlError, ExitCode
 
+# The caller loaded its images as a local run does (its caps, its intake shrink, --exact-pixels) and
+# sends them losslessly: the server must take them as they are, not apply a public server's caps.
+NO_SHRINK = 1 << 30  # no picture is that large: decoded as sent
 START_TIMEOUT_S = 120.0  # uvicorn's own start-up, after the model loaded: milliseconds normally
 BODY_CAP = 1 << 30  # the client already applied the user's image caps; chat resends every image per turn
 log = logging.getLogger("dsvl.serve")
@@ -58,6 +61,14 @@ class Activity:
 
     def expires_in_s(self) -> float:
         return max(0.0, self.keep_alive - self.idle_s())
+
+
+def private_limits():
+    """dsvl serve's per-request caps, opened up: only this user's own calls reach this server."""
+    from dsvl_cli.serve.limits import ServeLimits
+
+    return ServeLimits(max_images=1 << 20, max_image_bytes=BODY_CAP, max_image_pixels=1 << 40,
+                       max_text_chars=1 << 30, body_timeout_s=600.0)
 
 
 class PrivateApp:
@@ -244,9 +255,11 @@ def serve(spec: dict, status: StatusPipe) -> int:
             "version": __version__,
             "started": time.time(), "socket": str(paths.socket), "log": str(paths.log)}
     activity = Activity(float(spec["keep_alive"]))
-    app = PrivateApp(server_app.create_app(engine, max_body_bytes=BODY_CAP), activity, info)
+    app = PrivateApp(server_app.create_app(engine, max_body_bytes=BODY_CAP, limits=private_limits(),
+                                           allowed_hosts=frozenset({"localhost"}), image_max_side=NO_SHRINK),
+                     activity, info)
     server = app.server = server_app.make_server(app)
-    tmp = paths.socket.with_name(f".{paths.key}.{os.getpid()}.sock")
+    tmp = paths.socket.with_name(f".{os.getpid()}.sock")  # shorter than KEY.sock: its length was checked
     sock, inode = bind(tmp)
     done = threading.Event()
     threading.Thread(target=_publish_then_watch, args=(server, activity, paths, tmp, inode, info, status, done),
@@ -257,7 +270,8 @@ def serve(spec: dict, status: StatusPipe) -> int:
         done.set()
         tmp.unlink(missing_ok=True)
         _cleanup(paths, inode)
-    status.error("error", f"the keep-alive server stopped before it was ready (log: {paths.log})")  # unless it was
+    # A no-op once "ready" was said; otherwise uvicorn could not start and the client hears why.
+    status.error("error", f"the keep-alive server stopped before it was ready (log: {paths.log})")
     return 0
 
 
