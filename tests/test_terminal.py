@@ -215,7 +215,7 @@ def test_a_hostile_server_cannot_write_escapes(cli, monkeypatch):
     from dsvl_cli.errors import GenerationError
     from dsvl_cli.results import Result, TextChunk
 
-    def fake_init(self, url, *, api_key=None):
+    def fake_init(self, url, *, api_key=None, **kwargs):  # model, on_note: not needed by this fake
         self.url, self.name, self.random_weights = url, "evil\x1b[2J", False
 
     def fake_stream(self, conversation, gen, **kwargs):
