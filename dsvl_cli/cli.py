@@ -5,6 +5,7 @@ Importing this module must not import torch or transformers: `dsvl --help` stays
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated, Optional
 
@@ -116,6 +117,31 @@ _register()
 def main() -> None:
     try:
         app()
+        code: int | str | None = 0
     except KeyboardInterrupt:
         print("\ndsvl: interrupted", file=sys.stderr)
-        sys.exit(int(ExitCode.INTERRUPTED))
+        code = int(ExitCode.INTERRUPTED)
+    except SystemExit as done:  # click ends every command this way, with the exit code
+        code = done.code
+    _leave(code)
+
+
+def _leave(code: int | str | None) -> None:
+    """Exit with `code`; once torch is loaded, without the interpreter's teardown.
+
+    Why: with torch in the process, teardown takes seconds (module garbage collection), and after
+    Ctrl-C cut a generation short it sometimes aborted in a C++ destructor ("terminate called
+    without an active exception", exit 134) although the answer and every file were complete. By
+    now stdout and stderr are flushed here and every file dsvl writes is closed; what is skipped
+    are atexit handlers, which dsvl does not rely on."""
+    if "torch" not in sys.modules:
+        sys.exit(code)
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = int(ExitCode.FAILURE)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can reach it
+            pass
+    os._exit(code or 0)

@@ -177,7 +177,7 @@ def run(engine, turn: Turn, stop_event: threading.Event | None) -> Iterator[Chun
         interrupted = True
     finally:  # also on GeneratorExit: never leave the worker running
         halt.set()
-        worker.join()
+        _join(worker)
     yield from finish(engine, turn, outcome, text, clock, interrupted or bool(stop_event and stop_event.is_set()))
 
 
@@ -230,3 +230,16 @@ def reusable_prefix(engine, ids: list[int], cache: PromptCache, images: list[Any
             keep = start
             break
     return keep
+
+
+def _join(worker: threading.Thread) -> None:
+    """Wait for the generate thread, even through more Ctrl-C (re-raised once it has stopped): a
+    thread left inside torch when the interpreter exits aborts the process."""
+    interrupted = False
+    while worker.is_alive():
+        try:
+            worker.join()
+        except KeyboardInterrupt:
+            interrupted = True
+    if interrupted:
+        raise KeyboardInterrupt
