@@ -32,24 +32,39 @@ STATS_KEYS = {"prompt_tokens", "cached_tokens", "generated_tokens", "image_s", "
               "total_s"}
 
 
-def _start(app):
-    """Serve `app` from a thread on a free port; returns (base URL, stop function)."""
+def _start(app, *, server_out: list | None = None, **server_options):
+    """Serve `app` from a thread on a free port; returns (base URL, stop function). `server_options`
+    go to make_server (grace_s 2 unless given); `server_out` receives the uvicorn Server."""
     from dsvl_cli.serve.app import bind, make_server
 
     sock = bind("127.0.0.1", 0)
-    server = make_server(app, grace_s=2)
+    server = make_server(app, **{"grace_s": 2, **server_options})
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started:
         assert time.monotonic() < deadline, "server did not start"
         time.sleep(0.02)
+    if server_out is not None:
+        server_out.append(server)
 
     def stop():
         server.should_exit = True
         thread.join(10)
+        assert not thread.is_alive(), "the server did not stop"
 
     return f"http://127.0.0.1:{sock.getsockname()[1]}", stop
+
+
+def _serving_url(proc) -> str:
+    """The base URL a `dsvl serve` process prints on stderr once it listens (reads its lines)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        assert line, "dsvl serve exited before it was ready"
+        if " at http://" in line:
+            return line.split(" at ")[1].split()[0].removesuffix("/v1")
+    raise AssertionError("no 'serving at' line")
 
 
 @pytest.fixture(scope="module")
@@ -445,14 +460,7 @@ def test_serve_command_logs_requests_and_stops_on_sigint(tiny_folder):
                              "--port", "0", "-n", "5"], stderr=subprocess.PIPE, text=True, cwd=REPO,
                             env={k: v for k, v in os.environ.items() if k != "DSVL_API_KEY"})
     try:
-        url = None
-        deadline = time.monotonic() + 60
-        while url is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            assert line, "dsvl serve exited before it was ready"
-            if " at http://" in line:
-                url = line.split(" at ")[1].split()[0].removesuffix("/v1")
-        assert url, "no 'serving at' line"
+        url = _serving_url(proc)
         reply = _post(url, {"messages": [{"role": "user", "content": "Hi"}]}, key=None)
         assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 5
         proc.send_signal(signal.SIGINT)

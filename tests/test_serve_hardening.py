@@ -15,14 +15,13 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 import requests
 
 from conftest import EXAMPLES, REPO
-from test_serve import _blocking_engine, _post, _start
+from test_serve import _blocking_engine, _post, _serving_url, _start
 from test_serve_security import USER, FakeEngine, _app, _error
 
 
@@ -121,17 +120,7 @@ def test_access_log_escapes_what_clients_send(served, caplog):
 
 
 def test_trickled_headers_meet_a_deadline_and_connections_are_capped():
-    from dsvl_cli.serve.transport import bind, make_server
-
-    sock = bind("127.0.0.1", 0)
-    server = make_server(_app(FakeEngine()), grace_s=1, max_connections=4, header_timeout_s=0.5)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    url, stop = _start(_app(FakeEngine()), grace_s=1, max_connections=4, header_timeout_s=0.5)
     try:
         trickler = _raw(url)
         trickler.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
@@ -147,8 +136,7 @@ def test_trickled_headers_meet_a_deadline_and_connections_are_capped():
         assert requests.get(url + "/health", timeout=10).status_code == 200
         trickler.close()
     finally:
-        server.should_exit = True
-        thread.join(10)
+        stop()
 
 
 def test_slow_and_abandoned_bodies(caplog):
@@ -281,23 +269,13 @@ def test_ask_server_sends_the_model_it_was_given(cli, served):
 # -- 10. shutdown ----------------------------------------------------------------------------------------
 
 def test_shutdown_cuts_open_streams_with_an_error_chunk_and_done():
-    from dsvl_cli.serve.transport import bind, make_server
-
-    fake = _blocking_engine()
-    sock = bind("127.0.0.1", 0)
-    server = make_server(_app(fake), grace_s=0.5)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    fake, servers = _blocking_engine(), []
+    url, stop = _start(_app(fake), grace_s=0.5, server_out=servers)
     try:
         stream = _post(url, {"messages": USER, "stream": True}, key=None, stream=True)
         lines = stream.iter_lines()
         assert b"assistant" in next(lines)
-        server.should_exit = True  # what SIGTERM does
+        servers[0].should_exit = True  # what SIGTERM does
         rest = [line for line in lines if line]
         assert rest[-1] == b"data: [DONE]", rest
         error = json.loads(rest[-2][6:])["error"]
@@ -305,9 +283,7 @@ def test_shutdown_cuts_open_streams_with_an_error_chunk_and_done():
         assert fake.stopped.is_set()
     finally:
         fake.release()
-        server.should_exit = True
-        thread.join(10)
-    assert not thread.is_alive()
+        stop()  # checks that the server stopped
 
 
 def test_serve_ignores_dsvl_server_and_stops_cleanly_on_sigterm(tiny_folder, tmp_path):
@@ -319,14 +295,7 @@ def test_serve_ignores_dsvl_server_and_stops_cleanly_on_sigterm(tiny_folder, tmp
                              "--port", "0", "-n", "3", "--api-key-file", str(key_file), "--grace-period", "1"],
                             stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
     try:
-        url = None
-        deadline = time.monotonic() + 60
-        while url is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            assert line, "dsvl serve exited before it was ready"
-            if " at http://" in line:
-                url = line.split(" at ")[1].split()[0].removesuffix("/v1")
-        assert url
+        url = _serving_url(proc)
         assert _post(url, {"messages": USER}, key="wrong").status_code == 401
         assert _post(url, {"messages": USER}, key="file-key").status_code == 200
         proc.send_signal(signal.SIGTERM)
