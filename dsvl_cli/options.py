@@ -74,6 +74,17 @@ SHARED: dict[str, tuple] = {
              help="Random seed for sampling.")], None),
     "system": (Annotated[Optional[str], _opt("-s", "--system", env="DSVL_SYSTEM",
                help="System prompt (replaces DeepSeek-VL's default one).")], None),
+    "schema": (Annotated[Optional[str], _opt("--schema", env="DSVL_SCHEMA", metavar="SCHEMA",
+               help="Answer JSON valid against this JSON Schema (a file, inline JSON, or the short form "
+               "'name, count int, note: what it says'); decoding is constrained, so it always parses.")], None),
+    "regex": (Annotated[Optional[str], _opt("--regex", env="DSVL_REGEX", metavar="PATTERN",
+              help="Answer text matching this regular expression (constrained decoding).")], None),
+    "choices": (Annotated[Optional[str], _opt("--choices", env="DSVL_CHOICES", metavar="LABELS",
+                help="Score these labels instead of generating (a,b,c or @FILE, one per line): prints the most "
+                "probable; --json gives every label's probability.")], None),
+    "logprobs": (Annotated[Optional[int], _opt("--logprobs", env="DSVL_LOGPROBS", metavar="N",
+                 help="With --json: the top-N alternatives of every generated token (OpenAI's logprobs shape).")],
+                 None),
     "plain": (Annotated[bool, _opt("--plain", env="DSVL_PLAIN",
               help="Plain streamed text, no Markdown rendering (the default when not a terminal).")], False),
     "json": (Annotated[bool, _opt("--json", env="DSVL_JSON",
@@ -122,11 +133,18 @@ def build_common(values: dict, env: Environment | None = None) -> CommonOptions:
         if keep_alive:
             raise UsageError(f"--keep-alive keeps a model warm in a private server here; with --server {server} "
                              "that server answers (use one of the two)")
+    from dsvl_cli.structured.spec import from_options
+
+    answer_format = from_options(values["schema"], values["regex"], values["choices"])
+    if answer_format is not None and answer_format.kind == "choices" and values["logprobs"] is not None:
+        raise UsageError("--choices and --logprobs cannot be used together: --choices already gives each "
+                         "label's log-probability")
     model = {k: values[k] for k in MODEL_FIELDS}
     model["model"] = values["model"] if values["model"] is not None else DEFAULT_MODEL
     return CommonOptions(
         model=ModelSettings(**model),
-        generation=GenerationSettings(**{k: values[k] for k in GEN_FIELDS}),
+        generation=GenerationSettings(**{k: values[k] for k in GEN_FIELDS}, answer_format=answer_format,
+                                      logprobs=values["logprobs"]),
         plain=values["plain"],
         json=values["json"],
         stats=values["stats"],

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from dsvl_cli import catalog
 from dsvl_cli.errors import UsageError
+from dsvl_cli.structured.spec import AnswerFormat
 
 DEFAULT_MODEL = "deepseek-community/deepseek-vl-7b-chat"
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -20,6 +21,7 @@ QUANTIZE = ("int8", "int4")
 RANDOM_MODELS = tuple(catalog.RANDOM_MODELS)  # built here: no revisions
 MAX_TEMPERATURE = 100.0  # finite bounds: NaN and inf pass `< 0` checks and fail deep in generate
 MAX_REPETITION_PENALTY = 100.0
+MAX_LOGPROBS = 20  # OpenAI's top_logprobs bound
 
 
 def _finite(flag: str, value: float | None) -> None:
@@ -70,6 +72,8 @@ class GenerationSettings:
     seed: int | None = None
     system: str | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
+    answer_format: AnswerFormat | None = None  # --schema / --regex / --choices (structured/spec.py)
+    logprobs: int | None = None  # --logprobs N: the top-N alternatives of each token (0: the chosen one's only)
 
     def __post_init__(self) -> None:
         for flag, value in (("--temperature", self.temperature), ("--top-p", self.top_p),
@@ -86,6 +90,8 @@ class GenerationSettings:
         if self.repetition_penalty is not None and not 0 < self.repetition_penalty <= MAX_REPETITION_PENALTY:
             raise UsageError(f"--repetition-penalty {self.repetition_penalty}: must be above 0 and at most "
                              f"{MAX_REPETITION_PENALTY:g}")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise UsageError(f"--logprobs {self.logprobs}: must be from 0 to {MAX_LOGPROBS}")
 
     @property
     def greedy(self) -> bool:
@@ -100,7 +106,7 @@ class GenerationSettings:
 
     def generate_kwargs(self) -> dict:
         """Keyword arguments for transformers' `generate` (sampling part only)."""
-        kwargs: dict = {"max_new_tokens": self.max_new_tokens}
+        kwargs: dict = {"max_new_tokens": self.max_new_tokens}  # answer_format, logprobs: engine/core.py
         if self.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:

@@ -9,7 +9,7 @@ import typer
 from dsvl_cli.options import CommonOptions, shared_options
 
 
-@shared_options
+@shared_options(exclude=("logprobs",))
 def chat(
     images: Annotated[Optional[list[str]], typer.Argument(
         metavar="[IMAGE]...",

@@ -57,7 +57,8 @@ MaxConnections = Annotated[int, _opt("--max-connections", env="DSVL_MAX_CONNECTI
 # The output options, --exact-pixels and --server belong to the clients (ask, chat, batch): serve reads
 # none of them, and a DSVL_SERVER (or DSVL_KEEP_ALIVE) exported for those clients must not stop a
 # server from starting.
-@shared_options(exclude=("plain", "json", "stats", "server", "exact_pixels", "keep_alive"))
+@shared_options(exclude=("plain", "json", "stats", "server", "exact_pixels", "keep_alive", "schema",
+                         "regex", "choices", "logprobs"))
 def serve(ctx: typer.Context, opts: CommonOptions, host: Host = "127.0.0.1", port: Port = 8000, max_queue: MaxQueue = 16,
           batch_size: BatchSize = None, api_key_file: KeyFile = None, allow_private_urls: AllowPrivate = False,
           allowed_media_domains: MediaDomains = None, no_url_images: NoUrls = False,
