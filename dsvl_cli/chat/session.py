@@ -34,6 +34,7 @@ from dsvl_cli.images import LoadedImage, load_images
 from dsvl_cli.render import stats_line
 from dsvl_cli.results import Result
 from dsvl_cli.settings import GenerationSettings
+from dsvl_cli.structured.spec import parse_regex, parse_schema
 
 BLOCK = '"""'
 HELP = """\
@@ -47,7 +48,8 @@ Ask a question, or use a command:
   /clear             start a new conversation (same model and settings)
   /system [TEXT]     show or set the system prompt (--default: the model's own; "": none)
   /set [KEY VALUE]   show or change a generation option (max_new_tokens, temperature, top_p,
-                     top_k, repetition_penalty, seed; "none" resets an optional one)
+                     top_k, repetition_penalty, seed; "none" resets an optional one);
+                     /set schema FILE|JSON|SHORT|off and /set regex PATTERN|off constrain answers
   /save FILE         save the conversation: .json (restore with /load) or .md (a transcript);
                      asks before replacing a file (/save! FILE replaces it without asking)
   /load FILE         restore a conversation saved as JSON
@@ -64,6 +66,23 @@ SETTABLE: dict[str, tuple[type, bool]] = {
     "top_k": (int, True), "repetition_penalty": (float, True), "seed": (int, True),
 }
 _KEY_ALIASES = {"n": "max_new_tokens", "t": "temperature"}
+# /set KEY -> the parser of that answer format (structured/spec.py)
+FORMAT_KEYS = {"schema": parse_schema, "regex": parse_regex}
+
+
+def key_kind(key: str) -> str:
+    return {"schema": "json_schema"}.get(key, key)
+
+
+def answer_format_line(fmt) -> str:
+    """The answer format for /set's listing."""
+    if fmt is None:
+        return "free text (/set schema FILE|JSON|SHORT, /set regex PATTERN)"
+    if fmt.kind == "json_schema":
+        return f"schema {fmt.source if len(fmt.source) <= 60 else fmt.source[:57] + '...'}"
+    if fmt.kind == "regex":
+        return f"regex {fmt.regex!r}"
+    return f"{fmt.kind} {', '.join(fmt.choices)}"
 
 Producer = Callable[[Conversation, GenerationSettings, "object | None"], Result]
 
@@ -285,14 +304,18 @@ class ChatSession:
             values = [f"  {key} = {getattr(self.generation, key)}" for key in SETTABLE]
             system = self.conversation.system
             values.append(f"  system = {'(the model default)' if system is None else repr(system)}")
+            values.append(f"  format = {answer_format_line(self.generation.answer_format)}")
             return Reply("\n".join(["generation options (/set KEY VALUE):", *values]))
         key, _, raw = arg.partition(" ")
         key = _KEY_ALIASES.get(key, key.lstrip("-").replace("-", "_").lower())
         raw = raw.strip()
         if key == "system":
             return self._cmd_system(raw or "--default")
+        if key in FORMAT_KEYS:
+            return self._set_format(key, raw)
         if key not in SETTABLE:
-            raise UsageError(f"/set {key}: not a generation option; one of {', '.join(SETTABLE)}, system")
+            raise UsageError(f"/set {key}: not a generation option; one of {', '.join(SETTABLE)}, system, "
+                             f"{', '.join(FORMAT_KEYS)}")
         kind, optional = SETTABLE[key]
         if not raw:
             raise UsageError(f"usage: /set {key} VALUE")
@@ -308,6 +331,19 @@ class ChatSession:
         except UsageError as err:  # the settings name the command-line option; name the /set key
             raise UsageError(f"/set {key} {raw}: {err.message.partition(': ')[2] or err.message}") from None
         return Reply(f"{key} = {value}")
+
+    def _set_format(self, key: str, raw: str) -> Reply:
+        """/set schema FILE|JSON|SHORT|off, /set regex PATTERN|off: the answer format of later turns."""
+        if not raw:
+            raise UsageError(f"usage: /set {key} {'FILE|JSON|SHORT' if key == 'schema' else 'PATTERN'}|off")
+        if raw.lower() in ("off", "none"):
+            if self.generation.answer_format is None or self.generation.answer_format.kind != key_kind(key):
+                return Reply(f"{key} = off")
+            self.generation = self.generation.replace(answer_format=None)
+            return Reply(f"{key} = off (answers are free text again)")
+        fmt = FORMAT_KEYS[key](raw, f"/set {key}")
+        self.generation = self.generation.replace(answer_format=fmt)
+        return Reply(f"format = {answer_format_line(fmt)}")
 
     def _cmd_save(self, arg: str, *, force: bool = False) -> Reply:
         """Never replaces a file unasked: an existing one (a symlink too) needs /save! FILE, which

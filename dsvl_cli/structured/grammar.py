@@ -41,6 +41,12 @@ def is_grammar(fmt: AnswerFormat | None) -> bool:
     return fmt is not None and fmt.kind in GRAMMAR_KINDS
 
 
+def shared_settings(gen):
+    """What the rows of one batch must share of GenerationSettings `gen`: not a --schema or
+    --regex, which is per row (each row has its own matcher; BatchItem.answer_format carries it)."""
+    return gen.replace(answer_format=None) if is_grammar(gen.answer_format) else gen
+
+
 def grammar_text(fmt: AnswerFormat) -> str:
     """llguidance's grammar for a format (not yet checked)."""
     from llguidance import LLMatcher
@@ -177,11 +183,3 @@ class GrammarMask:
             if token in self.eos_ids or not matcher.consume_token(token):
                 self.live[row] = False
 
-
-def describe(fmt: AnswerFormat) -> str:
-    """The format in a few words, for chat's settings display."""
-    if fmt.kind == "regex":
-        return f"regex {fmt.regex!r}"
-    if fmt.kind == "json_schema":
-        return f"schema {_shown(fmt)}"
-    return f"choices {', '.join(fmt.choices)}"
