@@ -66,23 +66,8 @@ SETTABLE: dict[str, tuple[type, bool]] = {
     "top_k": (int, True), "repetition_penalty": (float, True), "seed": (int, True),
 }
 _KEY_ALIASES = {"n": "max_new_tokens", "t": "temperature"}
-# /set KEY -> the parser of that answer format (structured/spec.py)
-FORMAT_KEYS = {"schema": parse_schema, "regex": parse_regex}
-
-
-def key_kind(key: str) -> str:
-    return {"schema": "json_schema"}.get(key, key)
-
-
-def answer_format_line(fmt) -> str:
-    """The answer format for /set's listing."""
-    if fmt is None:
-        return "free text (/set schema FILE|JSON|SHORT, /set regex PATTERN)"
-    if fmt.kind == "json_schema":
-        return f"schema {fmt.source if len(fmt.source) <= 60 else fmt.source[:57] + '...'}"
-    if fmt.kind == "regex":
-        return f"regex {fmt.regex!r}"
-    return f"{fmt.kind} {', '.join(fmt.choices)}"
+# /set KEY -> the parser of that answer format (structured/spec.py) and its kind
+FORMAT_KEYS = {"schema": (parse_schema, "json_schema"), "regex": (parse_regex, "regex")}
 
 Producer = Callable[[Conversation, GenerationSettings, "object | None"], Result]
 
@@ -304,7 +289,8 @@ class ChatSession:
             values = [f"  {key} = {getattr(self.generation, key)}" for key in SETTABLE]
             system = self.conversation.system
             values.append(f"  system = {'(the model default)' if system is None else repr(system)}")
-            values.append(f"  format = {answer_format_line(self.generation.answer_format)}")
+            fmt = self.generation.answer_format
+            values.append(f"  format = {fmt.describe() if fmt else 'free text (/set schema ..., /set regex ...)'}")
             return Reply("\n".join(["generation options (/set KEY VALUE):", *values]))
         key, _, raw = arg.partition(" ")
         key = _KEY_ALIASES.get(key, key.lstrip("-").replace("-", "_").lower())
@@ -334,16 +320,14 @@ class ChatSession:
 
     def _set_format(self, key: str, raw: str) -> Reply:
         """/set schema FILE|JSON|SHORT|off, /set regex PATTERN|off: the answer format of later turns."""
-        if not raw:
-            raise UsageError(f"usage: /set {key} {'FILE|JSON|SHORT' if key == 'schema' else 'PATTERN'}|off")
+        parse, kind = FORMAT_KEYS[key]
+        current = self.generation.answer_format
         if raw.lower() in ("off", "none"):
-            if self.generation.answer_format is None or self.generation.answer_format.kind != key_kind(key):
-                return Reply(f"{key} = off")
-            self.generation = self.generation.replace(answer_format=None)
-            return Reply(f"{key} = off (answers are free text again)")
-        fmt = FORMAT_KEYS[key](raw, f"/set {key}")
-        self.generation = self.generation.replace(answer_format=fmt)
-        return Reply(f"format = {answer_format_line(fmt)}")
+            if current is not None and current.kind == kind:
+                self.generation = self.generation.replace(answer_format=None)
+            return Reply(f"{key} = off")
+        self.generation = self.generation.replace(answer_format=parse(raw, f"/set {key}"))
+        return Reply(f"format = {self.generation.answer_format.describe()}")
 
     def _cmd_save(self, arg: str, *, force: bool = False) -> Reply:
         """Never replaces a file unasked: an existing one (a symlink too) needs /save! FILE, which

@@ -30,7 +30,8 @@ import threading
 from collections import OrderedDict
 
 from dsvl_cli.errors import UsageError
-from dsvl_cli.structured.spec import AnswerFormat
+
+# AnswerFormat (structured/spec.py) is only named in annotations here: spec.py calls `check` below.
 
 GRAMMAR_KINDS = ("json_schema", "regex")
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}

@@ -43,6 +43,14 @@ class AnswerFormat:
     def schema_dict(self) -> dict | None:
         return json.loads(self.schema) if self.schema is not None else None
 
+    def describe(self) -> str:
+        """In a few words, for a settings display (chat's /set)."""
+        if self.kind == "json_schema":
+            return f"schema {_short(self.source)}"
+        if self.kind == "regex":
+            return f"regex {self.regex!r}"
+        return f"choices {', '.join(self.choices)}"
+
     def to_dict(self) -> dict:
         """For --json and records: {"type": ..., and the schema / regex / choices}."""
         if self.kind == "json_schema":
