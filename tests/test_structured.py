@@ -418,3 +418,19 @@ def test_chat_set_schema_and_regex(cli, session_engine):
     assert re.fullmatch("[0-9]{3}", turns[1]["answer"]) and "data" not in turns[1]
     assert "data" not in turns[2]
     assert f"  format = schema {colour[:57]}..." in result.stderr  # /set shows it
+
+
+def test_bitmask_unpacking_is_the_same_on_both_paths():
+    """The CPU path (numpy) and the accelerator path (torch shifts, run here on the CPU) agree, with
+    tokens past the grammar's vocabulary blocked."""
+    import torch
+
+    from dsvl_cli.structured.grammar import shifts_on, unpack_blocked, unpack_blocked_torch
+
+    bits = torch.randint(-(2**31), 2**31 - 1, (3, 5), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
+    for vocab in (150, 160, 170):
+        numpy_way = unpack_blocked(bits, vocab)
+        assert torch.equal(numpy_way, unpack_blocked_torch(bits, vocab, shifts_on("cpu")))
+        assert numpy_way.shape == (3, vocab) and bool(numpy_way[:, 160:].all())
+        word, bit = divmod(37, 32)
+        assert bool(numpy_way[1, 37]) == (not (int(bits[1, word]) >> bit) & 1)

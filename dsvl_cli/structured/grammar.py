@@ -142,18 +142,16 @@ class GrammarMask:
     sees each row's previous token at the end of `input_ids`."""
 
     def __init__(self, matchers: list, vocab_size: int, eos_ids: set[int]):
-        import torch
         from llguidance.torch import allocate_token_bitmask
 
         self.matchers = matchers
         self.eos_ids = eos_ids
         self.live = [m is not None for m in matchers]  # rows still constrained
         self.bitmask = allocate_token_bitmask(len(matchers), vocab_size)  # (B, ceil(V/32)) int32, CPU
-        self._shifts = torch.arange(32, dtype=torch.int32)
+        self._shifts = None  # bit positions on the logits' device (unpacking off the CPU)
         self._started = False
 
     def __call__(self, input_ids, scores):
-        import torch
         from llguidance.torch import fill_next_token_bitmask
 
         if self._started:
@@ -164,15 +162,23 @@ class GrammarMask:
             return scores
         for row in rows:
             fill_next_token_bitmask(self.matchers[row], self.bitmask, row)
-        bits = self.bitmask[rows].to(scores.device, non_blocking=True)  # (R, W) int32
-        shifts = self._shifts.to(scores.device)
-        allowed = ((bits.unsqueeze(-1) >> shifts) & 1).view(len(rows), -1).bool()  # (R, 32 W)
-        vocab = scores.shape[-1]
-        if allowed.shape[1] < vocab:  # logits past the grammar's vocabulary: never allowed
-            allowed = torch.nn.functional.pad(allowed, (0, vocab - allowed.shape[1]), value=False)
-        index = torch.tensor(rows, device=scores.device)
-        scores[index] = scores[index].masked_fill(~allowed[:, :vocab], float("-inf"))
+        every = len(rows) == len(self.live)
+        blocked = self._blocked(self.bitmask if every else self.bitmask[rows], scores)  # (R, V) bool
+        if every:
+            return scores.masked_fill_(blocked, float("-inf"))
+        index = torch_tensor(rows, scores.device)
+        scores[index] = scores[index].masked_fill(blocked, float("-inf"))
         return scores
+
+    def _blocked(self, bits, scores):
+        """The tokens the bitmask rows `bits` (R, W) int32 do not allow, as (R, V) bool on the
+        logits' device; tokens past the grammar's vocabulary are never allowed."""
+        vocab = scores.shape[-1]
+        if scores.device.type == "cpu":  # numpy unpacks bits fastest here (~4x torch's shifts)
+            return unpack_blocked(bits, vocab)
+        if self._shifts is None or self._shifts.device != scores.device:
+            self._shifts = shifts_on(scores.device)
+        return unpack_blocked_torch(bits.to(scores.device, non_blocking=True), vocab, self._shifts)
 
     def _feed(self, tokens: list[int]) -> None:
         """Each constrained row's new token to its matcher. A row whose token ends it (EOS) or that
@@ -184,3 +190,38 @@ class GrammarMask:
             if token in self.eos_ids or not matcher.consume_token(token):
                 self.live[row] = False
 
+
+def torch_tensor(values: list[int], device):
+    import torch
+
+    return torch.tensor(values, device=device)
+
+
+def unpack_blocked(bits, vocab: int):
+    """(R, W) int32 bitmask (bit k of word w: token 32 w + k allowed) -> (R, vocab) bool, True where
+    blocked, on the CPU."""
+    import numpy as np
+    import torch
+
+    allowed = torch.from_numpy(np.unpackbits(bits.numpy().view(np.uint8), axis=-1, bitorder="little"))
+    return _blocked_from(allowed, vocab)
+
+
+def unpack_blocked_torch(bits, vocab: int, shifts):
+    """The same on any device, with torch ops (only the packed mask crosses to an accelerator)."""
+    allowed = ((bits.unsqueeze(-1) >> shifts) & 1).view(bits.shape[0], -1)
+    return _blocked_from(allowed, vocab)
+
+
+def shifts_on(device):
+    import torch
+
+    return torch.arange(32, dtype=torch.int32, device=device)
+
+
+def _blocked_from(allowed, vocab: int):
+    import torch
+
+    if allowed.shape[1] < vocab:  # logits past the grammar's vocabulary: never allowed
+        allowed = torch.nn.functional.pad(allowed, (0, vocab - allowed.shape[1]), value=0)
+    return allowed[:, :vocab] == 0
