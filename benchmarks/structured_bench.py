@@ -8,7 +8,7 @@ Per-token cost = (t(N tokens) - t(1 token)) / (N - 1): prefill, image and set-up
 Both wall time and this process's CPU time are reported: on a machine other jobs are loading, CPU
 time is the steadier of the two.
 
-    python benchmarks/structured_bench.py --model tiny-random --new-tokens 128 --repeats 10
+    python benchmarks/structured_bench.py --model tiny-random --new-tokens 64 --repeats 10 --threads 1
 """
 
 from __future__ import annotations
@@ -36,10 +36,14 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--image", default=str(REPO / "examples" / "shapes.png"))
+    parser.add_argument("--threads", type=int, help="torch threads (1: steadier figures on a busy machine)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from build import suppress_eos
 
     from dsvl_cli.conversation import Conversation

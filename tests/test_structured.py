@@ -429,7 +429,7 @@ def test_bitmask_unpacking_is_the_same_on_both_paths():
 
     bits = torch.randint(-(2**31), 2**31 - 1, (3, 5), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
     for vocab in (150, 160, 170):
-        numpy_way = unpack_blocked(bits, vocab)
+        numpy_way = unpack_blocked(bits.numpy(), vocab)
         assert torch.equal(numpy_way, unpack_blocked_torch(bits, vocab, shifts_on("cpu")))
         assert numpy_way.shape == (3, vocab) and bool(numpy_way[:, 160:].all())
         word, bit = divmod(37, 32)
