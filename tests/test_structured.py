@@ -411,13 +411,17 @@ def test_chat_set_schema_and_regex(cli, session_engine):
     colour = json.dumps({"type": "object", "properties": {"colour": {"enum": ["red", "blue"]}, "n": {"type": "integer"}},
                          "required": ["colour", "n"], "additionalProperties": False})
     script = "\n".join([f"/set schema {colour}", "/set", "Which colour?", "/set schema off",
-                        r"/set regex [0-9]{3}", "How many?", "/set regex off", "Hello"]) + "\n"
+                        r"/set regex [0-9]{3}", "How many?", "/set regex off", "Hello",
+                        f"/set schema {colour}", "/set n 3", "Cut short?"]) + "\n"
     result = cli(["chat", "-m", "tiny-random", "--json", "-n", "60"], input=script)
     turns = [json.loads(line) for line in result.stdout.splitlines()]
     assert set(turns[0]["data"]) == {"colour", "n"} and isinstance(turns[0]["data"]["n"], int)
     assert re.fullmatch("[0-9]{3}", turns[1]["answer"]) and "data" not in turns[1]
     assert "data" not in turns[2]
     assert f"  format = schema {colour[:57]}..." in result.stderr  # /set shows it
+    assert turns[3]["finish_reason"] == "length" and turns[3]["data"] is None
+    assert "before its JSON closed (3 generated); /set max_new_tokens N, then /retry" in result.stderr
+    assert result.exit_code == 1  # in a pipe, as in ask: the cut answer is a failure
 
 
 def test_bitmask_unpacking_is_the_same_on_both_paths():

@@ -88,9 +88,9 @@ class ChatUI:
         elif not result.answer and not self.markdown:
             self.stdout.write("\n")  # one answer per turn, even an empty one
             self.stdout.flush()
-        problem = incomplete(result, self.session.generation.answer_format)
+        problem = incomplete(result, self.session.generation.answer_format, "/set max_new_tokens N, then /retry")
         if problem:  # a --schema / --regex answer cut by -n: as in ask, a failure
-            self.error(f"{problem}; /set max_new_tokens N, then /retry", int(ExitCode.FAILURE))
+            self.error(problem, int(ExitCode.FAILURE))
         elif result.finish_reason == "interrupted":
             note(self.console, "(interrupted: the partial answer stays in the conversation; /retry answers again)",
                  style="dim")

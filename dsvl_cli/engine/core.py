@@ -27,6 +27,7 @@ from dsvl_cli.errors import ContextLengthError
 from dsvl_cli.results import Stats
 from dsvl_cli.settings import GenerationSettings
 from dsvl_cli.structured import answers
+from dsvl_cli.structured.grammar import is_grammar
 from dsvl_cli.structured.spec import AnswerFormat
 
 
@@ -60,7 +61,7 @@ class Generation:
         kwargs["pad_token_id"] = engine.tokenizer.pad_token_id
         formats = list(formats) if formats is not None else [gen.answer_format] * rows
         plan = cls(engine, gen, prompt_tokens, rows, kwargs, started or time.perf_counter(), formats=formats)
-        mask = engine.grammars.mask(formats) if any(f is not None for f in formats) else None
+        mask = engine.grammars.mask(formats) if any(is_grammar(f) for f in formats) else None
         if mask is not None:
             plan.logits_processors.append(mask)
         return plan

@@ -43,6 +43,7 @@ class LocalEngine(Backend):
         self._counter = None  # count_tokens' own tokenizer (made on first use)
         self._count_lock = threading.Lock()
         self._grammars = None  # structured.grammar.Grammars, made for the first --schema / --regex
+        self._grammars_lock = threading.Lock()
 
     @classmethod
     def load(cls, settings: ModelSettings, *, verbose: bool = False, prefer_fast: bool = False) -> LocalEngine:
@@ -189,7 +190,7 @@ class LocalEngine(Backend):
     @property
     def grammars(self):
         """llguidance's view of this tokenizer and the compiled grammars (structured/grammar.py)."""
-        with self._count_lock:
+        with self._grammars_lock:
             if self._grammars is None:
                 from dsvl_cli.structured.grammar import Grammars
 

@@ -44,15 +44,15 @@ def complete(result: Result, fmt: AnswerFormat) -> bool:
     return True
 
 
-def incomplete(result: Result, fmt: AnswerFormat | None) -> str | None:
+def incomplete(result: Result, fmt: AnswerFormat | None, hint: str = "raise --max-new-tokens (-n)") -> str | None:
     """One line when a constrained answer ended before its grammar was complete (None when it is
-    complete, unconstrained, or interrupted: the front end reports an interruption itself)."""
+    complete, unconstrained, or interrupted: the front end reports an interruption itself);
+    `hint`: what to do about a cut by the token budget (chat says it with /set)."""
     if fmt is None or fmt.kind not in ("json_schema", "regex") or result.finish_reason == "interrupted":
         return None
     if complete(result, fmt):
         return None
     what = "its JSON closed" if fmt.kind == "json_schema" else "it matched --regex"
     if result.finish_reason == "length":
-        return (f"the answer ran out of tokens before {what} ({result.stats.generated_tokens} generated); "
-                "raise --max-new-tokens (-n)")
+        return f"the answer ran out of tokens before {what} ({result.stats.generated_tokens} generated); {hint}"
     return f"the answer stopped before {what} (finish_reason {result.finish_reason})"
