@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -52,9 +53,16 @@ class Result:
     finish_reason: str  # stop, length, interrupted, error
     stats: Stats = field(default_factory=Stats)
     token_ids: list[int] = field(default_factory=list)
+    # --schema: the answer parsed (None when it was cut before the JSON closed); json_answer says
+    # that `data` belongs in the output (structured/answers.py sets both)
+    data: Any = None
+    json_answer: bool = False
 
     def to_dict(self) -> dict:
-        return {"answer": self.answer, "finish_reason": self.finish_reason, "stats": self.stats.to_dict()}
+        out = {"answer": self.answer, "finish_reason": self.finish_reason, "stats": self.stats.to_dict()}
+        if self.json_answer:
+            out["data"] = self.data
+        return out
 
 
 Chunk = TextChunk | Result

@@ -13,6 +13,10 @@ Mapping, on purpose:
   read the server's own files.
 - Sampling fields <-> GenerationSettings: `max_completion_tokens` (or the older `max_tokens`) is
   max_new_tokens; `top_k` and `repetition_penalty` are extensions, as in vLLM.
+- The answer's format <-> GenerationSettings.answer_format: OpenAI's `response_format`
+  (`json_schema` with its `schema`, `json_object` = any JSON object, `text` = none), and vLLM's
+  `structured_outputs` (`json`, `regex`) or its older `guided_json` / `guided_regex`, so clients
+  written for vLLM work. `--server` sends a schema as `response_format`, a regex as vLLM does.
 """
 
 from __future__ import annotations
@@ -89,3 +93,86 @@ def to_messages(conversation, image_ref: Callable[[Any], str]) -> list[dict]:
         parts.append({"type": "text", "text": m.text})
         messages.append({"role": "user", "content": parts})
     return messages
+
+
+# -- the answer's format (structured/spec.py) ------------------------------------------------------
+
+ANSWER_FORMAT_FIELDS = ("response_format", "structured_outputs", "guided_json", "guided_regex")
+_STRUCTURED_KEYS = ("json", "regex")  # vLLM's structured_outputs keys read here
+
+
+def answer_format(body: Mapping[str, Any]):
+    """The AnswerFormat a request body asks for, or None; UsageError names the field at fault."""
+    from dsvl_cli.errors import UsageError
+
+    given = [name for name in ANSWER_FORMAT_FIELDS if body.get(name) is not None]
+    if given == ["response_format"] and isinstance(body["response_format"], Mapping) \
+            and body["response_format"].get("type") == "text":
+        return None
+    if len(given) > 1:
+        raise UsageError(f"{given[0]} and {given[1]}: give one answer format")
+    if not given:
+        return None
+    name, value = given[0], body[given[0]]
+    if name == "response_format":
+        return _response_format(value)
+    if name == "structured_outputs":
+        if not isinstance(value, Mapping):
+            raise UsageError("structured_outputs must be an object")
+        keys = [k for k, v in value.items() if v is not None]
+        unknown = [k for k in keys if k not in _STRUCTURED_KEYS]
+        if unknown or len(keys) != 1:
+            raise UsageError(f"structured_outputs: give one of {', '.join(_STRUCTURED_KEYS)}"
+                             + (f" (not supported: {', '.join(unknown)})" if unknown else ""))
+        name, value = f"structured_outputs.{keys[0]}", value[keys[0]]
+    if name.endswith("regex"):
+        from dsvl_cli.structured.spec import parse_regex
+
+        if not isinstance(value, str):
+            raise UsageError(f"{name} must be a string")
+        return parse_regex(value, name)
+    return _schema(value, name)
+
+
+def _response_format(value: Any):
+    from dsvl_cli.errors import UsageError
+    from dsvl_cli.structured.spec import schema_format
+
+    kind = value.get("type") if isinstance(value, Mapping) else None
+    if kind == "json_object":
+        return schema_format({"type": "object"}, source="json_object", flag="response_format")
+    if kind != "json_schema":
+        raise UsageError("response_format.type must be text, json_object or json_schema")
+    spec = value.get("json_schema")
+    if not isinstance(spec, Mapping) or spec.get("schema") is None:
+        raise UsageError("response_format.json_schema.schema: a JSON Schema is required")
+    return _schema(spec["schema"], "response_format.json_schema.schema")
+
+
+def _schema(value: Any, name: str):
+    """A schema given as an object, or as JSON text (vLLM accepts both for guided_json)."""
+    import json
+
+    from dsvl_cli.errors import UsageError
+    from dsvl_cli.structured.spec import schema_format
+
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{name}: not JSON ({exc.msg})") from None
+    return schema_format(value, source=json.dumps(value, ensure_ascii=False) if isinstance(value, Mapping) else "",
+                         flag=name)
+
+
+def answer_format_fields(fmt) -> dict:
+    """The body fields that ask for `fmt` (what `--server` sends): a schema as OpenAI's
+    response_format, a regex as vLLM's structured_outputs."""
+    if fmt is None:
+        return {}
+    if fmt.kind == "json_schema":
+        return {"response_format": {"type": "json_schema",
+                                    "json_schema": {"name": "answer", "schema": fmt.schema_dict, "strict": True}}}
+    if fmt.kind == "regex":
+        return {"structured_outputs": {"regex": fmt.regex}}
+    return {}

@@ -214,6 +214,26 @@ def test_chat_with_compile_on_cpu_answers_each_turn_as_plain_generate(cli, refer
                      {"role": "user", "content": [{"type": "text", "text": "what colour is the square?"}]}]
 
 
+def test_compiled_decode_with_a_schema_equals_masked_plain_generate(cli, reference, compiled_ask):
+    """`ask --compile --schema`: the grammar mask is applied outside the compiled decode step (as a
+    logits processor in generate's loop); greedy tokens equal plain `generate` with a mask written
+    in test_structured.py (compile cache warmed by `compiled_ask`)."""
+    import jsonschema
+    from test_structured import SCHEMAS, masked_reference, schema_grammar, text_of
+
+    from dsvl_cli.images import load_image
+
+    image = EXAMPLES / "shapes.png"
+    for name in ("refs_defs", "nullable"):
+        result = cli(["ask", str(image), "Describe this image.", "-m", "tiny-random", "-n", "60", "--json",
+                      "--compile", "--device", "cpu", "--schema", json.dumps(SCHEMAS[name])])
+        assert result.exit_code == 0, result.output
+        record = json.loads(result.stdout)
+        ids = masked_reference(reference, schema_grammar(SCHEMAS[name]), images=[load_image(str(image)).image], n=60)
+        assert record["answer"] == text_of(reference, ids), name
+        jsonschema.validate(record["data"], SCHEMAS[name])
+
+
 @pytest.mark.parametrize("kind", ["int8", "int4"])
 def test_quantize_on_cpu_is_a_usage_error_before_loading(cli, kind):
     result = cli(["ask", str(EXAMPLES / "sunset.jpg"), "hi", "-m", "tiny-random", "--device", "cpu",

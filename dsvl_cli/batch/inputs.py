@@ -2,8 +2,9 @@
 
 Formats, detected per file from its first non-blank line:
 - JSONL (the line starts with `{`): `{"id" or "custom_id", "image" or "images", "prompt", "system",
-  generation options}` per line, or the OpenAI batch-file shape (`custom_id` plus `body.messages`
-  whose content parts are `text` and `image_url`). Both shapes may be mixed in one file.
+  generation options, "schema" or "regex"}` per line, or the OpenAI batch-file shape (`custom_id`
+  plus `body.messages` whose content parts are `text` and `image_url`, and `body.response_format`).
+  Both shapes may be mixed in one file. A record's `schema` or `regex` replaces --schema/--regex.
 - TSV (the line has a tab): `image<TAB>prompt`; an empty image field means no image.
 - Plain lines: one image source per line, the question from `--prompt`.
 
@@ -32,7 +33,9 @@ from dsvl_cli.settings import GenerationSettings
 # Per-record generation options and the JSON types they accept.
 _INT_OPTIONS = ("max_new_tokens", "top_k", "seed")
 _FLOAT_OPTIONS = ("temperature", "top_p", "repetition_penalty")
-_RECORD_KEYS = {"id", "custom_id", "image", "images", "prompt", "system", "stop", *_INT_OPTIONS, *_FLOAT_OPTIONS}
+_FORMAT_KEYS = ("schema", "regex")  # a record's own --schema (an object, or the CLI's forms) / --regex
+_RECORD_KEYS = {"id", "custom_id", "image", "images", "prompt", "system", "stop", *_INT_OPTIONS, *_FLOAT_OPTIONS,
+                *_FORMAT_KEYS}
 
 
 @dataclass
@@ -190,7 +193,29 @@ def _from_plain_json(data: dict, number: int, id_: Any, base: GenerationSettings
     if system is not None and not isinstance(system, str):
         raise _BadLine("invalid_record", "system must be a string")
     options = {k: data[k] for k in (*_INT_OPTIONS, *_FLOAT_OPTIONS, "stop") if k in data}
+    answer_format = _record_format(data)
+    if answer_format is not None:
+        options["answer_format"] = answer_format
     return Record(id_, number, check_text(question), _sources(images), system, _settings(base, options, system))
+
+
+def _record_format(data: dict):
+    """A record's `schema` (an object, or a string as --schema takes it) or `regex`; None: the command's."""
+    from dsvl_cli.structured.spec import parse_regex, parse_schema, schema_format
+
+    given = [k for k in _FORMAT_KEYS if data.get(k) is not None]
+    if len(given) > 1:
+        raise _BadLine("invalid_record", "give either schema or regex, not both")
+    if not given:
+        return None
+    value = data[given[0]]
+    if given[0] == "regex":
+        if not isinstance(value, str):
+            raise _BadLine("invalid_record", "regex must be a string")
+        return parse_regex(value, "regex")
+    if isinstance(value, str):
+        return parse_schema(value, "schema")
+    return schema_format(value, source=json.dumps(value, ensure_ascii=False), flag="schema")
 
 
 def _from_openai(data: dict, number: int, id_: Any, base: GenerationSettings) -> Record:
@@ -199,8 +224,8 @@ def _from_openai(data: dict, number: int, id_: Any, base: GenerationSettings) ->
         raise _BadLine("invalid_record", "body.messages must be a list")
     options: dict = {}
     for key, value in body.items():
-        if key in ("messages", "model") or (key == "n" and value == 1):  # the command's --model answers
-            continue
+        if key in ("messages", "model") or (key == "n" and value == 1) or key in wire.ANSWER_FORMAT_FIELDS:
+            continue  # the command's --model answers; the answer format is read below
         if key not in wire.SAMPLING_FIELDS:
             raise _BadLine("invalid_record", f"unsupported body field: {key}")
         if value is not None:
@@ -217,6 +242,9 @@ def _from_openai(data: dict, number: int, id_: Any, base: GenerationSettings) ->
     if user is None or not user[0].strip():
         raise _BadLine("invalid_record", "missing prompt: the user message has no text")
     system = base.system if system is None else system
+    answer_format = wire.answer_format(body)
+    if answer_format is not None:
+        options["answer_format"] = answer_format
     return Record(id_, number, check_text(user[0]), _sources(user[1]), system, _settings(base, options, system))
 
 

@@ -97,6 +97,17 @@ def answer_record(record: Record, result) -> dict:
     return {"id": record.id, **sources(record), **result.to_dict()}
 
 
+def result_record(record: Record, result) -> tuple[dict, bool]:
+    """(the output record, failed?): an answer, or an error record for a --schema / --regex answer
+    that ran out of tokens before it was complete (structured/answers.py)."""
+    from dsvl_cli.structured.answers import incomplete
+
+    problem = incomplete(result, record.gen.answer_format)
+    if problem:
+        return error_record(record, "incomplete_answer", problem), True
+    return answer_record(record, result), False
+
+
 def error_record(item: Record | BadRecord, kind: str, message: str) -> dict:
     record = {"id": item.id, "line": item.line}
     if isinstance(item, Record):

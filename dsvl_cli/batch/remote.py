@@ -72,7 +72,7 @@ def run_remote(engine, records: list[Record], writer, summary, *, concurrency: i
     """Answer `records` through `engine` (a RemoteEngine), `concurrency` requests at a time.
 
     Raises the ModelError of a server that could not be reached (after writing what finished)."""
-    from dsvl_cli.batch.output import OutputClosed, answer_record, error_record
+    from dsvl_cli.batch.output import OutputClosed, error_record, result_record
     from dsvl_cli.conversation import Conversation
 
     images = _Images(records, exact=exact)
@@ -109,8 +109,8 @@ def run_remote(engine, records: list[Record], writer, summary, *, concurrency: i
                 write(record, error_record(record, err.kind, err.message), failed=True)
                 return
             if result.finish_reason != "interrupted":  # cut short: left for --resume
-                write(record, answer_record(record, result), failed=False,
-                      tokens=result.stats.generated_tokens)
+                obj, failed = result_record(record, result)
+                write(record, obj, failed=failed, tokens=result.stats.generated_tokens)
         finally:
             images.release(record.images)
             slots.release()

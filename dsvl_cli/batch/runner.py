@@ -31,15 +31,16 @@ from dsvl_cli.batch.output import (
     Previous,
     Summary,
     Writer,
-    answer_record,
     error_record,
     open_output,
     read_previous,
     refuse_input_as_output,
+    result_record,
     split_done,
 )
 from dsvl_cli.errors import DsvlError, ImageLoadError, UsageError
 from dsvl_cli.images.cache import SourceCache
+from dsvl_cli.structured.grammar import shared_settings
 
 PREFETCH_WORKERS = 4
 PREFETCH_BATCHES = 2  # how many batches ahead of the model images are prepared
@@ -60,7 +61,8 @@ def plan_batches(engine, records: list[Record], batch_size: int) -> list[list[Re
     groups: dict = {}
     for record, length in zip(records, lengths):
         estimate = length + per_image * len(record.images)
-        groups.setdefault(record.gen.replace(system=None), []).append((estimate, tuple(record.images), record))
+        key = shared_settings(record.gen.replace(system=None))  # a schema or regex is per row
+        groups.setdefault(key, []).append((estimate, tuple(record.images), record))
     batches = []
     for members in groups.values():
         members.sort(key=lambda m: (m[0], m[1]))
@@ -168,9 +170,9 @@ def run_records(engine, records: list[Record], writer: Writer, summary: Summary,
                     continue
                 images = [prepared[s] for s in record.images]
                 conversation = Conversation.single(record.prompt, [p.loaded for p in images], record.system)
-                ready.append((record, BatchItem(conversation, images)))
+                ready.append((record, BatchItem(conversation, images, answer_format=record.gen.answer_format)))
             if ready and not stop.is_set():
-                gen = batch[0].gen.replace(system=None)
+                gen = shared_settings(batch[0].gen.replace(system=None))
                 results = generate_batch(engine, [item for _, item in ready], gen, features=features,
                                          stop_event=stop)
                 for (record, _), result in zip(ready, results):
@@ -178,8 +180,10 @@ def run_records(engine, records: list[Record], writer: Writer, summary: Summary,
                         writer.write(error_record(record, result.kind, result.message))
                         summary.failed += 1
                     elif result.finish_reason != "interrupted":  # cut short: left for --resume
-                        writer.write(answer_record(record, result))
-                        summary.done += 1
+                        obj, failed = result_record(record, result)
+                        writer.write(obj)
+                        summary.failed += failed
+                        summary.done += not failed
                         summary.generated_tokens += result.stats.generated_tokens
             for source in (s for r in batch for s in r.images):
                 features.release(source)

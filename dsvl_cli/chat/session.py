@@ -34,6 +34,7 @@ from dsvl_cli.images import LoadedImage, load_images
 from dsvl_cli.render import stats_line
 from dsvl_cli.results import Result
 from dsvl_cli.settings import GenerationSettings
+from dsvl_cli.structured.spec import parse_regex, parse_schema
 
 BLOCK = '"""'
 HELP = """\
@@ -47,7 +48,8 @@ Ask a question, or use a command:
   /clear             start a new conversation (same model and settings)
   /system [TEXT]     show or set the system prompt (--default: the model's own; "": none)
   /set [KEY VALUE]   show or change a generation option (max_new_tokens, temperature, top_p,
-                     top_k, repetition_penalty, seed; "none" resets an optional one)
+                     top_k, repetition_penalty, seed; "none" resets an optional one);
+                     /set schema FILE|JSON|SHORT|off and /set regex PATTERN|off constrain answers
   /save FILE         save the conversation: .json (restore with /load) or .md (a transcript);
                      asks before replacing a file (/save! FILE replaces it without asking)
   /load FILE         restore a conversation saved as JSON
@@ -64,6 +66,8 @@ SETTABLE: dict[str, tuple[type, bool]] = {
     "top_k": (int, True), "repetition_penalty": (float, True), "seed": (int, True),
 }
 _KEY_ALIASES = {"n": "max_new_tokens", "t": "temperature"}
+# /set KEY -> the parser of that answer format (structured/spec.py) and its kind
+FORMAT_KEYS = {"schema": (parse_schema, "json_schema"), "regex": (parse_regex, "regex")}
 
 Producer = Callable[[Conversation, GenerationSettings, "object | None"], Result]
 
@@ -286,14 +290,19 @@ class ChatSession:
             values = [f"  {key} = {getattr(self.generation, key)}" for key in SETTABLE]
             system = self.conversation.system
             values.append(f"  system = {'(the model default)' if system is None else repr(system)}")
+            fmt = self.generation.answer_format
+            values.append(f"  format = {fmt.describe() if fmt else 'free text (/set schema ..., /set regex ...)'}")
             return Reply("\n".join(["generation options (/set KEY VALUE):", *values]))
         key, _, raw = arg.partition(" ")
         key = _KEY_ALIASES.get(key, key.lstrip("-").replace("-", "_").lower())
         raw = raw.strip()
         if key == "system":
             return self._cmd_system(raw or "--default")
+        if key in FORMAT_KEYS:
+            return self._set_format(key, raw)
         if key not in SETTABLE:
-            raise UsageError(f"/set {key}: not a generation option; one of {', '.join(SETTABLE)}, system")
+            raise UsageError(f"/set {key}: not a generation option; one of {', '.join(SETTABLE)}, system, "
+                             f"{', '.join(FORMAT_KEYS)}")
         kind, optional = SETTABLE[key]
         if not raw:
             raise UsageError(f"usage: /set {key} VALUE")
@@ -309,6 +318,17 @@ class ChatSession:
         except UsageError as err:  # the settings name the command-line option; name the /set key
             raise UsageError(f"/set {key} {raw}: {err.message.partition(': ')[2] or err.message}") from None
         return Reply(f"{key} = {value}")
+
+    def _set_format(self, key: str, raw: str) -> Reply:
+        """/set schema FILE|JSON|SHORT|off, /set regex PATTERN|off: the answer format of later turns."""
+        parse, kind = FORMAT_KEYS[key]
+        current = self.generation.answer_format
+        if raw.lower() in ("off", "none"):
+            if current is not None and current.kind == kind:
+                self.generation = self.generation.replace(answer_format=None)
+            return Reply(f"{key} = off")
+        self.generation = self.generation.replace(answer_format=parse(raw, f"/set {key}"))
+        return Reply(f"format = {self.generation.answer_format.describe()}")
 
     def _cmd_save(self, arg: str, *, force: bool = False) -> Reply:
         """Never replaces a file unasked: an existing one (a symlink too) needs /save! FILE, which

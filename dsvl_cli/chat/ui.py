@@ -16,6 +16,7 @@ from dsvl_cli.images import display_source
 from dsvl_cli.options import CommonOptions
 from dsvl_cli.render import context_cut, note, print_json, print_stats, stream_answer
 from dsvl_cli.results import Stats
+from dsvl_cli.structured.answers import incomplete
 
 # Which failure a pipe's exit code reports when several happened: Ctrl-C, then a runtime failure
 # (the tool failed), then bad input (the script was wrong), then success.
@@ -87,7 +88,10 @@ class ChatUI:
         elif not result.answer and not self.markdown:
             self.stdout.write("\n")  # one answer per turn, even an empty one
             self.stdout.flush()
-        if result.finish_reason == "interrupted":
+        problem = incomplete(result, self.session.generation.answer_format, "/set max_new_tokens N, then /retry")
+        if problem:  # a --schema / --regex answer cut by -n: as in ask, a failure
+            self.error(problem, int(ExitCode.FAILURE))
+        elif result.finish_reason == "interrupted":
             note(self.console, "(interrupted: the partial answer stays in the conversation; /retry answers again)",
                  style="dim")
         elif self.session.at_context_end(turn):
@@ -98,5 +102,6 @@ class ChatUI:
             print_stats(self.console, result.stats.to_dict())
 
     def _produce(self, conversation, generation, cache):
-        return stream_answer(self.session.engine, conversation, generation, self.env, markdown=self.markdown,
+        markdown = self.markdown and generation.answer_format is None  # JSON or a pattern: plain text
+        return stream_answer(self.session.engine, conversation, generation, self.env, markdown=markdown,
                              show=not self.opts.json, cache=cache)

@@ -25,6 +25,7 @@ def ask(
       dsvl ask a.png b.png "What changed between these two?"
       curl -s https://example.com/cat.jpg | dsvl ask - "What breed is this?" --plain
       dsvl ask examples/shapes.png "Describe this image." --model tiny-random --json
+      dsvl ask photo.jpg "List the objects." --schema 'objects: what is there, count int'
     """
     from dsvl_cli.errors import ExitCode, guarded
 
@@ -66,9 +67,10 @@ def _answer(sources: list[str], prompt: str, opts: CommonOptions) -> str:
     images = load_images(sources, stdin=env.stdin_bytes, exact=opts.exact_pixels)
     conversation = Conversation.single(prompt, images, system=opts.generation.system)
     backend = load_backend(opts)
+    structured = opts.generation.answer_format is not None  # JSON or a pattern: plain text, not Markdown
     try:
-        result = stream_answer(backend, conversation, opts.generation, env, markdown=env.markdown(opts.plain),
-                               show=not opts.json)
+        result = stream_answer(backend, conversation, opts.generation, env,
+                               markdown=env.markdown(opts.plain) and not structured, show=not opts.json)
     except ContextLengthError as err:  # the engine's advice may be chat's; say what applies to ask
         raise ContextLengthError(f"{err.message.split(';')[0]}; shorten the prompt, use fewer images, "
                                  "or lower -n") from None
@@ -80,4 +82,16 @@ def _answer(sources: list[str], prompt: str, opts: CommonOptions) -> str:
                     "prompt": prompt}, env.stdout, terminal=env.stdout_isatty)
     if opts.stats:
         print_stats(env.stderr_console(), result.stats.to_dict())
+    _complete(result, opts.generation)
     return result.finish_reason
+
+
+def _complete(result, gen) -> None:
+    """A --schema / --regex answer cut before it was complete is a failure (exit 1), after the
+    partial answer (and --json's object, finish_reason "length") were printed."""
+    from dsvl_cli.errors import GenerationError
+    from dsvl_cli.structured.answers import incomplete
+
+    problem = incomplete(result, gen.answer_format)
+    if problem:
+        raise GenerationError(problem)

@@ -14,7 +14,8 @@ Per item, optionally (the server uses both): `stop`, an event that ends that ite
 finishes, the others go on), and `on_tokens`, called from the generating thread with each new token
 id of that item as it is decoded (never the pad tokens `generate` fills finished rows with).
 
-Limits: every item in one call shares its GenerationSettings (the runner groups records by them).
+Limits: every item in one call shares its GenerationSettings (the runner groups records by them),
+except the answer format: an item's own `answer_format` (--schema, --regex) wins over the settings'.
 CUDA out-of-memory (or a padded batch past the context length) splits the batch in halves and
 retries; a single item that still does not fit comes back as the error for that item only. A retry
 after tokens were streamed streams that item again from its first token.
@@ -37,6 +38,7 @@ from dsvl_cli.images import LoadedImage
 from dsvl_cli.images.cache import SourceCache
 from dsvl_cli.results import Result
 from dsvl_cli.settings import GenerationSettings
+from dsvl_cli.structured.spec import AnswerFormat
 
 
 @dataclass
@@ -63,6 +65,9 @@ class BatchItem:
     # This item's Result as soon as its row ends with EOS, while longer rows go on (a server client
     # gets its answer without waiting for the batch). generate_batch still returns it too.
     on_done: Callable[[Result], None] | None = None
+    # This item's --schema / --regex when it has its own (a batch record's, a server request's):
+    # each row has its own matcher, so rows with different formats share one generate call.
+    answer_format: AnswerFormat | None = None
 
     @property
     def image_s(self) -> float:
@@ -217,7 +222,8 @@ def _generate(engine: Backend, items: list[BatchItem], gen: GenerationSettings, 
     enc = encode_texts(engine, [item.conversation for item in items])
     input_ids = enc["input_ids"].to(engine.model.device)  # (B, L)
     attention_mask = enc["attention_mask"].to(engine.model.device)  # (B, L), 0 on the left padding
-    plan = Generation.plan(engine, gen, prompt_tokens=input_ids.shape[1], rows=len(items), started=started)
+    plan = Generation.plan(engine, gen, prompt_tokens=input_ids.shape[1], rows=len(items), started=started,
+                           formats=[item.answer_format or gen.answer_format for item in items])
     plan.use_cache()  # the fast path's static cache (+ compiled decode step), as for single questions
     clock = _Clock(stop_event, items)
     early: dict[int, Result] = {}
@@ -231,7 +237,7 @@ def _generate(engine: Backend, items: list[BatchItem], gen: GenerationSettings, 
         stats = plan.stats(prompt_tokens=int(attention_mask[row].sum()), generated=len(ids),
                            image_s=items[row].image_s, first_at=first, last_at=last, peak=plan.peak_bytes())
         finish = plan.finish_reason(ids, stopped=stopped or cut, interrupted=interrupted or own_stop is not None)
-        return Result(answer=answer, finish_reason=finish, stats=stats, token_ids=ids)
+        return plan.conclude(Result(answer=answer, finish_reason=finish, stats=stats, token_ids=ids), row)
 
     def row_ended(row: int, ids: list[int]) -> None:
         if items[row].on_done is not None:

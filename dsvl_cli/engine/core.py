@@ -8,9 +8,11 @@ the stopping criteria, how an answer's finish_reason is decided and how its stat
 `Generation.run` is the only place in dsvl that calls transformers' `generate` (so greedy output is
 plain `generate`'s, token for token).
 
-The seam for what comes next: logits processors (grammar-constrained JSON, label scoring) go in
-`Generation.logits_processors`, and every caller gets them — ask, chat, batch and serve, with or
-without the fast path (gpt-fast's prefill / decode_one_token split is the model of this shape).
+Logits processors go in `Generation.logits_processors`, and every caller gets them — ask, chat,
+batch and serve, with or without the fast path (transformers applies them outside the compiled
+decode step). `--schema` / `--regex` plug in here: `plan` adds a GrammarMask (structured/grammar.py)
+with one matcher per row (rows of one batch may have different formats, or none), and `conclude`
+gives each row's Result its parsed `data` (structured/answers.py).
 
 No torch at import; it is imported when a generation runs.
 """
@@ -24,6 +26,9 @@ from typing import Any
 from dsvl_cli.errors import ContextLengthError
 from dsvl_cli.results import Stats
 from dsvl_cli.settings import GenerationSettings
+from dsvl_cli.structured import answers
+from dsvl_cli.structured.grammar import is_grammar
+from dsvl_cli.structured.spec import AnswerFormat
 
 
 @dataclass
@@ -37,12 +42,14 @@ class Generation:
     kwargs: dict
     started: float = field(default_factory=time.perf_counter)
     logits_processors: list = field(default_factory=list)
+    formats: list[AnswerFormat | None] = field(default_factory=list)  # each row's --schema / --regex
 
     @classmethod
     def plan(cls, engine, gen: GenerationSettings, *, prompt_tokens: int, rows: int = 1,
-             started: float | None = None) -> Generation:
+             started: float | None = None, formats: list[AnswerFormat | None] | None = None) -> Generation:
         """Sampling arguments with max_new_tokens cut to the room left in the context (raises
-        ContextLengthError when there is none)."""
+        ContextLengthError when there is none), and the grammar mask of rows with a format
+        (`formats`: one per row; default: gen.answer_format for every row)."""
         limit = engine.context_length
         room = limit - prompt_tokens
         if room < 1:
@@ -52,7 +59,16 @@ class Generation:
         if gen.stop:
             kwargs["tokenizer"] = engine.tokenizer  # generate needs it to match stop strings
         kwargs["pad_token_id"] = engine.tokenizer.pad_token_id
-        return cls(engine, gen, prompt_tokens, rows, kwargs, started or time.perf_counter())
+        formats = list(formats) if formats is not None else [gen.answer_format] * rows
+        plan = cls(engine, gen, prompt_tokens, rows, kwargs, started or time.perf_counter(), formats=formats)
+        mask = engine.grammars.mask(formats) if any(is_grammar(f) for f in formats) else None
+        if mask is not None:
+            plan.logits_processors.append(mask)
+        return plan
+
+    def conclude(self, result, row: int = 0):
+        """Row `row`'s Result with its parsed `data` when it answered a --schema."""
+        return answers.conclude(result, self.formats[row] if row < len(self.formats) else None)
 
     @property
     def max_new_tokens(self) -> int:

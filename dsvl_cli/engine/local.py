@@ -42,6 +42,8 @@ class LocalEngine(Backend):
         self._pixels = SourceCache(keep=PIXEL_MEMO_SIZE)
         self._counter = None  # count_tokens' own tokenizer (made on first use)
         self._count_lock = threading.Lock()
+        self._grammars = None  # structured.grammar.Grammars, made for the first --schema / --regex
+        self._grammars_lock = threading.Lock()
 
     @classmethod
     def load(cls, settings: ModelSettings, *, verbose: bool = False, prefer_fast: bool = False) -> LocalEngine:
@@ -184,6 +186,18 @@ class LocalEngine(Backend):
                 self._counter.no_truncation()
         ids = self._counter.encode(self.render(conversation), add_special_tokens=True).ids
         return len(ids) + len(conversation.images) * (int(self.processor.num_image_tokens) - 1)
+
+    @property
+    def grammars(self):
+        """llguidance's view of this tokenizer and the compiled grammars (structured/grammar.py)."""
+        with self._grammars_lock:
+            if self._grammars is None:
+                from dsvl_cli.structured.grammar import Grammars
+
+                eos = self.model.generation_config.eos_token_id
+                self._grammars = Grammars(self.tokenizer, vocab_size=int(self.model.config.text_config.vocab_size),
+                                          eos_ids=eos if isinstance(eos, list) else [eos])
+        return self._grammars
 
     # -- generation (engine/core.py is where `generate` runs) -----------------------------------
     def new_cache(self) -> streaming.PromptCache:

@@ -14,6 +14,8 @@ Limits, on purpose:
 - Timeouts: CONNECT_TIMEOUT_S to connect, READ_TIMEOUT_S between two pieces of the answer (a
   queued request waits its turn within that). 429 and 503 are retried after their Retry-After for
   up to BUSY_RETRY_S in all.
+- --schema / --regex travel as `response_format` / vLLM's `structured_outputs` (wire.py); `data`
+  is parsed here from the answer's text.
 - Result.token_ids is empty (the API sends text, not token ids). Against a server other than
   dsvl's, stats hold what `usage` and the client's own clock can tell.
 - The request names the model `-m` gave, or "default" (whatever the server has loaded) when `-m`
@@ -43,6 +45,7 @@ from dsvl_cli.images.cache import SourceCache
 from dsvl_cli.images.decode import downscaled
 from dsvl_cli.results import Chunk, Result, Stats, TextChunk
 from dsvl_cli.settings import GenerationSettings
+from dsvl_cli.structured import answers
 
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 600.0
@@ -127,12 +130,14 @@ class RemoteEngine(Backend):
             finish = "interrupted"
         if stats is None:
             stats = _local_stats(usage, started, first_at).to_dict()
-        yield Result(answer="".join(pieces), finish_reason=finish or "stop", stats=Stats.from_dict(stats))
+        result = Result(answer="".join(pieces), finish_reason=finish or "stop", stats=Stats.from_dict(stats))
+        yield answers.conclude(result, gen.answer_format)  # --schema: `data`, parsed here from the text
 
     # -- the request ----------------------------------------------------------------------------
     def request_body(self, conversation: Conversation, gen: GenerationSettings) -> dict:
         return {"model": self.requested_model or "default", "messages": wire.to_messages(conversation, self._image_ref),
-                "stream": True, "stream_options": {"include_usage": True}, **wire.sampling_fields(gen)}
+                "stream": True, "stream_options": {"include_usage": True}, **wire.sampling_fields(gen),
+                **wire.answer_format_fields(gen.answer_format)}
 
     def _note_model(self, answered) -> None:
         """Tell the user once when the server answered with another model than -m asked for."""

@@ -204,7 +204,7 @@ def finish(engine, turn: Turn, outcome: dict, text: AnswerText, clock: _Clock, i
                             image_s=turn.image_s, first_at=clock.first_at, last_at=clock.last_at,
                             peak=turn.plan.peak_bytes(), done_at=time.perf_counter())
     finish_reason = turn.plan.finish_reason(new_ids, stopped=stopped, interrupted=interrupted)
-    yield Result(answer=answer, finish_reason=finish_reason, stats=stats, token_ids=new_ids)
+    yield turn.plan.conclude(Result(answer=answer, finish_reason=finish_reason, stats=stats, token_ids=new_ids))
 
 
 def _cache_fits(engine, kv, needed: int) -> bool:

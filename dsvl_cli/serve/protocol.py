@@ -13,6 +13,10 @@ Mapping, on purpose:
 - Sampling fields left out fall back to the server's own command-line defaults (greedy unless
   `dsvl serve -t` says otherwise), not to OpenAI's temperature 1.
 - `top_k` and `repetition_penalty` are accepted as extensions (as vLLM does).
+- `response_format` (json_schema, json_object) constrains the answer; so do vLLM's
+  `structured_outputs` / `guided_json` / `guided_regex` (wire.answer_format). A schema the grammar
+  engine cannot compile is a 400 naming the field. An answer cut by max_tokens before its JSON
+  closed comes back as OpenAI sends it: the text so far, finish_reason "length".
 - finish_reason: dsvl's `stop`/`length` pass through; `interrupted` (only when the server cancels a
   request while shutting down) is sent as `stop`, with dsvl's own value in `dsvl_finish_reason`.
 """
@@ -93,6 +97,11 @@ class ChatRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1)
+    # The answer's format (wire.answer_format reads them): OpenAI's, and vLLM's for its clients.
+    response_format: dict | None = None
+    structured_outputs: dict | None = None
+    guided_json: dict | str | None = None
+    guided_regex: str | None = None
 
     @model_validator(mode="after")
     def _ends_with_user(self) -> ChatRequest:
@@ -132,7 +141,9 @@ def parse_request(raw: bytearray) -> ChatRequest:
 
 def generation_settings(req: ChatRequest, defaults: GenerationSettings) -> GenerationSettings:
     """The server's defaults, with what the request sets (UsageError when out of range)."""
-    return defaults.replace(**wire.settings_changes(req.model_dump(include=set(wire.SAMPLING_FIELDS))))
+    gen = defaults.replace(**wire.settings_changes(req.model_dump(include=set(wire.SAMPLING_FIELDS))))
+    answer_format = wire.answer_format(req.model_dump(include=set(wire.ANSWER_FORMAT_FIELDS)))
+    return gen.replace(answer_format=answer_format) if answer_format is not None else gen
 
 
 def image_sources(req: ChatRequest) -> list[str]:

@@ -5,7 +5,7 @@ little more than one (memory-bound), so requests that arrive while another batch
 taken together next time, up to `max_batch` (batching.py: left padding, per-row stop and streaming).
 
 Which requests share a batch: the first waiting one and every later waiting one with the same
-generation settings (the system prompt may differ). Sampled requests with a `seed` run alone so a
+generation settings (the system prompt and a response_format may differ: each row has its own). Sampled requests with a `seed` run alone so a
 seed gives the same answer however busy the server is. Greedy answers are the same batched or not
 (tested). Engines without batching (RemoteEngine, test fakes) run one request at a time through
 `stream`.
@@ -30,6 +30,7 @@ from dsvl_cli.engine.detokenize import AnswerText
 from dsvl_cli.errors import DsvlError, GenerationError
 from dsvl_cli.results import Result, TextChunk
 from dsvl_cli.settings import GenerationSettings
+from dsvl_cli.structured.grammar import shared_settings
 
 END = object()  # the worker's last item for a job
 log = logging.getLogger("dsvl.serve")
@@ -66,7 +67,7 @@ class Job:
         """Jobs with equal keys can share a batch; None: this job runs alone."""
         if self.gen.seed is not None and not self.gen.greedy:
             return None
-        return self.gen.replace(system=None)
+        return shared_settings(self.gen.replace(system=None))  # a response_format is per row
 
 
 class TextStream:
@@ -189,8 +190,9 @@ class Worker:
         streams = [TextStream(self.engine, job) for job in jobs]
         try:
             items = [BatchItem.prepare(self.engine, job.conversation, stop=job.stop, on_tokens=stream.feed,
-                                       on_done=stream.finish) for job, stream in zip(jobs, streams)]
-            results = self.engine.generate_batch(items, jobs[0].gen.replace(system=None))
+                                       on_done=stream.finish, answer_format=job.gen.answer_format)
+                     for job, stream in zip(jobs, streams)]
+            results = self.engine.generate_batch(items, shared_settings(jobs[0].gen.replace(system=None)))
         except DsvlError as err:
             self._rerun_alone(jobs, streams, err)
             return

@@ -6,7 +6,8 @@ requests with the same format batch together (it is frozen and hashable).
 
 The schema short form is simonw/llm's (`llm --schema 'name, age int, bio: a short bio'`): fields
 separated by commas (or by newlines when there is one), each `NAME [TYPE][: DESCRIPTION]` with TYPE
-one of str (the default), int, float, bool; every field is required.
+one of str (the default), int, float, bool; every field is required and no other is allowed
+(`additionalProperties: false`: a program reading the answer gets exactly these keys).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ _FIELD = re.compile(r"^(?P<name>[A-Za-z_][\w-]*)(?:\s+(?P<type>\w+))?\s*(?::\s*(
 
 @dataclass(frozen=True)
 class AnswerFormat:
-    """What the answer must look like. `schema`: canonical JSON text (hashable); `choices`: labels."""
+    """What the answer must look like. `schema`: compact JSON text, key order kept (hashable);
+    `choices`: labels."""
 
     kind: str
     schema: str | None = None
@@ -40,6 +42,14 @@ class AnswerFormat:
     @property
     def schema_dict(self) -> dict | None:
         return json.loads(self.schema) if self.schema is not None else None
+
+    def describe(self) -> str:
+        """In a few words, for a settings display (chat's /set)."""
+        if self.kind == "json_schema":
+            return f"schema {_short(self.source)}"
+        if self.kind == "regex":
+            return f"regex {self.regex!r}"
+        return f"choices {', '.join(self.choices)}"
 
     def to_dict(self) -> dict:
         """For --json and records: {"type": ..., and the schema / regex / choices}."""
@@ -73,7 +83,7 @@ def short_form_schema(text: str, flag: str = "--schema") -> dict:
         properties[name] = {"type": _SHORT_TYPES[kind], **({"description": desc.strip()} if desc else {})}
     if not properties:
         raise UsageError(f"{flag} {_short(text)!r}: no fields")
-    return {"type": "object", "properties": properties, "required": list(properties)}
+    return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
 
 
 def _load_schema_text(text: str, flag: str) -> tuple[object, str]:
@@ -109,7 +119,7 @@ def parse_schema(text: str, flag: str = "--schema") -> AnswerFormat:
     """A JSON Schema from a file, inline JSON or the short form; checked against the JSON Schema
     meta-schema (UsageError naming it and the reason)."""
     schema, origin = _load_schema_text(text, flag)
-    return schema_format(schema, source=text.strip() if origin != "inline JSON" else "inline JSON", flag=flag)
+    return schema_format(schema, source=text.strip(), flag=flag)
 
 
 def schema_format(schema: object, *, source: str = "schema", flag: str = "--schema") -> AnswerFormat:
@@ -124,8 +134,11 @@ def schema_format(schema: object, *, source: str = "schema", flag: str = "--sche
         where = "/".join(str(p) for p in err.absolute_path) or "top level"
         raise UsageError(f"{flag} {_short(source)}: not a valid JSON Schema at {where}: "
                          f"{err.message.splitlines()[0][:160]}") from None
-    return AnswerFormat("json_schema", schema=json.dumps(schema, sort_keys=True, separators=(",", ":")),
-                        source=source)
+    # Key order kept: the answer's properties come out in the order the schema lists them.
+    fmt = AnswerFormat("json_schema", schema=json.dumps(schema, separators=(",", ":"), ensure_ascii=False),
+                       source=source)
+    _compiles(fmt, flag)
+    return fmt
 
 
 def parse_regex(text: str, flag: str = "--regex") -> AnswerFormat:
@@ -135,7 +148,17 @@ def parse_regex(text: str, flag: str = "--regex") -> AnswerFormat:
         re.compile(text)
     except re.error as err:
         raise UsageError(f"{flag} {_short(text)!r}: not a regular expression ({err})") from None
-    return AnswerFormat("regex", regex=text, source=text)
+    fmt = AnswerFormat("regex", regex=text, source=text)
+    _compiles(fmt, flag)
+    return fmt
+
+
+def _compiles(fmt: AnswerFormat, flag: str) -> None:
+    """What the meta-schema allows but the grammar engine cannot do (`not`, `uniqueItems`, an
+    unknown `format`, a regex with look-around) is refused here too, before any model loads."""
+    from dsvl_cli.structured.grammar import check
+
+    check(fmt, flag)
 
 
 def parse_choices(text: str, flag: str = "--choices") -> AnswerFormat:
