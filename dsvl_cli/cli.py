@@ -28,6 +28,13 @@ def _click():
     return click
 
 
+def _abort() -> type:
+    """click's Abort (Ctrl-C at a prompt); typer 0.2x keeps it in typer.exceptions, not its click's."""
+    import typer.exceptions
+
+    return getattr(_click().exceptions, "Abort", None) or typer.exceptions.Abort
+
+
 def usage_line(err) -> str:
     """click's usage error as one line: `dsvl: error: no such option --x (see dsvl ask --help)`."""
     exceptions = _click().exceptions
@@ -65,7 +72,7 @@ class DsvlGroup(TyperGroup):
         except exceptions.ClickException as err:
             err.show()
             sys.exit(err.exit_code)
-        except exceptions.Abort:
+        except _abort():
             print("\ndsvl: interrupted", file=sys.stderr)
             sys.exit(int(ExitCode.INTERRUPTED))
         sys.exit(code if isinstance(code, int) else 0)

@@ -68,7 +68,10 @@ def load(file: Path | None = None) -> dict:
         return {}
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"config file {file}: cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
+        import tomli as tomllib
 
     try:
         values = tomllib.loads(text)
