@@ -132,7 +132,8 @@ def verdict(report: dict) -> tuple[str, str]:
     if not model["local"] and not model["random_weights"]:
         if report["hub"]["reachable"]:
             return f"{model['name']} is not downloaded yet", f"dsvl pull {alias}"
-        return (f"{model['name']} is not on this machine and the Hub cannot be reached",
+        cause = "offline mode is on" if report["offline"] else "the Hub cannot be reached"
+        return (f"{model['name']} is not on this machine and {cause}",
                 f"{try_it} --model tiny-random   (random weights; or --model PATH to a local copy)")
     if model["random_weights"]:
         return f"{model['name']} runs here (random weights: answers are noise)", f"{try_it} -m {model['name']}"
