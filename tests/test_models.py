@@ -132,6 +132,12 @@ def test_pull_offline_and_unreachable_fail_in_one_line(cli, monkeypatch, tmp_pat
     assert not (tmp_path / "empty").exists()  # nothing was written
 
 
+def test_pull_offline_of_a_cached_model_says_it_is_here(cli, hf_cache):
+    result = cli(["pull", "1.3b"])  # HF_HUB_OFFLINE: nothing to fetch, and nothing needed
+    assert result.exit_code == 0, result.output
+    assert str(hf_cache / f"models--{ONE3.replace('/', '--')}" / "snapshots" / ("c" * 40)) in result.stderr
+
+
 def test_pull_fetches_what_the_loader_reads_and_never_pickles(cli, monkeypatch, tmp_path, tiny_folder):
     """pull checks config.json first, then downloads with the loader's own file filter."""
     import huggingface_hub

@@ -49,6 +49,9 @@ def pull(name: str, revision: str | None = None, *, offline: bool = False, home:
         return Pulled(name, folder, size, random_weights=True)
     repo_id = repo_of(name)
     if hub.offline(offline):
+        cached = _cached(repo_id, revision)
+        if cached is not None:
+            return Pulled(repo_id, cached, sum(f.stat().st_size for f in cached.rglob("*") if f.is_file()))
         raise ModelError(f"model {repo_id}: cannot download, offline mode is on (--offline, DSVL_OFFLINE or "
                          f"HF_HUB_OFFLINE); {hub.first_run_hint(repo_id)}")
     why = hub.probe()
@@ -59,6 +62,18 @@ def pull(name: str, revision: str | None = None, *, offline: bool = False, home:
     folder = _download(repo_id, revision)
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     return Pulled(repo_id, folder, size)
+
+
+def _cached(repo_id: str, revision: str | None) -> Path | None:
+    """The complete cached snapshot (offline: nothing to fetch), or None."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=hub.HUB_FILES,
+                                      cache_dir=hub.cache_dir(), local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
 
 
 def _check_deepseek_vl(repo_id: str, revision: str | None) -> None:

@@ -10,9 +10,6 @@ $XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub.
 from __future__ import annotations
 
 import os
-import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from dsvl_cli import catalog
@@ -49,6 +46,10 @@ def probe(url: str | None = None, timeout: float = PROBE_TIMEOUT_S) -> str | Non
     Any HTTP status counts as reachable. The request runs in a daemon thread so that a slow DNS
     lookup (which no socket timeout covers) cannot hold the caller past `timeout` either. Proxies
     come from the environment, as for every other request."""
+    import threading
+    import urllib.error
+    import urllib.request
+
     url = url or endpoint()
     outcome: list[str | None] = []
 
