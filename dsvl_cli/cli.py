@@ -129,7 +129,7 @@ def _register() -> None:
     app.command("batch", epilog=epilog(exit_codes=False), short_help="Answer many questions: JSONL in, JSONL out.")(batch.batch)
     app.command("ps", epilog=epilog(exit_codes=False), short_help="List the models kept warm by --keep-alive.")(ps.ps)
     app.command("stop", epilog=epilog(exit_codes=False), short_help="Stop models kept warm by --keep-alive.")(stop.stop)
-    app.command("models", epilog=epilog(exit_codes=False), short_help="List the models on this machine.")(models.models)
+    app.command("models", epilog=epilog(exit_codes=False), short_help="List the models on this machine (alias: ls).")(models.models)
     app.command("ls", hidden=True, epilog=epilog(exit_codes=False), short_help="Alias of models.")(models.models)
     app.command("pull", epilog=epilog(), short_help="Download a model into the Hugging Face cache.")(models.pull)
     app.command("rm", epilog=epilog(), short_help="Delete a model from this machine.")(models.rm)

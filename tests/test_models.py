@@ -240,3 +240,40 @@ def test_models_and_completion_import_no_torch(hf_cache):
                               env={**env, "_DSVL_COMPLETE": "complete_bash", "COMP_WORDS": "dsvl ask -m 7",
                                    "COMP_CWORD": "3"})
     assert complete.stdout.split() == ["7b"] and "HEAVY []" in complete.stderr, complete.stderr
+
+
+def test_pull_from_a_hub_fetches_only_what_the_loader_reads_then_ask_uses_it(cli, tmp_path, tiny13_folder,
+                                                                              monkeypatch):
+    """A real `dsvl pull` process against a fake Hub (tests/fakehub.py) serving tiny-random-1.3b's
+    files plus a pickle and a code file: only the loader's files come down, a second pull fetches
+    nothing again, and `dsvl models` and `dsvl ask` then use the cache offline."""
+    from fakehub import FakeHub
+
+    files = {f.name: f.read_bytes() for f in tiny13_folder.iterdir() if f.is_file()}
+    files.update({"pytorch_model.bin": b"a pickle", "modeling_deepseek.py": b"import os"})
+    hub = FakeHub({ONE3: files})
+    cache = tmp_path / "hub"
+    try:
+        env = {"HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "",
+               "HF_HUB_DISABLE_TELEMETRY": "1"}
+        first = run_dsvl(["pull", "1.3b"], env=env, timeout=120)
+        assert first.returncode == 0, first.stderr
+        fetched = {path.rsplit("/", 1)[-1] for method, path in hub.requests if method == "GET" and "/resolve/" in path}
+        again = run_dsvl(["pull", "1.3b"], env=env, timeout=120)
+        assert again.returncode == 0, again.stderr
+    finally:
+        hub.close()
+    wanted = {name for name in files if name.endswith((".json", ".safetensors", ".jinja"))}
+    assert fetched == wanted
+    snapshot = cache / f"models--{ONE3.replace('/', '--')}" / "snapshots" / hub.commit
+    assert {p.name for p in snapshot.iterdir()} == wanted
+    downloads = [p for m, p in hub.requests if m == "GET" and p.endswith("model.safetensors")]
+    assert len(downloads) == 1  # the second pull found it complete in the cache
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    listed = {m["name"]: m for m in json.loads(cli(["models", "--json"]).stdout)["models"]}
+    assert listed[ONE3]["size_bytes"] == sum(len(files[n]) for n in wanted)
+    assert listed[ONE3]["revisions"][0]["refs"] == ["main"]
+    answer = cli(["ask", "Hi?", "-m", "1.3b", "-n", "2", "--json", "--device", "cpu"])
+    assert answer.exit_code == 0, answer.output
+    assert json.loads(answer.stdout)["stats"]["generated_tokens"] >= 1
