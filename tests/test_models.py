@@ -277,3 +277,25 @@ def test_pull_from_a_hub_fetches_only_what_the_loader_reads_then_ask_uses_it(cli
     answer = cli(["ask", "Hi?", "-m", "1.3b", "-n", "2", "--json", "--device", "cpu"])
     assert answer.exit_code == 0, answer.output
     assert json.loads(answer.stdout)["stats"]["generated_tokens"] >= 1
+
+
+def test_the_hub_probe_gives_up_on_a_silent_server_and_accepts_any_http_answer():
+    """A server that takes the connection and never answers (a black-holed proxy, a captive portal)
+    is 'not reachable' after the probe's timeout, not after a client's retries; any HTTP status is
+    an answer."""
+    import socket
+
+    from fakehub import FakeHub
+    from dsvl_cli.models import hub
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        why = hub.probe(f"http://127.0.0.1:{silent.getsockname()[1]}", timeout=0.3)
+    assert why is not None
+    assert hub.probe("http://127.0.0.1:9", timeout=1.0)  # refused
+    answering = FakeHub({})
+    try:
+        assert hub.probe(answering.url, timeout=5.0) is None  # a 404 is still the Hub answering
+    finally:
+        answering.close()
