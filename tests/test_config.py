@@ -64,7 +64,8 @@ def test_config_file_shows_as_the_default_in_help(cli, isolated_home):
 
 
 @pytest.mark.parametrize("text, where", [
-    ('model = "1.3b"\nmax_new_tokens = \n', "line 2"),
+    ('model = "1.3b"\nmax_new_tokens = \n', "line 2: key max_new_tokens: not valid TOML"),
+    ('model = "1.3b\n', "line 1: key model: not valid TOML"),
     ('model = "1.3b"\n\ncolour = "red"\n', "line 3: key colour: unknown key"),
     ('[ask]\nmodel = "1.3b"\n', "line 1: key ask: unknown table"),
     ('max_new_tokens = "many"\n', "line 1: key max_new_tokens: expected an integer"),

@@ -299,3 +299,18 @@ def test_the_hub_probe_gives_up_on_a_silent_server_and_accepts_any_http_answer()
         assert hub.probe(answering.url, timeout=5.0) is None  # a 404 is still the Hub answering
     finally:
         answering.close()
+
+
+def test_rm_on_a_terminal_asks_first(cli, hf_cache, monkeypatch):
+    import dataclasses
+
+    from dsvl_cli.screen.environment import Environment
+
+    real = Environment.current.__func__
+    monkeypatch.setattr(Environment, "current",
+                        classmethod(lambda cls: dataclasses.replace(real(cls), stdin_isatty=True)))
+    repo = hf_cache / f"models--{ONE3.replace('/', '--')}"
+    kept = cli(["rm", "1.3b"], input="n\n")
+    assert kept.exit_code == 1 and repo.exists() and "freeing" in kept.stderr
+    gone = cli(["rm", "1.3b"], input="y\n")
+    assert gone.exit_code == 0 and not repo.exists() and "freed" in gone.stderr

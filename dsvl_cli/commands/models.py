@@ -110,6 +110,7 @@ def rm(
             if not Environment.current().stdin_isatty:
                 raise UsageError(f"model {model}: rm asks before deleting; not on a terminal, pass -y")
             if not typer.confirm(f"Delete {what}, freeing {human_size(removal.freed_bytes)}?", err=True):
+                typer.echo("dsvl: nothing deleted", err=True)
                 raise typer.Exit(1)
         removal.run()
         typer.echo(f"dsvl: deleted {what}: {human_size(removal.freed_bytes)} freed", err=True)

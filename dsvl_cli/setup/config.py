@@ -76,7 +76,7 @@ def load(file: Path | None = None) -> dict:
     try:
         values = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"config file {file}: not valid TOML: {exc}") from None
+        raise UsageError(f"config file {file}: {_syntax_error(text, str(exc))}") from None
     keys = settable()
     for key, value in values.items():
         if key not in keys:
@@ -88,6 +88,17 @@ def load(file: Path | None = None) -> dict:
         except UsageError as err:
             raise UsageError(f"{_where(file, text, key)}: {err.message}") from None
     return values
+
+
+def _syntax_error(text: str, message: str) -> str:
+    """tomllib's "Invalid value (at line 2, column 17)" as "line 2: key max_new_tokens: not valid TOML (...)"."""
+    found = re.search(r"\(at line (\d+), column \d+\)", message)
+    if not found:
+        return f"not valid TOML: {message}"
+    number = int(found.group(1))
+    lines = text.splitlines()
+    key = re.match(r"\s*([A-Za-z0-9_-]+)\s*=", lines[number - 1]) if number <= len(lines) else None
+    return f"line {number}: " + (f"key {key.group(1)}: " if key else "") + f"not valid TOML ({message})"
 
 
 def check(key: str, value):
