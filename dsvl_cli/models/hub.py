@@ -46,6 +46,7 @@ def probe(url: str | None = None, timeout: float = PROBE_TIMEOUT_S) -> str | Non
     Any HTTP status counts as reachable. The request runs in a daemon thread so that a slow DNS
     lookup (which no socket timeout covers) cannot hold the caller past `timeout` either. Proxies
     come from the environment, as for every other request."""
+    import ssl
     import threading
     import urllib.error
     import urllib.request
@@ -59,9 +60,13 @@ def probe(url: str | None = None, timeout: float = PROBE_TIMEOUT_S) -> str | Non
             outcome.append(None)
         except urllib.error.HTTPError:
             outcome.append(None)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
-            outcome.append(str(getattr(reason, "strerror", None) or reason))
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, ssl.SSLError):  # something answered in TLS; huggingface_hub may
+                outcome.append(None)  # trust a CA (REQUESTS_CA_BUNDLE, a proxy's) that urllib does not
+            else:
+                outcome.append(str(getattr(exc.reason, "strerror", None) or exc.reason))
+        except (OSError, ValueError) as exc:  # a timeout while reading, a malformed HF_ENDPOINT
+            outcome.append(str(getattr(exc, "strerror", None) or exc))
 
     worker = threading.Thread(target=ask, name="dsvl-hub-probe", daemon=True)
     worker.start()

@@ -38,15 +38,13 @@ def complete_image(incomplete: str) -> list[str]:
     """Folders (with a trailing /) and image files that start with `incomplete`."""
     if incomplete.startswith(("http://", "https://", "data:")):
         return []
-    head, _, prefix = incomplete.rpartition("/")
-    folder = Path(os.path.expanduser(head or ".")) if head or not incomplete.startswith("/") else Path("/")
-    if incomplete.startswith("/") and not head:
-        folder = Path("/")
+    head, slash, prefix = incomplete.rpartition("/")
+    folder = Path(os.path.expanduser(head)) if head else Path("/" if slash else ".")
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError:
         return []
-    shown = f"{head}/" if head or incomplete.startswith("/") else ""
+    shown = f"{head}/" if slash else ""
     out = []
     for entry in entries:
         if not entry.name.startswith(prefix) or (entry.name.startswith(".") and not prefix.startswith(".")):
