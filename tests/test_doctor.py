@@ -88,4 +88,4 @@ def test_doctor_screen_ends_with_a_verdict_and_the_next_command(cli, monkeypatch
     assert "-m tiny-random" in lines[-1]
     settings = next(line for line in lines if line.startswith("settings"))
     assert "model=tiny-random (config file)" in settings and "dtype=float32 (environment)" in settings
-    assert any(line.startswith("fit on GPU 0  tiny-random: bf16 fits") for line in lines)
+    assert any(line.startswith("fit on GPU 0  tiny-random in 2.0 GiB free: bf16 fits") for line in lines)

@@ -78,8 +78,9 @@ def model_fit(name: str, gpu_list: list[dict], home: Path) -> dict:
     config, source = found
     footprint = fit.footprint(config)
     report.update(config=source, footprint=footprint.to_dict(),
-                  fits=[{"gpu": g["index"], "memory_bytes": g["total_bytes"],
-                         "modes": [footprint.fit(mode, g["total_bytes"]) for mode in fit.MODES]} for g in gpu_list])
+                  # free, not total: what another process holds is not there for dsvl now
+                  fits=[{"gpu": g["index"], "memory_bytes": g["free_bytes"],
+                         "modes": [footprint.fit(mode, g["free_bytes"]) for mode in fit.MODES]} for g in gpu_list])
     return report
 
 
@@ -177,7 +178,7 @@ def render(r: dict) -> str:
         parts = [f"{x['mode']} {'fits' if x['fits'] else 'no'} ({gib(x['weights_bytes'])} weights, context "
                  f"{x['max_context']:,} tokens)" if x["fits"] else f"{x['mode']} no (needs {gib(x['needs_bytes'])})"
                  for x in fit["modes"]]
-        lines.append(f"fit on GPU {fit['gpu']}  {m['name']}: " + "; ".join(parts))
+        lines.append(f"fit on GPU {fit['gpu']}  {m['name']} in {gib(fit['memory_bytes'])} free: " + "; ".join(parts))
     if m.get("footprint"):
         f = m["footprint"]
         lines.append(f"model         {m['name']}: {f['params'] / 1e9:.2f} B parameters, KV cache "
