@@ -59,8 +59,10 @@ def test_each_level_of_precedence(cli, seen, isolated_home, monkeypatch):
 
 
 def test_config_file_shows_as_the_default_in_help(cli, isolated_home):
-    write_config(isolated_home, "max_new_tokens = 77\n")
+    write_config(isolated_home, 'max_new_tokens = 77\ndevice = "cuda:1"\n')
     assert "default: 77" in cli(["ask", "--help"]).stdout
+    for command in ("ask", "chat", "batch", "serve", "doctor"):  # every command that reads the shared options
+        assert "default: cuda:1" in cli([command, "--help"]).stdout, command
 
 
 @pytest.mark.parametrize("text, where", [
