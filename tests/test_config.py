@@ -109,6 +109,12 @@ def test_set_and_unset_keep_comments_and_check_values(cli, isolated_home, monkey
     again = cli(["config", "unset", "max_new_tokens"])
     assert again.exit_code == 0 and "was not set" in again.stderr
 
+    assert cli(["config", "unset", "system"]).exit_code == 0
+    path.write_text(path.read_text() + 'system = """Be brief.\nVery brief."""\n')
+    refused = cli(["config", "set", "system", "Be long."])
+    assert refused.exit_code == 2 and "key system spans several lines" in refused.stderr
+    assert 'Very brief."""' in path.read_text()
+
     monkeypatch.setenv("DSVL_TEMPERATURE", "0.5")
     shown = json.loads(cli(["config", "show", "--json"]).stdout)
     sources = {row["key"]: (row["value"], row["source"]) for row in shown["settings"]}

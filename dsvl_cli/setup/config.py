@@ -23,7 +23,6 @@ from dsvl_cli.errors import UsageError
 
 # Per-question options (an answer format, --json, --debug) are not defaults one keeps in a file.
 NOT_SETTABLE = ("schema", "regex", "choices", "logprobs", "json", "debug")
-SOURCES = ("command line", "environment", "config file", "default")
 
 
 def path() -> Path:
@@ -69,13 +68,8 @@ def load(file: Path | None = None) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"config file {file}: cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
     try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
-        import tomli as tomllib
-
-    try:
-        values = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        values = _parse(text)
+    except ValueError as exc:  # tomllib.TOMLDecodeError
         raise UsageError(f"config file {file}: {_syntax_error(text, str(exc))}") from None
     keys = settable()
     for key, value in values.items():
@@ -88,6 +82,15 @@ def load(file: Path | None = None) -> dict:
         except UsageError as err:
             raise UsageError(f"{_where(file, text, key)}: {err.message}") from None
     return values
+
+
+def _parse(text: str) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
+        import tomli as tomllib
+
+    return tomllib.loads(text)
 
 
 def _syntax_error(text: str, message: str) -> str:
@@ -155,7 +158,7 @@ def _toml_value(value) -> str:
 
 def set_value(key: str, value, file: Path | None = None) -> Path:
     """Write `key = value` (replacing the key's line, else appending), atomically."""
-    return _rewrite(key, f"{key} = {_toml_value(value)}", file)
+    return _rewrite(key, value, file)
 
 
 def unset(key: str, file: Path | None = None) -> bool:
@@ -163,28 +166,44 @@ def unset(key: str, file: Path | None = None) -> bool:
     file = file or path()
     if key not in load(file):
         return False
-    _rewrite(key, None, file)
+    _rewrite(key, _REMOVE, file)
     return True
 
 
-def _rewrite(key: str, line: str | None, file: Path | None) -> Path:
+_REMOVE = object()
+
+
+def _rewrite(key: str, value, file: Path | None) -> Path:
+    """Replace, append or remove `key`'s line; the result is parsed back before it is written, so a
+    key whose value spans lines (a multi-line string) is refused rather than cut in half."""
     from dsvl_cli.userfiles import write_atomic
 
     file = file or path()
-    load(file)  # a broken file is reported, not silently rewritten
+    expected = load(file)  # a broken file is reported, not silently rewritten
     try:
         lines = file.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         lines = []
     number = _line_of("\n".join(lines), key)
-    if number and line is None:
+    if value is _REMOVE:
+        expected.pop(key, None)
         del lines[number - 1]
-    elif number:
-        lines[number - 1] = line
-    elif line is not None:
-        lines.append(line)
+    else:
+        expected[key] = value
+        line = f"{key} = {_toml_value(value)}"
+        if number:
+            lines[number - 1] = line
+        else:
+            lines.append(line)
+    text = "\n".join(lines) + "\n" if lines else ""
+    try:
+        same = _parse(text) == expected
+    except ValueError:
+        same = False
+    if not same:
+        raise UsageError(f"config file {file}: key {key} spans several lines; change it in an editor")
     file.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(file, "\n".join(lines) + "\n" if lines else "")
+    write_atomic(file, text)
     return file
 
 
