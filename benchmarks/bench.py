@@ -182,8 +182,13 @@ def make_jpegs(folder: Path, count: int) -> list[Path]:
     return paths
 
 
+# Commands whose --help is timed beside `dsvl --help` (none may import torch: tests/test_ask.py).
+HELP_COMMANDS = (["--help"], ["ask", "--help"], ["models", "--help"], ["doctor", "--help"], ["config", "--help"])
+
+
 def startup(runs: int) -> dict:
-    """Median wall seconds of `dsvl --help` and of `python -c pass` (the interpreter's own floor)."""
+    """Median wall seconds of `dsvl --help` (and of each HELP_COMMANDS) and of `python -c pass`
+    (the interpreter's own floor), interleaved run by run so that load on the machine hits all alike."""
     script = Path(sys.executable).with_name("dsvl")
     dsvl = [str(script)] if script.exists() else [sys.executable, "-m", "dsvl_cli"]
 
@@ -192,12 +197,18 @@ def startup(runs: int) -> dict:
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return time.perf_counter() - started
 
-    wall(dsvl + ["--help"])  # warm the file cache
-    help_runs = [wall(dsvl + ["--help"]) for _ in range(runs)]
-    bare = [wall([sys.executable, "-c", "pass"]) for _ in range(runs)]
+    commands = {" ".join(args): dsvl + args for args in HELP_COMMANDS}
+    commands["python -c pass"] = [sys.executable, "-c", "pass"]
+    for cmd in commands.values():
+        wall(cmd)  # warm the file cache
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(runs):
+        for name, cmd in commands.items():
+            times[name].append(wall(cmd))
     return {"command": " ".join(Path(c).name if k == 0 else c for k, c in enumerate(dsvl + ["--help"])),
-            "dsvl_help_s": statistics.median(help_runs), "python_pass_s": statistics.median(bare),
-            "runs": runs, "dsvl_help_runs": help_runs}
+            "dsvl_help_s": statistics.median(times["--help"]), "python_pass_s": statistics.median(times["python -c pass"]),
+            "runs": runs, "dsvl_help_runs": times["--help"],
+            "median_s": {name: statistics.median(t) for name, t in times.items()}}
 
 
 def quantize_reason(kind: str, device: str, dtype) -> str | None:
@@ -244,6 +255,13 @@ def parse(argv=None):
 def main(argv=None) -> int:
     args = parse(argv)
     plan, ways, scenarios = Plan.from_args(args), args.ways.split(","), set(args.scenarios.split(","))
+    if scenarios == {"help"}:  # start-up only: no model to build
+        start = startup(plan.help_runs)
+        for name, seconds in start["median_s"].items():
+            print(f"start-up: {name}: {seconds * 1000:.0f} ms median of {start['runs']}")
+        if args.out:
+            args.out.write_text(json.dumps({"machine": machine("cpu"), "startup": start}, indent=2) + "\n")
+        return 0
     from dsvl_cli.engine import loading, runtime
     from dsvl_cli.engine.local import LocalEngine
     from dsvl_cli.errors import DsvlError

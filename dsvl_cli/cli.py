@@ -28,6 +28,13 @@ def _click():
     return click
 
 
+def _abort() -> type:
+    """click's Abort (Ctrl-C at a prompt); typer 0.2x keeps it in typer.exceptions, not its click's."""
+    import typer.exceptions
+
+    return getattr(_click().exceptions, "Abort", None) or typer.exceptions.Abort
+
+
 def usage_line(err) -> str:
     """click's usage error as one line: `dsvl: error: no such option --x (see dsvl ask --help)`."""
     exceptions = _click().exceptions
@@ -65,7 +72,7 @@ class DsvlGroup(TyperGroup):
         except exceptions.ClickException as err:
             err.show()
             sys.exit(err.exit_code)
-        except exceptions.Abort:
+        except _abort():
             print("\ndsvl: interrupted", file=sys.stderr)
             sys.exit(int(ExitCode.INTERRUPTED))
         sys.exit(code if isinstance(code, int) else 0)
@@ -76,7 +83,7 @@ app = typer.Typer(
     cls=DsvlGroup,
     help="Ask DeepSeek-VL questions about images: one-shot (ask), interactive (chat), pipes (batch).",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain click help: skips importing rich_utils, about half of `--help` time
@@ -89,19 +96,32 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+# Commands whose shared options take defaults from the config file (setup/config.py).
+CONFIGURED = ("ask", "chat", "batch", "serve", "doctor")
+
+
 @app.callback()
 def root(
+    ctx: typer.Context,
     version: Annotated[Optional[bool], typer.Option("--version", "-V", callback=_version, is_eager=True,
                                                     help="Show the version and exit.")] = None,
 ) -> None:
     """Ask DeepSeek-VL questions about images from the shell."""
+    if ctx.invoked_subcommand in CONFIGURED:  # `dsvl config` must work on a broken file, to fix it
+        from dsvl_cli.errors import DsvlError, fail
+        from dsvl_cli.setup import config
+
+        try:
+            ctx.default_map = {**(ctx.default_map or {}), **config.default_map(list(CONFIGURED))}
+        except DsvlError as err:
+            fail(err)
 
 
 def _register() -> None:
     """One line per command; each command module imports nothing heavy at import time. The short
     help is written out: click cuts a docstring's first sentence with "..." in `dsvl --help`."""
     from dsvl_cli.catalog import epilog
-    from dsvl_cli.commands import ask, batch, chat, ps, serve, stop
+    from dsvl_cli.commands import ask, batch, chat, config, doctor, models, ps, serve, stop
 
     app.command("ask", no_args_is_help=True, epilog=epilog(), short_help="Ask one question about images.")(ask.ask)
     app.command("chat", epilog=epilog(exit_codes=False), short_help="Chat about images (a REPL or a script).")(chat.chat)
@@ -109,6 +129,12 @@ def _register() -> None:
     app.command("batch", epilog=epilog(exit_codes=False), short_help="Answer many questions: JSONL in, JSONL out.")(batch.batch)
     app.command("ps", epilog=epilog(exit_codes=False), short_help="List the models kept warm by --keep-alive.")(ps.ps)
     app.command("stop", epilog=epilog(exit_codes=False), short_help="Stop models kept warm by --keep-alive.")(stop.stop)
+    app.command("models", epilog=epilog(exit_codes=False), short_help="List the models on this machine (alias: ls).")(models.models)
+    app.command("ls", hidden=True, epilog=epilog(exit_codes=False), short_help="Alias of models.")(models.models)
+    app.command("pull", epilog=epilog(), short_help="Download a model into the Hugging Face cache.")(models.pull)
+    app.command("rm", epilog=epilog(), short_help="Delete a model from this machine.")(models.rm)
+    app.command("doctor", epilog=epilog(exit_codes=False), short_help="Check this machine: GPU, fit, versions, Hub.")(doctor.doctor)
+    app.add_typer(config.app, name="config", short_help="Show or change the config file's defaults.")
 
 
 _register()
@@ -116,7 +142,7 @@ _register()
 
 def main() -> None:
     try:
-        app()
+        app(prog_name="dsvl")  # also names shell completion's variable: _DSVL_COMPLETE
         code: int | str | None = 0
     except KeyboardInterrupt:
         print("\ndsvl: interrupted", file=sys.stderr)

@@ -14,6 +14,7 @@ import typer
 
 from dsvl_cli import catalog
 from dsvl_cli.screen.environment import Environment
+from dsvl_cli.setup.completion import complete_model
 from dsvl_cli.errors import UsageError
 from dsvl_cli.settings import (
     DEFAULT_MODEL,
@@ -46,7 +47,7 @@ def _opt(*decls: str, env: str, help: str, **kw) -> typer.models.OptionInfo:
 # name -> (annotation, default); the order is the order in --help.
 SHARED: dict[str, tuple] = {
     "model": (Annotated[str, _opt("-m", "--model", env="DSVL_MODEL",
-              help=catalog.model_help(), show_default=DEFAULT_MODEL)], None),
+              help=catalog.model_help(), show_default=DEFAULT_MODEL, autocompletion=complete_model)], None),
     "revision": (Annotated[Optional[str], _opt("--revision", env="DSVL_REVISION",
                  help="Hub branch, tag or commit.")], None),
     "device": (Annotated[str, _opt("--device", env="DSVL_DEVICE",

@@ -218,7 +218,9 @@ def test_stdin_image_in_a_real_pipe():
 
 
 @pytest.mark.parametrize("args", [["--help"], ["ask", "--help"], ["chat", "--help"], ["batch", "--help"],
-                                  ["serve", "--help"], ["ps", "--help"], ["stop", "--help"]])
+                                  ["serve", "--help"], ["ps", "--help"], ["stop", "--help"], ["models", "--help"],
+                                  ["pull", "--help"], ["rm", "--help"], ["doctor", "--help"], ["config", "--help"],
+                                  ["config", "set", "--help"]])
 def test_help_imports_neither_torch_nor_transformers(args):
     import subprocess
     import sys

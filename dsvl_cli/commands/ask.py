@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from dsvl_cli.options import CommonOptions, shared_options
+from dsvl_cli.setup.completion import complete_image
 
 
 @shared_options
@@ -14,7 +15,7 @@ def ask(
     args: Annotated[list[str], typer.Argument(
         metavar="[IMAGE]... PROMPT",
         help="Zero or more images (path, http(s) URL, data: URI, or - for stdin), then the question.",
-        show_default=False)],
+        show_default=False, autocompletion=complete_image)],
     opts: CommonOptions,
 ) -> None:
     """Ask one question about zero or more images; the answer streams to stdout.

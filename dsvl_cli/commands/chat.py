@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from dsvl_cli.options import CommonOptions, shared_options
+from dsvl_cli.setup.completion import complete_image
 
 
 @shared_options(exclude=("logprobs",))
@@ -14,7 +15,7 @@ def chat(
     images: Annotated[Optional[list[str]], typer.Argument(
         metavar="[IMAGE]...",
         help="Images for the first question (path, http(s) URL or data: URI).",
-        show_default=False)] = None,
+        show_default=False, autocompletion=complete_image)] = None,
     *,
     opts: CommonOptions,
 ) -> None:

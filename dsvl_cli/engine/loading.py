@@ -7,7 +7,6 @@ Face hub id. Hub models are loaded from the local cache, or downloaded (progress
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +15,12 @@ from dsvl_cli import catalog
 from dsvl_cli.engine import tiny_random
 from dsvl_cli.engine.runtime import dsvl_home, pick_device, pick_dtype, quiet_transformers
 from dsvl_cli.errors import ModelError, UsageError
+from dsvl_cli.models import hub
 from dsvl_cli.settings import ModelSettings
 
 HUB_ALIASES = catalog.HUB_ALIASES  # one list for help, README and errors
-# Only these file kinds are fetched from the hub: never pickles, never code.
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
+HUB_FILES = hub.HUB_FILES  # never pickles, never code; `dsvl pull` fetches the same
 
 
 @dataclass(frozen=True)
@@ -50,35 +49,40 @@ def resolve(settings: ModelSettings) -> ResolvedModel:
         raise UsageError(f"model {name}: no such folder, and not a hub id (owner/name) or alias "
                          f"({', '.join([*HUB_ALIASES, *tiny_random.SPECS])})")
     try:
-        return ResolvedModel(name, _snapshot(repo_id, settings), random_weights=False)
+        return ResolvedModel(name, _snapshot(repo_id, settings, alias=name if repo_id != name else None),
+                             random_weights=False)
     except ModelError as err:
-        if repo_id != name:  # an alias: never meant as a folder
+        if repo_id != name or name in HUB_ALIASES.values():  # an alias or a known model: never a folder
             raise
         # `checkpoints/final` may be a folder that is not there: say so, then what the Hub said.
         reason = err.message.removeprefix(f"model {repo_id}: ")
         raise ModelError(f"model {name}: no folder {name} here; as a Hub id: {reason}") from None
 
 
-def _snapshot(repo_id: str, settings: ModelSettings) -> Path:
+def _snapshot(repo_id: str, settings: ModelSettings, alias: str | None = None) -> Path:
+    """The cached snapshot, else a download; without the Hub, one line in seconds (the first run
+    of `dsvl ask` with the 7B is where everyone meets this) instead of the client's retries."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    hint = "use --model PATH for a local copy, or --model tiny-random to try dsvl offline (random weights)"
+    cache = hub.cache_dir()
     try:
         return Path(snapshot_download(repo_id, revision=settings.revision, allow_patterns=HUB_FILES,
-                                      local_files_only=True))
+                                      cache_dir=cache, local_files_only=True))
     except (LocalEntryNotFoundError, OSError, ValueError):
-        if settings.offline or os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise ModelError(f"model {repo_id}: not in the local Hugging Face cache and offline mode is on "
-                         "(--offline or HF_HUB_OFFLINE); "
-                             f"{hint}") from None
+        if hub.offline(settings.offline):
+            raise ModelError(hub.offline_message(repo_id, alias)) from None
+    why = hub.probe()
+    if why is not None:
+        raise ModelError(hub.unreachable(repo_id, why, alias))
     try:  # not cached: download, with huggingface_hub's progress bars on stderr
-        return Path(snapshot_download(repo_id, revision=settings.revision, allow_patterns=HUB_FILES))
+        return Path(snapshot_download(repo_id, revision=settings.revision, allow_patterns=HUB_FILES,
+                                      cache_dir=cache))
     except RepositoryNotFoundError:
         raise ModelError(f"model {repo_id}: no such repository on the Hugging Face Hub (or it is private)") from None
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError):
-        raise ModelError(f"model {repo_id}: not in the local cache and the Hugging Face Hub cannot be reached; "
-                         f"{hint}") from None
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        raise ModelError(hub.unreachable(repo_id, str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                                         alias)) from None
 
 
 def load(resolved: ResolvedModel, settings: ModelSettings, *, verbose: bool = False):

@@ -1,0 +1,85 @@
+"""`dsvl config show|path|set|unset`: the config file's defaults (setup/config.py)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
+                  help="Show or change the defaults in the config file (flag > DSVL_* variable > config file > "
+                       "built-in default).")
+
+
+def _complete_key(incomplete: str) -> list[str]:
+    from dsvl_cli.setup import config
+
+    return [key for key in config.settable() if key.startswith(incomplete)]
+
+
+@app.command("show")
+def show(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object: path, and every key's value and source.")]
+    = False,
+) -> None:
+    """Every setting's value and where it comes from: environment, config file or default."""
+    from dsvl_cli.errors import guarded
+    from dsvl_cli.setup import config
+
+    with guarded(False):
+        file = config.path()
+        rows = config.effective()
+        if as_json:
+            print(json.dumps({"path": str(file), "exists": file.exists(), "settings": rows}, ensure_ascii=False,
+                             default=str))
+            return
+        print(f"# {file}{'' if file.exists() else ' (not created yet)'}")
+        width = max(len(row["key"]) for row in rows)
+        for row in rows:
+            value = "-" if row["value"] is None else json.dumps(row["value"], ensure_ascii=False)
+            source = row["source"] + (f" ({row['env']})" if row["source"] == "environment" else "")
+            print(f"{row['key']:<{width}}  {value:<40}  {source}")
+
+
+@app.command("path")
+def path() -> None:
+    """The config file's path (it may not exist yet)."""
+    from dsvl_cli.setup import config
+
+    print(config.path())
+
+
+@app.command("set")
+def set_(
+    key: Annotated[str, typer.Argument(help="A shared option's name: model, device, max_new_tokens, keep_alive...",
+                                       autocompletion=_complete_key, show_default=False)],
+    value: Annotated[str, typer.Argument(help="Its value, checked as the flag checks it.", show_default=False)],
+) -> None:
+    """Set a default: `dsvl config set model 1.3b`, `dsvl config set max_new_tokens 256`."""
+    from dsvl_cli.errors import guarded
+    from dsvl_cli.setup import config
+
+    with guarded(False):
+        name = config.normalise(key)
+        written = config.set_value(name, config.parse(name, value))
+        typer.echo(f"dsvl: {name} = {value} in {written}", err=True)
+
+
+@app.command("unset")
+def unset(
+    key: Annotated[str, typer.Argument(help="The key to remove from the file.", autocompletion=_complete_key,
+                                       show_default=False)],
+) -> None:
+    """Remove a default from the config file (the built-in default applies again)."""
+    from dsvl_cli.errors import UsageError, guarded
+    from dsvl_cli.setup import config
+
+    with guarded(False):
+        name = config.normalise(key)
+        if name not in config.settable():
+            raise UsageError(f"config key {key}: unknown (known keys: {', '.join(config.settable())})")
+        if not config.unset(name):
+            typer.echo(f"dsvl: {name} was not set in {config.path()}", err=True)
+            return
+        typer.echo(f"dsvl: {name} removed from {config.path()}", err=True)
