@@ -14,8 +14,8 @@ from dsvl_cli.options import CommonOptions, shared_options
 @shared_options(exclude=("plain", "json", "stats"))
 def batch(
     inputs: Annotated[Optional[list[str]], typer.Argument(
-        metavar="INPUT", help="Batch files (JSONL, OpenAI batch JSONL, TSV or plain lines); "
-        "stdin when none or -.", show_default=False)] = None,
+        metavar="INPUT", help="Batch files (JSONL, OpenAI batch JSONL, TSV or plain lines), Parquet files, folders of "
+        "images (with --prompt), local or s3://...; stdin when none or -.", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option(
         "-o", "--output", dir_okay=False,
         help="Write JSONL here (overwritten unless --resume); default stdout.")] = None,
@@ -32,6 +32,18 @@ def batch(
     retry_failed: Annotated[bool, typer.Option(
         "--retry-failed",
         help="Like --resume, but first drop the error records from -o FILE and redo them.")] = False,
+    ray: Annotated[bool, typer.Option(
+        "--ray",
+        help="Run on Ray Data: a pool of engine actors, one per GPU of the cluster; records in input "
+        "order. Needs pip install 'dsvl-cli[ray]'.")] = False,
+    ray_address: Annotated[Optional[str], typer.Option(
+        "--ray-address", metavar="ADDR",
+        help="Join this Ray cluster (implies --ray); default: RAY_ADDRESS, else a local Ray instance.",
+        show_default=False)] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        "--workers", metavar="N",
+        help="With --ray: engine actors, each loading the model once [default: one per GPU in the "
+        "cluster, 1 without GPUs].", show_default=False)] = None,
     *,
     opts: CommonOptions,
 ) -> None:
@@ -62,6 +74,12 @@ def batch(
     once so the server batches them; output, resume and exit codes are the same.
 
     \b
+    With --ray the job runs on Ray Data (a local Ray instance, RAY_ADDRESS, or --ray-address):
+    images are prepared by Ray tasks, --workers engine actors answer; records are written in
+    INPUT order, block by block; a worker that dies is restarted and its block retried. Inputs
+    may also be Parquet files, folders of images (with --prompt) and s3:// (pyarrow) addresses.
+
+    \b
     Exit: 0 all answered; 1 any record failed, or the output was closed early (`| head`: the
     summary on stderr says how many were left); 2 bad usage; 130 Ctrl-C, 143 SIGTERM (what finished
     is written, the summary printed; rerun with --resume -o FILE to finish the rest).
@@ -72,13 +90,16 @@ def batch(
       dsvl batch jobs.jsonl -o answers.jsonl --resume
       ls photos/*.jpg | dsvl batch --prompt "Describe this photo." -o captions.jsonl
     """
-    from dsvl_cli.batch.runner import run_batch
-    from dsvl_cli.errors import guarded
-    from dsvl_cli.errors import ExitCode
+    from dsvl_cli.batch.runner import RayOptions, run_batch
+    from dsvl_cli.errors import ExitCode, UsageError, fail, guarded
 
+    on_ray = ray or ray_address is not None
+    if workers is not None and not on_ray:
+        fail(UsageError("--workers sets the number of Ray engine actors: add --ray"))
     with guarded(opts.debug):
         summary = run_batch(inputs or [], output=output, prompt=prompt, batch_size=batch_size,
-                            resume=resume, retry_failed=retry_failed, opts=opts)
+                            resume=resume, retry_failed=retry_failed, opts=opts,
+                            ray=RayOptions(ray_address, workers) if on_ray else None)
     if summary.stopped_by == "terminated":
         raise typer.Exit(128 + signal.SIGTERM)
     if summary.stopped_by == "interrupted":

@@ -31,8 +31,11 @@ class ResolvedModel:
     random_weights: bool  # tiny-random: say so wherever its answers are shown
 
 
-def resolve(settings: ModelSettings) -> ResolvedModel:
-    """Turn a model name into a local folder, building tiny-random or downloading as needed."""
+def resolve(settings: ModelSettings, *, weights: bool = True) -> ResolvedModel:
+    """Turn a model name into a local folder, building tiny-random or downloading as needed.
+
+    `weights=False`: a hub model's processor and tokenizer files only (no safetensors): enough for
+    `dsvl batch --ray`'s driver, which preprocesses images but never runs the model."""
     name = settings.model
     if name in tiny_random.SPECS:
         try:
@@ -50,7 +53,7 @@ def resolve(settings: ModelSettings) -> ResolvedModel:
         raise UsageError(f"model {name}: no such folder, and not a hub id (owner/name) or alias "
                          f"({', '.join([*HUB_ALIASES, *tiny_random.SPECS])})")
     try:
-        return ResolvedModel(name, _snapshot(repo_id, settings), random_weights=False)
+        return ResolvedModel(name, _snapshot(repo_id, settings, weights), random_weights=False)
     except ModelError as err:
         if repo_id != name:  # an alias: never meant as a folder
             raise
@@ -59,13 +62,14 @@ def resolve(settings: ModelSettings) -> ResolvedModel:
         raise ModelError(f"model {name}: no folder {name} here; as a Hub id: {reason}") from None
 
 
-def _snapshot(repo_id: str, settings: ModelSettings) -> Path:
+def _snapshot(repo_id: str, settings: ModelSettings, weights: bool = True) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+    patterns = HUB_FILES if weights else [p for p in HUB_FILES if p != "*.safetensors"]
     hint = "use --model PATH for a local copy, or --model tiny-random to try dsvl offline (random weights)"
     try:
-        return Path(snapshot_download(repo_id, revision=settings.revision, allow_patterns=HUB_FILES,
+        return Path(snapshot_download(repo_id, revision=settings.revision, allow_patterns=patterns,
                                       local_files_only=True))
     except (LocalEntryNotFoundError, OSError, ValueError):
         if settings.offline or os.environ.get("HF_HUB_OFFLINE") == "1":
@@ -73,7 +77,7 @@ def _snapshot(repo_id: str, settings: ModelSettings) -> Path:
                          "(--offline or HF_HUB_OFFLINE); "
                              f"{hint}") from None
     try:  # not cached: download, with huggingface_hub's progress bars on stderr
-        return Path(snapshot_download(repo_id, revision=settings.revision, allow_patterns=HUB_FILES))
+        return Path(snapshot_download(repo_id, revision=settings.revision, allow_patterns=patterns))
     except RepositoryNotFoundError:
         raise ModelError(f"model {repo_id}: no such repository on the Hugging Face Hub (or it is private)") from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError):
@@ -113,3 +117,16 @@ def load(resolved: ResolvedModel, settings: ModelSettings, *, verbose: bool = Fa
                          "try --quantize int4 or a smaller model") from exc
     model.eval()
     return model, processor, device
+
+
+def load_processor(resolved: ResolvedModel):
+    """The model's processor alone (tokenizer + image processor), as `load` makes it: what image
+    preprocessing needs on a machine that never runs the model (`dsvl batch --ray`'s Ray tasks)."""
+    from transformers import AutoProcessor
+
+    quiet_transformers()
+    try:
+        return AutoProcessor.from_pretrained(resolved.folder, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"model {resolved.name}: cannot load its processor from {resolved.folder}: "
+                         f"{exc}".splitlines()[0]) from exc
