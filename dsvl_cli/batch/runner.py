@@ -98,11 +98,16 @@ class Prefetcher:
 class RayOptions:
     """--ray, --ray-address, --workers: where batch/ray_job.py runs the job."""
 
+    enabled: bool = False
     address: str | None = None
     workers: int | None = None
 
     def check(self, opts) -> None:
         """Usage errors (exit 2) before anything is read or loaded: Ray missing included."""
+        if not self.enabled:
+            if self.workers is not None:
+                raise UsageError("--workers sets the number of Ray engine actors: add --ray")
+            return
         if self.workers is not None and self.workers < 1:
             raise UsageError(f"--workers {self.workers}: must be at least 1")
         if opts.server or opts.keep_alive:
@@ -173,7 +178,7 @@ def run_records(engine, records: list[Record], writer: Writer, summary: Summary,
 
 
 def run_batch(inputs: list[str], *, output: Path | None, prompt: str | None, batch_size: int | None,
-              resume: bool, retry_failed: bool, opts, ray: RayOptions | None = None) -> Summary:
+              resume: bool, retry_failed: bool, opts, ray: RayOptions = RayOptions()) -> Summary:
     """The whole command: read, skip what is done, answer the rest, summarise. Returns the Summary
     (the caller maps it to an exit code); raises UsageError for bad usage, before any model load.
     `ray`: run on Ray (batch/ray_job.py) instead of here."""
@@ -185,8 +190,7 @@ def run_batch(inputs: list[str], *, output: Path | None, prompt: str | None, bat
         raise UsageError("--resume and --retry-failed need -o FILE (the output of the earlier run)")
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: must be at least 1")
-    if ray is not None:
-        ray.check(opts)
+    ray.check(opts)
     if opts.generation.system is not None:
         check_text(opts.generation.system, "--system")
     refuse_input_as_output(output, inputs, opts.env.stdin)
@@ -207,7 +211,7 @@ def run_batch(inputs: list[str], *, output: Path | None, prompt: str | None, bat
     try:
         with signals, _progress(console, len(todo) if show else 0) as advance:
             writer = Writer(stream, on_write=advance)
-            if ray is not None:  # input order: the unreadable lines travel with the rest
+            if ray.enabled:  # input order: the unreadable lines travel with the rest
                 from dsvl_cli.batch.ray_job import run_ray
 
                 run_ray(todo, writer, summary, stop, opts=opts, batch_size=batch_size, workers=ray.workers,

@@ -10,6 +10,19 @@ import typer
 
 from dsvl_cli.options import CommonOptions, shared_options
 
+# --ray and its two options (batch/ray_job.py), declared here to keep the command short.
+_Ray = Annotated[bool, typer.Option(
+    "--ray", help="Run on Ray Data: a pool of engine actors, one per GPU of the cluster; records in input "
+    "order. Needs pip install 'dsvl-cli[ray]'.")]
+_RayAddress = Annotated[Optional[str], typer.Option(
+    "--ray-address", metavar="ADDR", show_default=False,
+    help="Join this Ray cluster (implies --ray); default: RAY_ADDRESS, else a local Ray instance.")]
+_Workers = Annotated[Optional[int], typer.Option(
+    "--workers", metavar="N", show_default=False,
+    help="With --ray: engine actors, each loading the model once [default: one per GPU in the cluster, "
+    "1 without GPUs].")]
+
+
 # batch always writes JSONL records, each with its stats: --plain, --json and --stats have nothing to change.
 @shared_options(exclude=("plain", "json", "stats"))
 def batch(
@@ -32,18 +45,9 @@ def batch(
     retry_failed: Annotated[bool, typer.Option(
         "--retry-failed",
         help="Like --resume, but first drop the error records from -o FILE and redo them.")] = False,
-    ray: Annotated[bool, typer.Option(
-        "--ray",
-        help="Run on Ray Data: a pool of engine actors, one per GPU of the cluster; records in input "
-        "order. Needs pip install 'dsvl-cli[ray]'.")] = False,
-    ray_address: Annotated[Optional[str], typer.Option(
-        "--ray-address", metavar="ADDR",
-        help="Join this Ray cluster (implies --ray); default: RAY_ADDRESS, else a local Ray instance.",
-        show_default=False)] = None,
-    workers: Annotated[Optional[int], typer.Option(
-        "--workers", metavar="N",
-        help="With --ray: engine actors, each loading the model once [default: one per GPU in the "
-        "cluster, 1 without GPUs].", show_default=False)] = None,
+    ray: _Ray = False,
+    ray_address: _RayAddress = None,
+    workers: _Workers = None,
     *,
     opts: CommonOptions,
 ) -> None:
@@ -74,10 +78,8 @@ def batch(
     once so the server batches them; output, resume and exit codes are the same.
 
     \b
-    With --ray the job runs on Ray Data (a local Ray instance, RAY_ADDRESS, or --ray-address):
-    images are prepared by Ray tasks, --workers engine actors answer; records are written in
-    INPUT order, block by block; a worker that dies is restarted and its block retried. Inputs
-    may also be Parquet files, folders of images (with --prompt) and s3:// (pyarrow) addresses.
+    With --ray, Ray Data runs the job (records in INPUT order; a worker that dies is restarted).
+    Inputs may also be Parquet, folders of images (with --prompt), s3:// addresses; -o *.parquet.
 
     \b
     Exit: 0 all answered; 1 any record failed, or the output was closed early (`| head`: the
@@ -91,15 +93,12 @@ def batch(
       ls photos/*.jpg | dsvl batch --prompt "Describe this photo." -o captions.jsonl
     """
     from dsvl_cli.batch.runner import RayOptions, run_batch
-    from dsvl_cli.errors import ExitCode, UsageError, fail, guarded
+    from dsvl_cli.errors import ExitCode, guarded
 
-    on_ray = ray or ray_address is not None
-    if workers is not None and not on_ray:
-        fail(UsageError("--workers sets the number of Ray engine actors: add --ray"))
     with guarded(opts.debug):
         summary = run_batch(inputs or [], output=output, prompt=prompt, batch_size=batch_size,
                             resume=resume, retry_failed=retry_failed, opts=opts,
-                            ray=RayOptions(ray_address, workers) if on_ray else None)
+                            ray=RayOptions(ray or ray_address is not None, ray_address, workers))
     if summary.stopped_by == "terminated":
         raise typer.Exit(128 + signal.SIGTERM)
     if summary.stopped_by == "interrupted":
