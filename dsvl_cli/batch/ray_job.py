@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import pickle
 import re
 import sys
@@ -200,8 +201,10 @@ def _connected(ray, address: str | None, debug: bool):
 
 @contextlib.contextmanager
 def _quiet(debug: bool):
-    """Ray Data's progress bars and logs off, input order on; Ray's driver messages to stderr (stdout
-    may carry the records). Everything is put back afterwards (tests share one process)."""
+    """Ray Data's progress bars and logs off, input order on. Ray prints the errors its workers
+    report (a task retried after its actor died, with a traceback) on sys.stdout, which may carry
+    the records: they are dropped (to stderr with --debug); what failed is reported in one line.
+    Everything is put back afterwards (tests share one process)."""
     from ray.data import DataContext
 
     context = DataContext.get_current()
@@ -214,7 +217,7 @@ def _quiet(debug: bool):
         for log in loggers.values():
             log.setLevel(logging.CRITICAL)
     try:
-        with contextlib.redirect_stdout(sys.stderr):
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sys.stderr if debug else sink):
             yield
     finally:
         context.execution_options.preserve_order, context.enable_progress_bars = saved
