@@ -53,19 +53,30 @@ def _without_timings(record: dict) -> dict:
     return record
 
 
-def _watch(path: Path, lines: int, action) -> threading.Thread:
-    """Run `action(lines written)` once `path` holds at least `lines` records (what the job printed)."""
-    def wait() -> None:
-        while True:
-            count = len(path.read_text().splitlines()) if path.exists() else 0
-            if count >= lines:
-                action(count)
-                return
-            time.sleep(0.05)
+class _Watch:
+    """Runs `action(records written)` once `path` holds at least `lines` records (synchronised on
+    what the job wrote), unless the job ended first. Use as a context manager around the job."""
 
-    thread = threading.Thread(target=wait, daemon=True)
-    thread.start()
-    return thread
+    def __init__(self, path: Path, lines: int, action):
+        self.path, self.lines, self.action = path, lines, action
+        self.ended = threading.Event()
+        self.thread = threading.Thread(target=self._wait, daemon=True)
+
+    def _wait(self) -> None:
+        while not self.ended.is_set():
+            count = len(self.path.read_text().splitlines()) if self.path.exists() else 0
+            if count >= self.lines:
+                self.action(count)
+                return
+            self.ended.wait(0.05)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.ended.set()
+        self.thread.join()
 
 
 def _engine_actors(ray) -> list[dict]:
@@ -124,9 +135,8 @@ def test_a_killed_actor_loses_no_record(ray_cluster, cli, tmp_path):
         os.kill(actors[0]["Pid"], signal.SIGKILL)
         killed.append((actors[0]["ActorID"], written))
 
-    watcher = _watch(out, 1, kill)
-    result = cli(["batch", str(jobs), "-o", str(out), "--batch-size", "2", "--ray", "--workers", "2", *TINY])
-    watcher.join(timeout=5)
+    with _Watch(out, 1, kill):
+        result = cli(["batch", str(jobs), "-o", str(out), "--batch-size", "2", "--ray", "--workers", "2", *TINY])
     assert result.exit_code == 0, result.output
     assert killed and killed[0][1] < 16  # killed mid-job
     ids = [r["id"] for r in _records(out)]
@@ -140,8 +150,8 @@ def test_a_stopped_job_resumes_with_every_record_once(ray_cluster, cli, tmp_path
     out = tmp_path / "out.jsonl"
     previous = signal.signal(signal.SIGINT, lambda *a: None)  # a late signal never reaches pytest
     try:
-        _watch(out, 2, lambda _: os.kill(os.getpid(), signal.SIGINT))
-        first = cli(["batch", str(jobs), "-o", str(out), "--batch-size", "2", "--ray", *TINY])
+        with _Watch(out, 2, lambda _: os.kill(os.getpid(), signal.SIGINT)):
+            first = cli(["batch", str(jobs), "-o", str(out), "--batch-size", "2", "--ray", *TINY])
     finally:
         signal.signal(signal.SIGINT, previous)
     assert first.exit_code == 130, first.output

@@ -74,6 +74,9 @@ def run_ray(todo: list, writer, summary, stop: threading.Event, *, opts, batch_s
     from dsvl_cli.render import note
 
     ray = require_ray()
+    if not any(isinstance(item, Record) for item in todo):  # nothing for a model: no cluster needed
+        _write_bad(todo, writer, summary)
+        return
     processor = loading.load_processor(loading.resolve(opts.model, weights=False))  # bad -m: exit 2 here
     with _connected(ray, address, opts.debug), _quiet(opts.debug):
         gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -82,7 +85,7 @@ def run_ray(todo: list, writer, summary, stop: threading.Event, *, opts, batch_s
         dataset = _pipeline(ray, _blocks(todo, block), processor, opts, batch_size, workers, gpus)
         per_worker: Counter = Counter()
         started = time.perf_counter()
-        iterator = dataset.iter_batches(batch_size=None, batch_format="pyarrow")
+        iterator = iter(dataset.iter_batches(batch_size=None, batch_format="pyarrow"))
         try:
             for table in iterator:
                 _write(table, writer, summary, per_worker)
@@ -95,8 +98,10 @@ def run_ray(todo: list, writer, summary, stop: threading.Event, *, opts, batch_s
                 raise
             raise _one_line(exc) from None
         finally:
-            with contextlib.suppress(Exception):
-                iterator.close() if hasattr(iterator, "close") else None
+            close = getattr(iterator, "close", None)  # a generator: closing it shuts the pipeline down
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    close()
         seconds = max(time.perf_counter() - started, 1e-9)
         for name, count in sorted(per_worker.items()):
             note(console, f"dsvl batch: worker {name}: {count} records, {count / seconds:.2f} records/s",
@@ -118,6 +123,12 @@ def _write(table, writer, summary, per_worker: Counter) -> None:
             summary.generated_tokens += tokens
         if worker:
             per_worker[worker] += 1
+
+
+def _write_bad(todo: list, writer, summary) -> None:
+    for bad in todo:
+        writer.write(error_record(bad, bad.type, bad.message))
+        summary.failed += 1
 
 
 def _blocks(todo: list, size: int) -> list:

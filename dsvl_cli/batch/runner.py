@@ -110,6 +110,9 @@ class RayOptions:
             return
         if self.workers is not None and self.workers < 1:
             raise UsageError(f"--workers {self.workers}: must be at least 1")
+        if opts.model.device.startswith("cuda:"):
+            raise UsageError(f"--device {opts.model.device}: with --ray each engine actor is given its own GPU "
+                             "(use --device auto or cuda)")
         if opts.server or opts.keep_alive:
             flag = "--server" if opts.server else "--keep-alive"
             raise UsageError(f"--ray runs the model on Ray workers; {flag} sends the work elsewhere (use one)")
