@@ -187,6 +187,17 @@ def test_ray_usage_errors_and_ray_not_installed(cli, tmp_path, monkeypatch):
     assert result.stderr.strip().endswith("pip install 'dsvl-cli[ray]'") and len(result.stderr.splitlines()) == 1
 
 
+def test_a_cluster_that_does_not_answer_is_one_line(tmp_path):
+    jobs = _jsonl(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "Hi"}])
+    done = subprocess.run([sys.executable, "-m", "dsvl_cli", "batch", str(jobs), "--ray-address", "127.0.0.1:1",
+                           *TINY], capture_output=True, text=True, cwd=REPO, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        "dsvl: error: cannot reach the Ray cluster at 127.0.0.1:1: Connection refused (is `ray start --head` "
+        "running there? --ray-address / RAY_ADDRESS)"]
+
+
 def test_batch_help_does_not_import_ray():
     code = ("import sys; from typer.testing import CliRunner; from dsvl_cli.cli import app; "
             "r = CliRunner().invoke(app, ['batch', '--help']); assert '--ray' in r.output; "

@@ -34,6 +34,7 @@ import logging
 import os
 import pickle
 import re
+import signal
 import sys
 import threading
 import time
@@ -198,16 +199,41 @@ def _connected(ray, address: str | None, debug: bool):
     if ray.is_initialized():
         yield
         return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    ours = signal.getsignal(signal.SIGTERM)  # ray.init puts its own (exit at once) in place of ours
     try:
-        ray.init(address=address or None, include_dashboard=False, log_to_driver=debug,
+        ray.init(address=address, include_dashboard=False, log_to_driver=debug,
                  logging_level=logging.INFO if debug else logging.ERROR, runtime_env=runtime_env())
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = f"the Ray cluster at {address}" if address else "Ray (RAY_ADDRESS or a local instance)"
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise DsvlError(f"cannot start or reach {where}: {str(exc).splitlines()[0]}") from None
+    finally:
+        if threading.current_thread() is threading.main_thread() and ours is not None:
+            signal.signal(signal.SIGTERM, ours)  # SIGTERM: stop after the block, summary, exit 143
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def check_cluster(address: str | None) -> None:
+    """Before anything is read or loaded: a `HOST:PORT` head (--ray-address or RAY_ADDRESS) that
+    does not answer fails at once, in one line (exit 1): Ray itself retries for minutes.
+    (`auto`, `ray://` and `local` are left to Ray; a connection this process holds is used as is.)"""
+    import socket
+
+    ray = require_ray()
+    address = address or os.environ.get("RAY_ADDRESS") or ""
+    if ray.is_initialized():
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise DsvlError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc} (is `ray start "
+                        "--head` running there? --ray-address / RAY_ADDRESS)") from None
 
 
 @contextlib.contextmanager

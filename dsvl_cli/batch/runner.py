@@ -116,9 +116,9 @@ class RayOptions:
         if opts.server or opts.keep_alive:
             flag = "--server" if opts.server else "--keep-alive"
             raise UsageError(f"--ray runs the model on Ray workers; {flag} sends the work elsewhere (use one)")
-        from dsvl_cli.batch.ray_job import require_ray
+        from dsvl_cli.batch.ray_job import check_cluster
 
-        require_ray()
+        check_cluster(self.address)  # Ray installed (exit 2), the cluster's head answering (exit 1)
 
 
 
