@@ -151,3 +151,35 @@ def test_other_pictures_and_processors_go_through_the_processor(hybrid_processor
     assert hybrid_pixels(hybrid_processor, photo((1024, 768)).convert("L")) is None
     tiny = engine.processor.image_processor  # tiny-random: its SAM size is 64 px
     assert hybrid_pixels(tiny, photo((64, 48))) is not None and hybrid_pixels(tiny, photo((65, 48))) is None
+
+
+def test_a_large_jpeg_decodes_at_libjpeg_turbos_finer_scale(tmp_path):
+    """3200 px: 3/8 (1200 px) is the smallest DCT scale >= 1024; Pillow's draft stops at 1/2 (1600 px)."""
+    path = save_jpeg(tmp_path / "wide.jpg", photo((3200, 2400), seed=6))
+    data = open(path, "rb").read()
+    assert decode._turbo_decode(data, decode.INTAKE_SIDE).size == (1200, 900)
+    with Image.open(path) as opened:
+        decode._draft(opened, decode.INTAKE_SIDE)
+        assert opened.size == (1600, 1200)
+    assert load_image(path).image.size == (1024, 768)
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK"])
+def test_grey_and_cmyk_photos_take_the_intake_path_with_the_right_colours(tmp_path, mode):
+    image = photo(BIG, seed=7).convert(mode)
+    path = tmp_path / f"{mode}.jpg"
+    image.save(path, quality=92)
+    fast, exact = load_image(str(path)).image, load_image(str(path), exact=True).image
+    assert fast.mode == exact.mode == "RGB" and max(fast.size) == decode.INTAKE_SIDE
+    assert psnr(exact.resize(fast.size, Image.Resampling.BICUBIC), fast) > 30
+
+
+def test_a_truncated_large_jpeg_is_one_line_error(tmp_path):
+    from dsvl_cli.errors import ImageLoadError
+
+    path = save_jpeg(tmp_path / "cut.jpg", photo(BIG, seed=8))
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+    with pytest.raises(ImageLoadError) as err:
+        load_image(path)
+    assert "truncated or corrupt" in str(err.value)

@@ -111,6 +111,7 @@ class ChatSession:
                  reuse: bool = True, exact_pixels: bool = False):
         self.engine = engine
         self.exact_pixels = exact_pixels  # --exact-pixels: how /image and /load decode
+        self.load_images = load_images  # /image's loader (a script's pipe reads ahead: chat/ahead.py)
         self.generation = generation
         self.conversation = Conversation(system=generation.system)
         self.cache = engine.new_cache() if reuse else None  # None where the backend keeps no KV
@@ -210,7 +211,7 @@ class ChatSession:
         if not sources:
             raise UsageError("usage: /image SRC... (a path, http(s) URL or data: URI)")
         check_chat_sources(sources)
-        images = load_images(sources, exact=self.exact_pixels)
+        images = self.load_images(sources, exact=self.exact_pixels)
         self.pending.extend(images)
         return Reply(f"attached {', '.join(i.source for i in images)} to your next question "
                      f"({_plural(len(self.pending), 'image')} attached)")

@@ -50,12 +50,13 @@ def hybrid_pixels(processor, image) -> dict[str, Any] | None:
 
 
 def _normalised(image, scale: float, mean, std):
-    """(1, 3, H, W) float32: (pixel * scale - mean) / std as one multiply-add per channel."""
+    """(1, 3, H, W) contiguous float32: (pixel * scale - mean) / std as one multiply and one add per
+    value, in place on the one float copy (the uint8 HWC -> CHW permute is folded into that copy)."""
     import numpy as np
     import torch
 
-    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # (3, H, W) uint8, a writable copy
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # (3, H, W) uint8 view of a writable copy
     mean = torch.tensor(mean, dtype=torch.float64).view(3, 1, 1)
     std = torch.tensor(std, dtype=torch.float64).view(3, 1, 1)
     gain, offset = (scale / std).float(), (-mean / std).float()
-    return torch.addcmul(offset, pixels.float(), gain).unsqueeze(0)
+    return pixels.to(torch.float32, memory_format=torch.contiguous_format).mul_(gain).add_(offset).unsqueeze(0)

@@ -2,8 +2,8 @@
 
 Photo intake at the size the model needs: no DeepSeek-VL processor looks at more than INTAKE_SIDE
 pixels on the long side (SAM-B's 1024 px), so an image of more than INTAKE_MIN_PIXELS (a 12 MP
-phone photo) is decoded at the smallest JPEG DCT scale that still gives >= INTAKE_SIDE (Pillow's
-`draft`), or for other formats reduced by a whole factor, then resized once (bicubic, as the
+phone photo) is decoded at the smallest JPEG DCT scale that still gives >= INTAKE_SIDE
+(libjpeg-turbo's M/8 scales through simplejpeg; Pillow's `draft`, 1/2^k only, where that fails), or for other formats reduced by a whole factor, then resized once (bicubic, as the
 processor resizes) to INTAKE_SIDE on the long side, and only then rotated per EXIF (rotating the
 small image is cheaper and gives the same pixels). The processor's own resize to 1024 then keeps
 the size. Smaller images take the exact path, bit for bit as before; `exact=True` (--exact-pixels)
@@ -65,9 +65,10 @@ def decode_image(source: str, fp: BinaryIO, *, empty_reason: str, url: bool = Fa
             side = max_side or INTAKE_SIDE
             if max(opened.size) > side and (max_side is not None or
                                              (not exact and opened.width * opened.height > INTAKE_MIN_PIXELS)):
+                jpeg = _jpeg_bytes(opened, fp)
                 _draft(opened, side)
                 _check_pixels(source, opened, max_pixels)
-                return _decode_shrunk(source, opened, side)
+                return _decode_shrunk(source, opened, side, jpeg)
             _check_pixels(source, opened, max_pixels)
             opened.load()  # decode now, so truncation is caught here and not later
             rgb = _to_rgb(source, _apply_orientation(opened))
@@ -89,11 +90,43 @@ def _draft(opened: Image.Image, side: int) -> None:
         opened.draft(opened.mode, (math.ceil(opened.width * scale), math.ceil(opened.height * scale)))
 
 
-def _decode_shrunk(source: str, opened: Image.Image, side: int) -> Image.Image:
+def _jpeg_bytes(opened: Image.Image, fp: BinaryIO) -> bytes | None:
+    """The whole file of a colour or grey JPEG (for libjpeg-turbo's finer scales), else None."""
+    if opened.format != "JPEG" or opened.mode not in ("RGB", "L"):
+        return None
+    position = fp.tell()
+    fp.seek(0)
+    data = fp.read()
+    fp.seek(position)
+    return data
+
+
+def _turbo_decode(jpeg: bytes | None, side: int) -> Image.Image | None:
+    """A JPEG decoded by libjpeg-turbo (simplejpeg) at the smallest of its scales M/8 whose long
+    side is still >= `side`: 3/8 for a 4032 px photo (1512 px), where Pillow's `draft` only has
+    1/2, 1/4 and 1/8 and must stop at 1/2 (2016 px): less to decode and a third less to resize.
+    None when simplejpeg is missing or refuses the data (Pillow then decodes it and reports)."""
+    if jpeg is None:
+        return None
+    try:
+        import simplejpeg
+
+        height, width, _, _ = simplejpeg.decode_jpeg_header(jpeg)
+        scale = side / max(width, height)
+        pixels = simplejpeg.decode_jpeg(jpeg, colorspace="RGB", min_width=math.ceil(width * scale),
+                                        min_height=math.ceil(height * scale), strict=True)
+    except (ImportError, ValueError, MemoryError):
+        return None
+    return Image.fromarray(pixels, "RGB")
+
+
+def _decode_shrunk(source: str, opened: Image.Image, side: int, jpeg: bytes | None = None) -> Image.Image:
     """A large image decoded (drafted already) to `side` on its long side, then oriented per EXIF."""
     orientation = _orientation(opened)
-    opened.load()
-    image = _to_rgb(source, opened)
+    image = _turbo_decode(jpeg, side)
+    if image is None:
+        opened.load()
+        image = _to_rgb(source, opened)
     factor = max(image.size) // side
     if factor >= 2:  # a box filter by a whole factor first: the bicubic pass then reads far less
         image = image.reduce(factor)

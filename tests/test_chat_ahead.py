@@ -1,0 +1,112 @@
+"""A chat script read ahead: the next `/image` pictures decode while an answer streams (chat/ahead.py),
+and nothing else changes: same answers, same errors at the same turns, same exit code."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import pytest
+
+from dsvl_cli.chat import ahead, pipe
+from dsvl_cli.chat.session import ChatSession
+from dsvl_cli.chat.ui import ChatUI
+from dsvl_cli.engine.backend import Backend
+from dsvl_cli.options import build_common
+from dsvl_cli.results import Result, TextChunk
+from dsvl_cli.screen.environment import Environment
+from dsvl_cli.settings import GenerationSettings
+
+from conftest import EXAMPLES
+
+
+def _ui(engine, **gen) -> tuple[ChatUI, Environment]:
+    env = Environment(stdin=io.StringIO(), stdout=io.StringIO(), stderr=io.StringIO(), stdout_isatty=False,
+                      stderr_isatty=False)
+    session = ChatSession(engine, GenerationSettings(**gen))
+    return ChatUI(session, build_common({"plain": True}, env=env)), env
+
+
+class WaitingBackend(Backend):
+    """Each answer waits (bounded) for `ready`; records whether it came while the answer was open."""
+
+    name = "waiting"
+
+    def __init__(self, ready: threading.Event):
+        self.ready = ready
+        self.seen: list[tuple[bool, list[str]]] = []
+
+    def stream(self, conversation, gen, *, cache=None, stop_event=None):
+        came = self.ready.wait(timeout=10)
+        self.seen.append((came, [image.source for image in conversation.messages[-1].images]))
+        yield TextChunk("ok")
+        yield Result("ok", "stop")
+
+
+def test_the_next_picture_decodes_while_the_answer_streams(monkeypatch, tmp_path):
+    first, second = str(EXAMPLES / "shapes.png"), str(tmp_path / "copy.png")
+    (tmp_path / "copy.png").write_bytes((EXAMPLES / "shapes.png").read_bytes())
+    decoded = threading.Event()
+    calls: list[str] = []
+    real = ahead.load_image
+
+    def spy(source, **kwargs):
+        calls.append(source)
+        loaded = real(source, **kwargs)
+        if source == second:
+            decoded.set()  # the second picture is decoded: the first answer may end
+        return loaded
+
+    monkeypatch.setattr(ahead, "load_image", spy)
+    backend = WaitingBackend(decoded)
+    ui, env = _ui(backend)
+    script = f"/image {first}\nWhat is it?\n/image {second}\nAnd this?\n"
+    assert pipe.run_lines(ui, io.StringIO(script)) == 0, env.stderr.getvalue()
+    # The first answer saw the second picture decoded before it ended; each source decoded once.
+    assert backend.seen == [(True, [first]), (True, [second])]
+    assert calls == [first, second]
+
+
+def test_one_at_a_time_the_next_picture_waits_for_the_answer(monkeypatch):
+    """The same script without reading ahead: the check above would fail (the baseline)."""
+    decoded = threading.Event()
+    monkeypatch.setattr(threading.Event, "wait", lambda self, timeout=None: self.is_set())  # no 10 s wait
+    backend = WaitingBackend(decoded)
+    ui, _ = _ui(backend)
+    script = f"/image {EXAMPLES / 'shapes.png'}\nWhat is it?\n"
+    pipe.run_lines(ui, io.StringIO(script), read_ahead=0)
+    assert backend.seen == [(False, [str(EXAMPLES / "shapes.png")])]
+
+
+def _run(engine, script: str, read_ahead: int) -> tuple[int, str, str]:
+    ui, env = _ui(engine, max_new_tokens=6)
+    code = pipe.run_lines(ui, io.StringIO(script), read_ahead=read_ahead)
+    return code, env.stdout.getvalue(), env.stderr.getvalue()
+
+
+def test_reading_ahead_changes_no_answer_no_error_and_no_exit_code(engine, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    shapes = EXAMPLES / "shapes.png"
+    script = (f"/image {shapes}\nWhat is it?\n/image {tmp_path / 'missing.png'}\n/image {broken}\n"
+              f"/image -\nStill there?\n/image {shapes}\n/image {shapes}\nTwo of them?\n/images\n")
+    ahead_run, plain_run = _run(engine, script, 8), _run(engine, script, 0)
+    assert ahead_run == plain_run
+    code, stdout, stderr = ahead_run
+    assert code == 2 and len(stdout.splitlines()) == 3
+    lines = stderr.splitlines()
+    missing = next(i for i, line in enumerate(lines) if "missing.png: no such file" in line)
+    assert "broken.jpg" in lines[missing + 1] and "stdin carries the conversation" in lines[missing + 2]
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("text, sources", [
+    ("/image a.png b.png", ["a.png", "b.png"]),
+    ('"""/image a.png"""', ["a.png"]),
+    ("/IMAGE a.png", ["a.png"]),
+    ("/image -", []),  # stdin is the script: never read ahead
+    ("/images", []),
+    ("what about /image a.png?", []),
+])
+def test_only_image_commands_are_read_ahead(text, sources):
+    assert ahead.image_sources(text) == sources
