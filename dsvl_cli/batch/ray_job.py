@@ -22,7 +22,9 @@ Nothing lost, retries bounded:
 
 Which code the workers run: the job ships this process's own dsvl_cli package to every worker
 (runtime_env `py_modules`), so the actors run exactly the driver's version, whether dsvl_cli is an
-installed package or a source tree. The workers still need dsvl's dependencies (torch,
+installed package or a source tree (a driver on the cluster's own machine also passes its
+sys.path on, so there its tree comes first; tests/test_batch_ray.py checks that the workers run
+the tree under test). The workers still need dsvl's dependencies (torch,
 transformers...) installed: the same `pip install 'dsvl-cli[ray]'` on every node (or a container
 image with it). Each node reads the model from its own cache (DSVL_HOME / HF_HOME on that node).
 """

@@ -31,7 +31,7 @@ def batch(
         "images (with --prompt), local or s3://...; stdin when none or -.", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option(
         "-o", "--output", dir_okay=False,
-        help="Write JSONL here (overwritten unless --resume); default stdout.")] = None,
+        help="Write JSONL here (Parquet for *.parquet; overwritten unless --resume); default stdout.")] = None,
     prompt: Annotated[Optional[str], typer.Option(
         "--prompt",
         help="The question for records without one (plain lines of image sources, TSV, JSONL).")] = None,
