@@ -82,8 +82,10 @@ def run_ray(todo: list, writer, summary, stop: threading.Event, *, opts, batch_s
         return
     processor = loading.load_processor(loading.resolve(opts.model, weights=False))  # bad -m: exit 2 here
     with _connected(ray, address, opts.debug), _quiet(opts.debug):
-        gpus = int(ray.cluster_resources().get("GPU", 0))
+        gpus = int(ray.cluster_resources().get("GPU", 0)) if opts.model.device in ("auto", "cuda") else 0
         workers = workers or max(gpus, 1)
+        if gpus and workers > gpus:  # the extra actors would wait for a GPU forever
+            raise UsageError(f"--workers {workers}: the Ray cluster has {gpus} GPU(s), one per engine actor")
         block = batch_size or (32 if gpus else 8)
         dataset = _pipeline(ray, _blocks(todo, block), processor, opts, batch_size, workers, gpus)
         per_worker: Counter = Counter()
