@@ -7,6 +7,7 @@ Formats, detected per file from its first non-blank line:
   Both shapes may be mixed in one file. A record's `schema` or `regex` replaces --schema/--regex.
 - TSV (the line has a tab): `image<TAB>prompt`; an empty image field means no image.
 - Plain lines: one image source per line, the question from `--prompt`.
+A folder of images, a Parquet file or an `s3://`-style address is read by batch/sources.py.
 
 Blank lines are skipped. `line` counts from 1 in each file. A record without an id gets its line
 number as id (`FILE:LINE` when several inputs are given). A bad line never stops the reading: it
@@ -22,7 +23,6 @@ import math
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TextIO
 
 from dsvl_cli import wire
@@ -296,22 +296,20 @@ def read_inputs(paths: list[str], *, base: GenerationSettings, prompt: str | Non
     if paths.count("-") > 1:
         raise UsageError("stdin (-) can be given once as an input")
     items: list[Record | BadRecord] = []
+    qualify = len(paths) > 1
+
+    def parse(lines: list[str], name: str) -> list[Record | BadRecord]:
+        return parse_lines(lines, base=base, prompt=prompt, name=name, qualify_ids=qualify)
+
     for path in paths:
-        name = "<stdin>" if path == "-" else path
-        if path == "-":
-            stream = stdin or sys.stdin
-            if stream.isatty():
-                raise UsageError("no input: give a FILE, or pipe records in (cat jobs.jsonl | dsvl batch)")
-            text = stream.read()
-        else:
-            try:
-                text = Path(path).expanduser().read_text(encoding="utf-8", errors="replace")
-            except FileNotFoundError:
-                raise UsageError(f"{path}: no such file") from None
-            except IsADirectoryError:
-                raise UsageError(f"{path}: is a directory, not a batch file") from None
-            except OSError as exc:
-                raise UsageError(f"{path}: cannot read it: {exc.strerror or exc}") from None
-        items += parse_lines(text.splitlines(), base=base, prompt=prompt, name=name, qualify_ids=len(paths) > 1)
+        if path != "-":  # a file, a folder of images, Parquet, s3://... (batch/sources.py)
+            from dsvl_cli.batch.sources import read_path
+
+            items += read_path(path, parse=parse, prompt=prompt)
+            continue
+        stream = stdin or sys.stdin
+        if stream.isatty():
+            raise UsageError("no input: give a FILE, or pipe records in (cat jobs.jsonl | dsvl batch)")
+        items += parse(stream.read().splitlines(), "<stdin>")
     refuse_duplicates(items, "<stdin>" if paths == ["-"] else paths[0])
     return items

@@ -42,10 +42,10 @@ class _Images:
             self.cache.release(source)
 
     def _load(self, source: str):
-        from dsvl_cli.images import load_image
+        from dsvl_cli.batch.sources import load_source
 
         try:
-            return load_image(source, exact=self.exact)
+            return load_source(source, exact=self.exact)
         except DsvlError as err:
             raise err if isinstance(err, ImageLoadError) else ImageLoadError(source, err.message) from None
 

@@ -9,6 +9,7 @@ Guarantees (nothing is lost):
   summary says how many were left, and the exit code is 1 (records were left unanswered).
 - Output is in completion order, not input order: error records for unreadable lines come first,
   then answers batch by batch. Match records by `id` (each record also names its images).
+  (With --ray, batch/ray_job.py, it is input order.) `-o *.parquet`: batch/parquet.py.
 - No id gets two records: an id given twice in the input is refused before anything runs, and
   `--resume` skips ids already answered in the output file. `-o` naming an input is refused. `--retry-failed` first rewrites that
   file without its error records (a temp file renamed over it, so a crash leaves the old or the new
@@ -23,8 +24,11 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
+from dsvl_cli.batch import parquet
+from dsvl_cli.batch.answer import answer_batch, plan_batches
 from dsvl_cli.batch.inputs import BadRecord, Record
 from dsvl_cli.batch.output import (
     OutputClosed,
@@ -35,39 +39,16 @@ from dsvl_cli.batch.output import (
     open_output,
     read_previous,
     refuse_input_as_output,
-    result_record,
     split_done,
 )
 from dsvl_cli.errors import DsvlError, ImageLoadError, UsageError
 from dsvl_cli.images.cache import SourceCache
-from dsvl_cli.structured.grammar import shared_settings
 
 PREFETCH_WORKERS = 4
 PREFETCH_BATCHES = 2  # how many batches ahead of the model images are prepared
 
 
 # -- planning ------------------------------------------------------------------------------------
-
-
-def plan_batches(engine, records: list[Record], batch_size: int) -> list[list[Record]]:
-    """Records grouped by generation settings, sorted by prompt length, cut into batches.
-
-    Similar lengths together keep padding small; the same images next to each other let their
-    features be shared while still cached.
-    """
-    per_image = int(engine.processor.num_image_tokens)
-    texts = [(r.system or "") + r.prompt for r in records]
-    lengths = [len(ids) for ids in engine.tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
-    groups: dict = {}
-    for record, length in zip(records, lengths):
-        estimate = length + per_image * len(record.images)
-        key = shared_settings(record.gen.replace(system=None))  # a schema or regex is per row
-        groups.setdefault(key, []).append((estimate, tuple(record.images), record))
-    batches = []
-    for members in groups.values():
-        members.sort(key=lambda m: (m[0], m[1]))
-        batches += [[m[2] for m in members[k:k + batch_size]] for k in range(0, len(members), batch_size)]
-    return batches
 
 
 class Prefetcher:
@@ -99,18 +80,46 @@ class Prefetcher:
 
     def _prepare(self, source: str):
         """The prepared image, or the ImageLoadError for it (a value: each record reports it)."""
+        from dsvl_cli.batch.sources import load_source
         from dsvl_cli.engine.batched import prepare_image
-        from dsvl_cli.images import load_image
 
         if self.stop.is_set():
             return ImageLoadError(source, "not loaded: the batch was interrupted")
         try:
-            return prepare_image(self.engine, load_image(source, exact=self.exact))
+            return prepare_image(self.engine, load_source(source, exact=self.exact))
         except DsvlError as err:
             return err if isinstance(err, ImageLoadError) else ImageLoadError(source, err.message)
 
 
 # -- the run -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """--ray, --ray-address, --workers: where batch/ray_job.py runs the job."""
+
+    enabled: bool = False
+    address: str | None = None
+    workers: int | None = None
+
+    def check(self, opts) -> None:
+        """Usage errors (exit 2) before anything is read or loaded: Ray missing included."""
+        if not self.enabled:
+            if self.workers is not None:
+                raise UsageError("--workers sets the number of Ray engine actors: add --ray")
+            return
+        if self.workers is not None and self.workers < 1:
+            raise UsageError(f"--workers {self.workers}: must be at least 1")
+        if opts.model.device.startswith("cuda:"):
+            raise UsageError(f"--device {opts.model.device}: with --ray each engine actor is given its own GPU "
+                             "(use --device auto or cuda)")
+        if opts.server or opts.keep_alive:
+            flag = "--server" if opts.server else "--keep-alive"
+            raise UsageError(f"--ray runs the model on Ray workers; {flag} sends the work elsewhere (use one)")
+        from dsvl_cli.batch.ray_job import check_cluster
+
+        check_cluster(self.address)  # Ray installed (exit 2), the cluster's head answering (exit 1)
+
 
 
 class _Interrupts:
@@ -146,8 +155,7 @@ class _Interrupts:
 def run_records(engine, records: list[Record], writer: Writer, summary: Summary, *,
                 batch_size: int, stop: threading.Event, exact: bool = False) -> None:
     """Answer `records`, writing each result as soon as its batch is done."""
-    from dsvl_cli.conversation import Conversation
-    from dsvl_cli.engine.batched import BatchItem, FeatureStore, generate_batch
+    from dsvl_cli.engine.batched import FeatureStore
     from dsvl_cli.images import prepare_for_threads
 
     prepare_for_threads([s for r in records for s in r.images])  # before the prefetch threads start
@@ -160,42 +168,21 @@ def run_records(engine, records: list[Record], writer: Writer, summary: Summary,
         for index, batch in enumerate(batches):
             if stop.is_set():
                 break
-            prepared = prefetcher.take(index)
-            ready: list[tuple[Record, BatchItem]] = []
-            for record in batch:
-                bad = next((prepared[s] for s in record.images if isinstance(prepared[s], DsvlError)), None)
-                if bad is not None:
-                    writer.write(error_record(record, bad.kind, bad.message))
-                    summary.failed += 1
-                    continue
-                images = [prepared[s] for s in record.images]
-                conversation = Conversation.single(record.prompt, [p.loaded for p in images], record.system)
-                ready.append((record, BatchItem(conversation, images, answer_format=record.gen.answer_format)))
-            if ready and not stop.is_set():
-                gen = shared_settings(batch[0].gen.replace(system=None))
-                results = generate_batch(engine, [item for _, item in ready], gen, features=features,
-                                         stop_event=stop)
-                for (record, _), result in zip(ready, results):
-                    if isinstance(result, DsvlError):
-                        writer.write(error_record(record, result.kind, result.message))
-                        summary.failed += 1
-                    elif result.finish_reason != "interrupted":  # cut short: left for --resume
-                        obj, failed = result_record(record, result)
-                        writer.write(obj)
-                        summary.failed += failed
-                        summary.done += not failed
-                        summary.generated_tokens += result.stats.generated_tokens
-            for source in (s for r in batch for s in r.images):
-                features.release(source)
+            for _, obj, failed, tokens in answer_batch(engine, batch, prefetcher.take(index), features, stop=stop):
+                writer.write(obj)
+                summary.failed += failed
+                summary.done += not failed
+                summary.generated_tokens += tokens  # an incomplete --schema answer's tokens were spent too
             prefetcher.release(batch)
     finally:
         prefetcher.close()
 
 
 def run_batch(inputs: list[str], *, output: Path | None, prompt: str | None, batch_size: int | None,
-              resume: bool, retry_failed: bool, opts) -> Summary:
+              resume: bool, retry_failed: bool, opts, ray: RayOptions = RayOptions()) -> Summary:
     """The whole command: read, skip what is done, answer the rest, summarise. Returns the Summary
-    (the caller maps it to an exit code); raises UsageError for bad usage, before any model load."""
+    (the caller maps it to an exit code); raises UsageError for bad usage, before any model load.
+    `ray`: run on Ray (batch/ray_job.py) instead of here."""
     from dsvl_cli.batch.inputs import read_inputs
     from dsvl_cli.conversation import check_text
     from dsvl_cli.render import note
@@ -204,15 +191,19 @@ def run_batch(inputs: list[str], *, output: Path | None, prompt: str | None, bat
         raise UsageError("--resume and --retry-failed need -o FILE (the output of the earlier run)")
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: must be at least 1")
+    ray.check(opts)
     if opts.generation.system is not None:
         check_text(opts.generation.system, "--system")
     refuse_input_as_output(output, inputs, opts.env.stdin)
     items = read_inputs(inputs, base=opts.generation, prompt=prompt, stdin=opts.env.stdin)
-    prev = read_previous(output, retry_failed=retry_failed) if (resume or retry_failed) else Previous()
+    records_file = output  # -o *.parquet: a JSONL journal beside it, the Parquet file at the end
+    if parquet.wanted(output):
+        records_file = parquet.start(output, resume=resume or retry_failed)
+    prev = read_previous(records_file, retry_failed=retry_failed) if (resume or retry_failed) else Previous()
     todo, skipped, failed_before = split_done(items, prev)
     summary = Summary(skipped=skipped, failed_before=failed_before)
     console = opts.env.stderr_console()
-    stream = open_output(output, append=resume or retry_failed) if output else opts.env.stdout
+    stream = open_output(records_file, append=resume or retry_failed) if output else opts.env.stdout
     stop = threading.Event()
     clock = [time.perf_counter()]  # rates count generation, not the model load: reset after it
     # Records on the terminal are the progress; a bar on the same screen would split their lines.
@@ -221,7 +212,13 @@ def run_batch(inputs: list[str], *, output: Path | None, prompt: str | None, bat
     try:
         with signals, _progress(console, len(todo) if show else 0) as advance:
             writer = Writer(stream, on_write=advance)
-            _answer(todo, writer, summary, stop, clock, batch_size=batch_size, opts=opts)
+            if ray.enabled:  # input order: the unreadable lines travel with the rest
+                from dsvl_cli.batch.ray_job import run_ray
+
+                run_ray(todo, writer, summary, stop, opts=opts, batch_size=batch_size, workers=ray.workers,
+                        address=ray.address, console=console)
+            else:
+                _answer(todo, writer, summary, stop, clock, batch_size=batch_size, opts=opts)
     except (KeyboardInterrupt, OutputClosed):  # a second Ctrl-C, or the reader left: what is written stays valid
         stop.set()
     finally:
@@ -231,6 +228,8 @@ def run_batch(inputs: list[str], *, output: Path | None, prompt: str | None, bat
         summary.left = len(todo) - summary.done - summary.failed if summary.stopped_by else 0
         if output is not None:
             stream.close()
+        if parquet.wanted(output):
+            parquet.finish(output, done=summary.done + summary.failed == len(todo))
     note(console, summary.line(), style="dim")
     return summary
 

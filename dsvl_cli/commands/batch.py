@@ -10,15 +10,28 @@ import typer
 
 from dsvl_cli.options import CommonOptions, shared_options
 
+# --ray and its two options (batch/ray_job.py), declared here to keep the command short.
+_Ray = Annotated[bool, typer.Option(
+    "--ray", help="Run on Ray Data: a pool of engine actors, one per GPU of the cluster; records in input "
+    "order. Needs pip install 'dsvl-cli[ray]'.")]
+_RayAddress = Annotated[Optional[str], typer.Option(
+    "--ray-address", metavar="ADDR", show_default=False,
+    help="Join this Ray cluster (implies --ray); default: RAY_ADDRESS, else a local Ray instance.")]
+_Workers = Annotated[Optional[int], typer.Option(
+    "--workers", metavar="N", show_default=False,
+    help="With --ray: engine actors, each loading the model once [default: one per GPU in the cluster, "
+    "1 without GPUs].")]
+
+
 # batch always writes JSONL records, each with its stats: --plain, --json and --stats have nothing to change.
 @shared_options(exclude=("plain", "json", "stats"))
 def batch(
     inputs: Annotated[Optional[list[str]], typer.Argument(
-        metavar="INPUT", help="Batch files (JSONL, OpenAI batch JSONL, TSV or plain lines); "
-        "stdin when none or -.", show_default=False)] = None,
+        metavar="INPUT", help="Batch files (JSONL, OpenAI batch JSONL, TSV or plain lines), Parquet files, folders of "
+        "images (with --prompt), local or s3://...; stdin when none or -.", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option(
         "-o", "--output", dir_okay=False,
-        help="Write JSONL here (overwritten unless --resume); default stdout.")] = None,
+        help="Write JSONL here (Parquet for *.parquet; overwritten unless --resume); default stdout.")] = None,
     prompt: Annotated[Optional[str], typer.Option(
         "--prompt",
         help="The question for records without one (plain lines of image sources, TSV, JSONL).")] = None,
@@ -32,6 +45,9 @@ def batch(
     retry_failed: Annotated[bool, typer.Option(
         "--retry-failed",
         help="Like --resume, but first drop the error records from -o FILE and redo them.")] = False,
+    ray: _Ray = False,
+    ray_address: _RayAddress = None,
+    workers: _Workers = None,
     *,
     opts: CommonOptions,
 ) -> None:
@@ -62,6 +78,10 @@ def batch(
     once so the server batches them; output, resume and exit codes are the same.
 
     \b
+    With --ray, Ray Data runs the job (records in INPUT order; a worker that dies is restarted).
+    Inputs may also be Parquet, folders of images (with --prompt), s3:// addresses; -o *.parquet.
+
+    \b
     Exit: 0 all answered; 1 any record failed, or the output was closed early (`| head`: the
     summary on stderr says how many were left); 2 bad usage; 130 Ctrl-C, 143 SIGTERM (what finished
     is written, the summary printed; rerun with --resume -o FILE to finish the rest).
@@ -72,13 +92,13 @@ def batch(
       dsvl batch jobs.jsonl -o answers.jsonl --resume
       ls photos/*.jpg | dsvl batch --prompt "Describe this photo." -o captions.jsonl
     """
-    from dsvl_cli.batch.runner import run_batch
-    from dsvl_cli.errors import guarded
-    from dsvl_cli.errors import ExitCode
+    from dsvl_cli.batch.runner import RayOptions, run_batch
+    from dsvl_cli.errors import ExitCode, guarded
 
     with guarded(opts.debug):
         summary = run_batch(inputs or [], output=output, prompt=prompt, batch_size=batch_size,
-                            resume=resume, retry_failed=retry_failed, opts=opts)
+                            resume=resume, retry_failed=retry_failed, opts=opts,
+                            ray=RayOptions(ray or ray_address is not None, ray_address, workers))
     if summary.stopped_by == "terminated":
         raise typer.Exit(128 + signal.SIGTERM)
     if summary.stopped_by == "interrupted":

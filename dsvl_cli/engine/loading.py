@@ -30,8 +30,11 @@ class ResolvedModel:
     random_weights: bool  # tiny-random: say so wherever its answers are shown
 
 
-def resolve(settings: ModelSettings) -> ResolvedModel:
-    """Turn a model name into a local folder, building tiny-random or downloading as needed."""
+def resolve(settings: ModelSettings, *, weights: bool = True) -> ResolvedModel:
+    """Turn a model name into a local folder, building tiny-random or downloading as needed.
+
+    `weights=False`: a hub model's processor and tokenizer files only (no safetensors): enough for
+    `dsvl batch --ray`'s driver, which preprocesses images but never runs the model."""
     name = settings.model
     if name in tiny_random.SPECS:
         try:
@@ -49,7 +52,7 @@ def resolve(settings: ModelSettings) -> ResolvedModel:
         raise UsageError(f"model {name}: no such folder, and not a hub id (owner/name) or alias "
                          f"({', '.join([*HUB_ALIASES, *tiny_random.SPECS])})")
     try:
-        return ResolvedModel(name, _snapshot(repo_id, settings, alias=name if repo_id != name else None),
+        return ResolvedModel(name, _snapshot(repo_id, settings, weights, alias=name if repo_id != name else None),
                              random_weights=False)
     except ModelError as err:
         if repo_id != name or name in HUB_ALIASES.values():  # an alias or a known model: never a folder
@@ -59,15 +62,17 @@ def resolve(settings: ModelSettings) -> ResolvedModel:
         raise ModelError(f"model {name}: no folder {name} here; as a Hub id: {reason}") from None
 
 
-def _snapshot(repo_id: str, settings: ModelSettings, alias: str | None = None) -> Path:
+def _snapshot(repo_id: str, settings: ModelSettings, weights: bool = True, alias: str | None = None) -> Path:
     """The cached snapshot, else a download; without the Hub, one line in seconds (the first run
-    of `dsvl ask` with the 7B is where everyone meets this) instead of the client's retries."""
+    of `dsvl ask` with the 7B is where everyone meets this) instead of the client's retries.
+    `weights=False`: the processor's files only (batch --ray's driver)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     cache = hub.cache_dir()
+    patterns = HUB_FILES if weights else [p for p in HUB_FILES if p != "*.safetensors"]
     try:
-        return Path(snapshot_download(repo_id, revision=settings.revision, allow_patterns=HUB_FILES,
+        return Path(snapshot_download(repo_id, revision=settings.revision, allow_patterns=patterns,
                                       cache_dir=cache, local_files_only=True))
     except (LocalEntryNotFoundError, OSError, ValueError):
         if hub.offline(settings.offline):
@@ -76,7 +81,7 @@ def _snapshot(repo_id: str, settings: ModelSettings, alias: str | None = None) -
     if why is not None:
         raise ModelError(hub.unreachable(repo_id, why, alias))
     try:  # not cached: download, with huggingface_hub's progress bars on stderr
-        return Path(snapshot_download(repo_id, revision=settings.revision, allow_patterns=HUB_FILES,
+        return Path(snapshot_download(repo_id, revision=settings.revision, allow_patterns=patterns,
                                       cache_dir=cache))
     except RepositoryNotFoundError:
         raise ModelError(f"model {repo_id}: no such repository on the Hugging Face Hub (or it is private)") from None
@@ -117,3 +122,16 @@ def load(resolved: ResolvedModel, settings: ModelSettings, *, verbose: bool = Fa
                          "try --quantize int4 or a smaller model") from exc
     model.eval()
     return model, processor, device
+
+
+def load_processor(resolved: ResolvedModel):
+    """The model's processor alone (tokenizer + image processor), as `load` makes it: what image
+    preprocessing needs on a machine that never runs the model (`dsvl batch --ray`'s Ray tasks)."""
+    from transformers import AutoProcessor
+
+    quiet_transformers()
+    try:
+        return AutoProcessor.from_pretrained(resolved.folder, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"model {resolved.name}: cannot load its processor from {resolved.folder}: "
+                         f"{exc}".splitlines()[0]) from exc

@@ -16,7 +16,7 @@ from typing import Any
 from dsvl_cli.conversation import IMAGE_TOKEN, Conversation
 from dsvl_cli.engine import loading, runtime, streaming
 from dsvl_cli.engine.backend import Backend
-from dsvl_cli.engine.preprocess import hybrid_pixels
+from dsvl_cli.engine.preprocess import pixels as preprocess_pixels
 from dsvl_cli.images.cache import SourceCache
 from dsvl_cli.results import Chunk
 from dsvl_cli.settings import GenerationSettings, ModelSettings
@@ -133,9 +133,7 @@ class LocalEngine(Backend):
         otherwise not save. Batch and serve pass False: they use each picture once, and a memo
         would keep full-resolution pictures alive after their request."""
         def preprocess(_key) -> tuple[Any, dict[str, Any]]:
-            processor = self.processor.image_processor
-            fused = hybrid_pixels(processor, image)  # a photo intake already shrank: one pass
-            return image, fused if fused is not None else dict(processor(images=[image], return_tensors="pt"))
+            return image, preprocess_pixels(self.processor.image_processor, image)
 
         if not remember:
             return preprocess(None)[1]

@@ -18,6 +18,13 @@ from typing import Any
 _HYBRID_PIL = "DeepseekVLHybridImageProcessorPil"
 
 
+def pixels(processor, image) -> dict[str, Any]:
+    """The image processor's tensors for one RGB PIL picture (1, 3, H, W): the one preprocessing
+    path (the engine's, and `dsvl batch --ray`'s Ray tasks, which hold only the processor)."""
+    fused = hybrid_pixels(processor, image)  # a photo intake already shrank: one pass
+    return fused if fused is not None else dict(processor(images=[image], return_tensors="pt"))
+
+
 def hybrid_pixels(processor, image) -> dict[str, Any] | None:
     """pixel_values (1, 3, S, S) and high_res_pixel_values (1, 3, H, H) for an RGB PIL `image`
     whose long side is already H (the processor's high_res_size), else None."""

@@ -1,0 +1,164 @@
+"""Where batch inputs and images come from, beyond text files on this machine.
+
+An INPUT of `dsvl batch` may be:
+- a text file (JSONL, OpenAI batch JSONL, TSV, plain lines: batch/inputs.py parses it);
+- a Parquet file (`*.parquet`): one record per row, the JSONL fields as columns (`id` or
+  `custom_id`, `image` or `images`, `prompt`, `system`, options). An `image` column of bytes (or
+  Hugging Face datasets' `{bytes, path}` struct) is sent as a data: URI. A null cell is a missing field.
+- a folder of images (with `--prompt`): every image file under it, sorted by path, recursively;
+  each record's id is the file's path inside the folder (stable across runs, so --resume works
+  when files are added), `line` its position in that order.
+- any of these at a `scheme://` address that pyarrow's filesystems open (`s3://`, `gs://`,
+  `hdfs://`, `abfs://`...), with the credentials pyarrow finds in the environment. Image sources
+  with such a scheme are read the same way (load_source), so a Ray cluster can read a bucket.
+
+Parquet and `scheme://` addresses need pyarrow (it comes with `pip install 'dsvl-cli[ray]'`).
+Tests here use local files only: the `scheme://` path is pyarrow's `FileSystem.from_uri`, not code
+of our own. Remote image reads are capped at the same size as URLs (images/limits.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from dsvl_cli.errors import ImageLoadError, UsageError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+# Schemes that go to pyarrow's filesystems (http(s) stays with images/fetch.py).
+FS_SCHEMES = frozenset({"s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file"})
+_MIME = {"\x89PNG": "image/png", "\xff\xd8": "image/jpeg", "GIF8": "image/gif", "RIFF": "image/webp"}
+
+
+def fs_uri(source: str) -> bool:
+    """`source` names a file on a pyarrow filesystem (s3://bucket/key and the like)."""
+    match = _URI.match(source)
+    return bool(match) and match.group(1).lower() in FS_SCHEMES
+
+
+def read_path(path: str, *, parse, prompt: str | None) -> list:
+    """The records of one INPUT that is not stdin. `parse(lines, name)` parses text lines (bound by
+    read_inputs to its settings); folders and Parquet files become lines of JSON records for it."""
+    if fs_uri(path):
+        return _read_uri(path, parse=parse, prompt=prompt)
+    local = Path(path).expanduser()
+    if local.is_dir():
+        names = sorted(p.relative_to(local).as_posix() for p in local.rglob("*")
+                       if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        return parse(_folder_lines(path, names, [str(local / n) for n in names], prompt), path)
+    if local.suffix.lower() == ".parquet":
+        return parse(_parquet_lines(path, lambda pq: pq.read_table(local)), path)
+    try:
+        text = local.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    return parse(text.splitlines(), path)
+
+
+def _read_uri(uri: str, *, parse, prompt: str | None) -> list:
+    fs, inner = _filesystem(uri)
+    from pyarrow import fs as pafs
+
+    info = fs.get_file_info(inner)
+    if info.type == pafs.FileType.NotFound:
+        raise UsageError(f"{uri}: no such file")
+    scheme = _URI.match(uri).group(0)
+    if info.type == pafs.FileType.Directory:
+        found = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+        paths = sorted(f.path for f in found if f.type == pafs.FileType.File
+                       and Path(f.path).suffix.lower() in IMAGE_SUFFIXES)
+        names = [p[len(inner.rstrip("/")) + 1:] for p in paths]
+        return parse(_folder_lines(uri, names, [scheme + p for p in paths], prompt), uri)
+    if inner.lower().endswith(".parquet"):
+        return parse(_parquet_lines(uri, lambda pq: pq.read_table(inner, filesystem=fs)), uri)
+    with fs.open_input_stream(inner) as stream:
+        return parse(stream.read().decode("utf-8", errors="replace").splitlines(), uri)
+
+
+def _filesystem(uri: str):
+    try:
+        from pyarrow import fs as pafs
+    except ImportError:
+        raise UsageError(f"{uri}: reading {_URI.match(uri).group(1)}:// needs pyarrow "
+                         "(pip install 'dsvl-cli[ray]')") from None
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise UsageError(f"{uri}: cannot open it: {str(exc).splitlines()[0]}") from None
+
+
+def _folder_lines(name: str, ids: list[str], paths: list[str], prompt: str | None) -> list[str]:
+    if prompt is None:
+        raise UsageError(f"{name}: a folder of images needs --prompt TEXT (the question for every image)")
+    if not paths:
+        raise UsageError(f"{name}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    return [json.dumps({"id": i, "image": p}, ensure_ascii=False) for i, p in zip(ids, paths)]
+
+
+def _parquet_lines(name: str, read) -> list[str]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UsageError(f"{name}: reading Parquet needs pyarrow (pip install 'dsvl-cli[ray]')") from None
+    try:
+        rows = read(pq).to_pylist()
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{name}: not a readable Parquet file: {str(exc).splitlines()[0]}") from None
+    return [json.dumps(_row(row), ensure_ascii=False) for row in rows]
+
+
+def _row(row: dict) -> dict:
+    """A Parquet row as a JSON record: nulls dropped, image bytes as data: URIs."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if value is None:
+            continue
+        if key == "image":
+            value = _image_value(value)
+        elif key == "images" and isinstance(value, list):
+            value = [_image_value(v) for v in value]
+        out[key] = value
+    return out
+
+
+def _image_value(value: Any) -> Any:
+    if isinstance(value, dict):  # Hugging Face datasets' Image feature: {"bytes": ..., "path": ...}
+        value = value.get("bytes") or value.get("path")
+    if isinstance(value, (bytes, bytearray)):
+        head = bytes(value[:4]).decode("latin-1")
+        mime = next((m for magic, m in _MIME.items() if head.startswith(magic)), "image/png")
+        return f"data:{mime};base64," + base64.b64encode(value).decode("ascii")
+    return value
+
+
+def load_source(source: str, *, exact: bool = False):
+    """A LoadedImage from any batch image source: pyarrow filesystems (s3://...) here, the rest
+    through the one image resolver (images/__init__.py), with the same errors and decoding."""
+    from dsvl_cli.images import LoadedImage, load_image
+
+    if not fs_uri(source):
+        return load_image(source, exact=exact)
+    from dsvl_cli.images.decode import decode_image
+    from dsvl_cli.images.limits import max_image_bytes, too_big
+
+    started = time.perf_counter()
+    try:
+        fs, inner = _filesystem(source)
+        with fs.open_input_stream(inner) as stream:
+            data = stream.read(max_image_bytes() + 1)
+    except UsageError as err:
+        raise ImageLoadError(source, err.message.removeprefix(f"{source}: ")) from None
+    except (OSError, ValueError) as exc:
+        raise ImageLoadError(source, f"cannot read it: {str(exc).splitlines()[0]}") from None
+    if len(data) > max_image_bytes():
+        raise ImageLoadError(source, too_big())
+    image = decode_image(source, io.BytesIO(data), empty_reason="empty file", exact=exact)
+    return LoadedImage(source=source, image=image, load_s=time.perf_counter() - started)

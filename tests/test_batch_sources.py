@@ -1,0 +1,84 @@
+"""`dsvl batch` inputs beyond text files (a folder of images, Parquet) and `-o *.parquet` (no Ray)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import EXAMPLES
+
+SHAPES, SUNSET, CHART = (str(EXAMPLES / n) for n in ("shapes.png", "sunset.jpg", "chart.png"))
+TINY = ["-m", "tiny-random", "-n", "6"]
+pq = pytest.importorskip("pyarrow.parquet")
+
+
+def _records(path: Path) -> dict:
+    return {r["id"]: r for r in map(json.loads, path.read_text().splitlines())}
+
+
+def _answers(records) -> dict:
+    return {r["id"]: (r.get("answer"), r.get("error", {}).get("type")) for r in records}
+
+
+def test_folder_of_images_to_parquet_and_resume(cli, tmp_path):
+    pics = tmp_path / "pics"
+    (pics / "more").mkdir(parents=True)
+    for source, name in ((SHAPES, "a.png"), (SUNSET, "more/b.JPG"), (CHART, "c.png")):
+        shutil.copy(source, pics / name)
+    (pics / "notes.txt").write_text("not an image")
+    listed = tmp_path / "list.txt"
+    listed.write_text("".join(str(pics / n) + "\n" for n in ("a.png", "c.png", "more/b.JPG")))
+    assert cli(["batch", str(listed), "--prompt", "What?", "-o", str(tmp_path / "ref.jsonl"), *TINY]).exit_code == 0
+    ref = _records(tmp_path / "ref.jsonl")  # the same images as plain lines: ids 1, 2, 3
+
+    out = tmp_path / "out.parquet"
+    result = cli(["batch", str(pics), "--prompt", "What?", "-o", str(out), *TINY])
+    assert result.exit_code == 0, result.output
+    rows = pq.read_table(out).to_pylist()
+    assert [r["id"] for r in rows] == ["a.png", "c.png", "more/b.JPG"]  # sorted paths, text files skipped
+    assert [r["answer"] for r in rows] == [ref[k]["answer"] for k in (1, 2, 3)]
+    assert [json.loads(r["record"])["image"] for r in rows] == [str(pics / n) for n in ("a.png", "c.png", "more/b.JPG")]
+    assert all(r["generated_tokens"] > 0 and r["error_type"] is None for r in rows)
+    assert not Path(str(out) + ".part.jsonl").exists()
+
+    shutil.copy(SHAPES, pics / "d.png")  # a new image: --resume answers only that one
+    again = cli(["batch", str(pics), "--prompt", "What?", "-o", str(out), "--resume", *TINY])
+    assert again.exit_code == 0 and "1 done, 0 failed, 3 skipped" in again.stderr
+    rows = pq.read_table(out).to_pylist()
+    assert sorted(r["id"] for r in rows) == ["a.png", "c.png", "d.png", "more/b.JPG"]
+
+    bare = cli(["batch", str(pics), *TINY])
+    assert bare.exit_code == 2 and "--prompt" in bare.stderr and "Traceback" not in bare.output
+
+
+def test_parquet_input_with_image_bytes_paths_and_options(cli, tmp_path):
+    import pyarrow as pa
+
+    table = pa.table({
+        "id": ["bytes", "path", "text"],
+        "image": [Path(SHAPES).read_bytes(), None, None],
+        "images": [None, [CHART], None],
+        "prompt": ["What is this?", "What is this?", "Hi"],
+        "max_new_tokens": [6, 6, 4],
+    })
+    pq.write_table(table, tmp_path / "jobs.parquet")
+    result = cli(["batch", str(tmp_path / "jobs.parquet"), "-o", str(tmp_path / "out.jsonl"), *TINY])
+    assert result.exit_code == 0, result.output
+    got = _records(tmp_path / "out.jsonl")
+    assert got["bytes"]["image"].startswith("data:image/png;base64,") and len(got["bytes"]["image"]) < 200
+    assert got["text"]["stats"]["generated_tokens"] <= 4
+
+    same = tmp_path / "same.jsonl"  # the same questions as JSONL, the image as a file
+    same.write_text("".join(json.dumps(r) + "\n" for r in (
+        {"id": "bytes", "image": SHAPES, "prompt": "What is this?"},
+        {"id": "path", "images": [CHART], "prompt": "What is this?"},
+        {"id": "text", "prompt": "Hi", "max_new_tokens": 4})))
+    assert cli(["batch", str(same), "-o", str(tmp_path / "same_out.jsonl"), *TINY]).exit_code == 0
+    assert _answers(got.values()) == _answers(_records(tmp_path / "same_out.jsonl").values())
+
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    bad = cli(["batch", str(tmp_path / "bad.parquet"), *TINY])
+    assert bad.exit_code == 2 and "bad.parquet: not a readable Parquet file" in bad.stderr
