@@ -42,6 +42,7 @@ class TextChunk:
     """A piece of the answer, as soon as it is decoded."""
 
     text: str
+    logprobs: list[dict] | None = None  # --logprobs: entries of the tokens this piece came from (serve streams them)
 
 
 @dataclass
@@ -52,9 +53,16 @@ class Result:
     finish_reason: str  # stop, length, interrupted, error
     stats: Stats = field(default_factory=Stats)
     token_ids: list[int] = field(default_factory=list)
+    scores: list[dict] | None = None  # --choices: [{label, probability, logprob}], most probable first
+    logprobs: list[dict] | None = None  # --logprobs: OpenAI's logprobs.content entries, one per token
 
     def to_dict(self) -> dict:
-        return {"answer": self.answer, "finish_reason": self.finish_reason, "stats": self.stats.to_dict()}
+        data = {"answer": self.answer, "finish_reason": self.finish_reason, "stats": self.stats.to_dict()}
+        if self.scores is not None:
+            data["scores"] = self.scores
+        if self.logprobs is not None:
+            data["logprobs"] = {"content": self.logprobs}
+        return data
 
 
 Chunk = TextChunk | Result

@@ -13,6 +13,9 @@ Mapping, on purpose:
   read the server's own files.
 - Sampling fields <-> GenerationSettings: `max_completion_tokens` (or the older `max_tokens`) is
   max_new_tokens; `top_k` and `repetition_penalty` are extensions, as in vLLM.
+- `logprobs` + `top_logprobs` <-> --logprobs N; vLLM's `structured_outputs: {"choice": [...]}`
+  (or its older `guided_choice`) <-> --choices: the labels are scored, and the answer carries a
+  top-level `scores` list (serve/protocol.py).
 """
 
 from __future__ import annotations
@@ -50,6 +53,56 @@ def sampling_fields(gen) -> dict:
     optional = {"top_p": gen.top_p, "top_k": gen.top_k, "repetition_penalty": gen.repetition_penalty,
                 "seed": gen.seed, "stop": list(gen.stop) or None}
     body.update({k: v for k, v in optional.items() if v is not None})
+    return body
+
+
+# -- answers a program can use: logprobs and vLLM's choice (label scoring) ---------------------------
+SCORE_FIELDS = ("logprobs", "top_logprobs", "structured_outputs", "guided_choice")
+MAX_CHOICES = 256  # labels in one request (each one a row of the scoring pass)
+MAX_LABEL_CHARS = 1000
+
+
+def score_changes(body: Mapping[str, Any]) -> dict:
+    """GenerationSettings changes from `logprobs` / `top_logprobs` (OpenAI) and vLLM's
+    `structured_outputs: {"choice": [...]}` or older `guided_choice: [...]` (UsageError naming the
+    field). As OpenAI: top_logprobs needs logprobs true; logprobs true alone gives the chosen tokens'."""
+    from dsvl_cli.errors import UsageError
+    from dsvl_cli.structured.spec import choices_format
+
+    changes: dict = {}
+    logprobs, top = body.get("logprobs"), body.get("top_logprobs")
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise UsageError("logprobs must be true or false")
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int)):
+        raise UsageError("top_logprobs must be an integer")
+    if top is not None and not logprobs:
+        raise UsageError("top_logprobs needs logprobs: true")
+    if logprobs:
+        changes["logprobs"] = top or 0
+    structured, guided = body.get("structured_outputs"), body.get("guided_choice")
+    if structured is not None:
+        if not isinstance(structured, Mapping) or set(structured) - {"choice"}:
+            raise UsageError("structured_outputs: only {\"choice\": [labels]} is supported here")
+        if guided is not None:
+            raise UsageError("give structured_outputs.choice or guided_choice, not both")
+        guided, field = structured.get("choice"), "structured_outputs.choice"
+    else:
+        field = "guided_choice"
+    if guided is not None:
+        if isinstance(guided, list) and (len(guided) > MAX_CHOICES
+                                         or any(isinstance(g, str) and len(g) > MAX_LABEL_CHARS for g in guided)):
+            raise UsageError(f"{field}: at most {MAX_CHOICES} labels of at most {MAX_LABEL_CHARS} characters")
+        changes["answer_format"] = choices_format(guided, source=field, flag=field)
+    return changes
+
+
+def score_fields(gen) -> dict:
+    """The request body's fields for gen's --choices and --logprobs (what `--server` sends)."""
+    body: dict = {}
+    if gen.answer_format is not None and gen.answer_format.kind == "choices":
+        body["structured_outputs"] = {"choice": list(gen.answer_format.choices)}
+    if gen.logprobs is not None:
+        body.update(logprobs=True, top_logprobs=gen.logprobs)
     return body
 
 

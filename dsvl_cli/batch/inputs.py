@@ -2,7 +2,7 @@
 
 Formats, detected per file from its first non-blank line:
 - JSONL (the line starts with `{`): `{"id" or "custom_id", "image" or "images", "prompt", "system",
-  generation options}` per line, or the OpenAI batch-file shape (`custom_id` plus `body.messages`
+  generation options, "choices": [labels] (scored, not generated), "logprobs": N}` per line, or the OpenAI batch-file shape (`custom_id` plus `body.messages`
   whose content parts are `text` and `image_url`). Both shapes may be mixed in one file.
 - TSV (the line has a tab): `image<TAB>prompt`; an empty image field means no image.
 - Plain lines: one image source per line, the question from `--prompt`.
@@ -32,7 +32,8 @@ from dsvl_cli.settings import GenerationSettings
 # Per-record generation options and the JSON types they accept.
 _INT_OPTIONS = ("max_new_tokens", "top_k", "seed")
 _FLOAT_OPTIONS = ("temperature", "top_p", "repetition_penalty")
-_RECORD_KEYS = {"id", "custom_id", "image", "images", "prompt", "system", "stop", *_INT_OPTIONS, *_FLOAT_OPTIONS}
+_RECORD_KEYS = {"id", "custom_id", "image", "images", "prompt", "system", "stop", *_INT_OPTIONS, *_FLOAT_OPTIONS,
+                "choices", "logprobs"}
 
 
 @dataclass
@@ -190,16 +191,32 @@ def _from_plain_json(data: dict, number: int, id_: Any, base: GenerationSettings
     if system is not None and not isinstance(system, str):
         raise _BadLine("invalid_record", "system must be a string")
     options = {k: data[k] for k in (*_INT_OPTIONS, *_FLOAT_OPTIONS, "stop") if k in data}
+    options.update(_score_options(data))
     return Record(id_, number, check_text(question), _sources(images), system, _settings(base, options, system))
+
+
+def _score_options(data: dict) -> dict:
+    """A record's `choices` (a list of labels: scored instead of generated) and `logprobs` (0-20)."""
+    from dsvl_cli.structured.spec import choices_format
+
+    options: dict = {}
+    if data.get("choices") is not None:
+        options["answer_format"] = choices_format(data["choices"], source="choices", flag="choices")
+    if "logprobs" in data:
+        value = data["logprobs"]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise _BadLine("invalid_record", "logprobs must be an integer (top alternatives per token, 0-20)")
+        options["logprobs"] = value
+    return options
 
 
 def _from_openai(data: dict, number: int, id_: Any, base: GenerationSettings) -> Record:
     body = data["body"]
     if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
         raise _BadLine("invalid_record", "body.messages must be a list")
-    options: dict = {}
+    options: dict = wire.score_changes(body)
     for key, value in body.items():
-        if key in ("messages", "model") or (key == "n" and value == 1):  # the command's --model answers
+        if key in ("messages", "model", *wire.SCORE_FIELDS) or (key == "n" and value == 1):  # --model answers
             continue
         if key not in wire.SAMPLING_FIELDS:
             raise _BadLine("invalid_record", f"unsupported body field: {key}")

@@ -47,7 +47,8 @@ Ask a question, or use a command:
   /clear             start a new conversation (same model and settings)
   /system [TEXT]     show or set the system prompt (--default: the model's own; "": none)
   /set [KEY VALUE]   show or change a generation option (max_new_tokens, temperature, top_p,
-                     top_k, repetition_penalty, seed; "none" resets an optional one)
+                     top_k, repetition_penalty, seed; "none" resets an optional one;
+                     choices a,b,c|off: answer with the most probable label)
   /save FILE         save the conversation: .json (restore with /load) or .md (a transcript);
                      asks before replacing a file (/save! FILE replaces it without asking)
   /load FILE         restore a conversation saved as JSON
@@ -285,14 +286,18 @@ class ChatSession:
             values = [f"  {key} = {getattr(self.generation, key)}" for key in SETTABLE]
             system = self.conversation.system
             values.append(f"  system = {'(the model default)' if system is None else repr(system)}")
+            fmt = self.generation.answer_format
+            values.append(f"  choices = {','.join(fmt.choices) if fmt is not None and fmt.kind == 'choices' else 'off'}")
             return Reply("\n".join(["generation options (/set KEY VALUE):", *values]))
         key, _, raw = arg.partition(" ")
         key = _KEY_ALIASES.get(key, key.lstrip("-").replace("-", "_").lower())
         raw = raw.strip()
         if key == "system":
             return self._cmd_system(raw or "--default")
+        if key == "choices":
+            return self._set_choices(raw)
         if key not in SETTABLE:
-            raise UsageError(f"/set {key}: not a generation option; one of {', '.join(SETTABLE)}, system")
+            raise UsageError(f"/set {key}: not a generation option; one of {', '.join(SETTABLE)}, system, choices")
         kind, optional = SETTABLE[key]
         if not raw:
             raise UsageError(f"usage: /set {key} VALUE")
@@ -308,6 +313,22 @@ class ChatSession:
         except UsageError as err:  # the settings name the command-line option; name the /set key
             raise UsageError(f"/set {key} {raw}: {err.message.partition(': ')[2] or err.message}") from None
         return Reply(f"{key} = {value}")
+
+    def _set_choices(self, raw: str) -> Reply:
+        """`/set choices a,b,c` (or @FILE): later answers are the most probable label (scored, not
+        generated); `/set choices off` goes back to generated answers."""
+        from dsvl_cli.structured.spec import parse_choices
+
+        if not raw:
+            raise UsageError("usage: /set choices LABEL,LABEL,... (or @FILE, or off)")
+        if raw.lower() in ("off", "none"):
+            fmt = self.generation.answer_format
+            if fmt is not None and fmt.kind == "choices":
+                self.generation = self.generation.replace(answer_format=None)
+            return Reply("choices = off")
+        self.generation = self.generation.replace(answer_format=parse_choices(raw, "/set choices"))
+        return Reply(f"choices = {','.join(self.generation.answer_format.choices)} (answers are the most probable "
+                     "label, scored)")
 
     def _cmd_save(self, arg: str, *, force: bool = False) -> Reply:
         """Never replaces a file unasked: an existing one (a symlink too) needs /save! FILE, which

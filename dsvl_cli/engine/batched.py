@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dsvl_cli.conversation import Conversation
+from dsvl_cli.engine import scoring
 from dsvl_cli.engine.core import Generation
 from dsvl_cli.engine.detokenize import cut_at_stop, decode_answer
 from dsvl_cli.engine.backend import Backend
@@ -128,6 +129,8 @@ def generate_batch(engine: Backend, items: list[BatchItem], gen: GenerationSetti
     import torch
 
     features = features or FeatureStore(engine)
+    if scoring.wanted(gen):  # --choices: labels scored, nothing generated
+        return _score(engine, items, gen, features)
     try:
         return _generate(engine, items, gen, features, stop_event)
     except ContextLengthError as exc:  # the padded batch is too long: the shorter items may still fit
@@ -182,8 +185,9 @@ class _RowStreamer:
     """
 
     def __init__(self, items: list[BatchItem], clock: _Clock, eos_ids: set,
-                 on_row_end: Callable[[int, list[int]], None]):
+                 on_row_end: Callable[[int, list[int]], None], plan: Generation | None = None):
         self.items, self.clock, self.eos_ids, self.on_row_end = items, clock, eos_ids, on_row_end
+        self.plan = plan  # with a logprob recorder, on_tokens also gets the tokens' entries
         self.steps = -1  # the first put is the prompt
         self.ended: set[int] = set()
         self.ids: list[list[int]] = [[] for _ in items]
@@ -202,7 +206,10 @@ class _RowStreamer:
             self.ids[row].append(token)
             callback = self.items[row].on_tokens
             if callback is not None:
-                callback([token])
+                if self.plan is not None and self.plan.recorder is not None:
+                    callback([token], logprobs=self.plan.logprob_entries(row, self.ids[row], len(self.ids[row]) - 1))
+                else:
+                    callback([token])
             if token in self.eos_ids:
                 self.ended.add(row)
                 self.on_row_end(row, self.ids[row])
@@ -231,7 +238,8 @@ def _generate(engine: Backend, items: list[BatchItem], gen: GenerationSettings, 
         stats = plan.stats(prompt_tokens=int(attention_mask[row].sum()), generated=len(ids),
                            image_s=items[row].image_s, first_at=first, last_at=last, peak=plan.peak_bytes())
         finish = plan.finish_reason(ids, stopped=stopped or cut, interrupted=interrupted or own_stop is not None)
-        return Result(answer=answer, finish_reason=finish, stats=stats, token_ids=ids)
+        return Result(answer=answer, finish_reason=finish, stats=stats, token_ids=ids,
+                      logprobs=plan.logprob_entries(row, ids))
 
     def row_ended(row: int, ids: list[int]) -> None:
         if items[row].on_done is not None:
@@ -240,7 +248,7 @@ def _generate(engine: Backend, items: list[BatchItem], gen: GenerationSettings, 
 
     streamer = None
     if any(item.on_tokens is not None or item.on_done is not None for item in items):
-        streamer = _RowStreamer(items, clock, plan.eos_ids, row_ended)
+        streamer = _RowStreamer(items, clock, plan.eos_ids, row_ended, plan)
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
     images = [image for item in items for image in item.images]
     if images:
@@ -249,6 +257,32 @@ def _generate(engine: Backend, items: list[BatchItem], gen: GenerationSettings, 
     interrupted = bool(stop_event and stop_event.is_set())
     return [early.get(row) or row_result(row, out.sequences[row, input_ids.shape[1]:].tolist(), interrupted)
             for row in range(len(items))]
+
+
+def _score(engine: Backend, items: list[BatchItem], gen: GenerationSettings,
+           features: FeatureStore) -> list[Result | DsvlError]:
+    """--choices: each item's labels scored from one prefill of its prompt (engine/scoring.py),
+    its images' features from the FeatureStore; an item that cannot be scored gets its error."""
+    import torch
+
+    results: list[Result | DsvlError] = []
+    for item in items:
+        started = time.perf_counter()
+        try:
+            inputs = {k: v.to(engine.model.device) for k, v in encode_texts(engine, [item.conversation]).items()}
+            if item.images:
+                inputs["mm_encoder_outputs"] = _encoded(features, item.images)
+            result = scoring.score(engine, inputs, gen, started=started, image_s=item.image_s)
+        except DsvlError as err:
+            results.append(err)
+            continue
+        except torch.OutOfMemoryError:
+            results.append(GenerationError(f"out of memory on {engine.device} while encoding the images"))
+            continue
+        if item.on_done is not None:
+            item.on_done(result)
+        results.append(result)
+    return results
 
 
 def _encoded(features: FeatureStore, images: list[PreparedImage]) -> dict:

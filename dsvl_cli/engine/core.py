@@ -37,6 +37,8 @@ class Generation:
     kwargs: dict
     started: float = field(default_factory=time.perf_counter)
     logits_processors: list = field(default_factory=list)
+    recorder: Any = None  # a logprobs.LogprobRecorder when gen.logprobs is set (--logprobs N)
+    names: Any = None  # its logprobs.TokenNames
 
     @classmethod
     def plan(cls, engine, gen: GenerationSettings, *, prompt_tokens: int, rows: int = 1,
@@ -52,7 +54,37 @@ class Generation:
         if gen.stop:
             kwargs["tokenizer"] = engine.tokenizer  # generate needs it to match stop strings
         kwargs["pad_token_id"] = engine.tokenizer.pad_token_id
-        return cls(engine, gen, prompt_tokens, rows, kwargs, started or time.perf_counter())
+        plan = cls(engine, gen, prompt_tokens, rows, kwargs, started or time.perf_counter())
+        if gen.logprobs is not None:
+            plan.record_logprobs()
+        return plan
+
+    def record_logprobs(self) -> None:
+        """Record each step's raw log-probabilities (engine/logprobs.py): the recorder is the first
+        logits processor. transformers applies its own processors before any of ours, so the two
+        dsvl meets move right behind the recorder, in their order: the repetition penalty and the
+        model's suppressed tokens (generation_config.suppress_tokens). The sampler sees the same logits."""
+        from transformers import RepetitionPenaltyLogitsProcessor, SuppressTokensLogitsProcessor
+
+        from dsvl_cli.engine.logprobs import LogprobRecorder, TokenNames
+
+        self.recorder = LogprobRecorder(self.gen.logprobs)
+        self.names = TokenNames(self.engine.tokenizer)
+        moved: list = [self.recorder]
+        penalty = self.kwargs.pop("repetition_penalty", None)
+        if penalty is not None:
+            moved.append(RepetitionPenaltyLogitsProcessor(penalty))
+        suppressed = getattr(self.engine.model.generation_config, "suppress_tokens", None)
+        if suppressed:
+            self.kwargs["suppress_tokens"] = None
+            moved.append(SuppressTokensLogitsProcessor(suppressed, device=self.engine.model.device))
+        self.logits_processors[:0] = moved
+
+    def logprob_entries(self, row: int, ids: list[int], start: int = 0) -> list[dict] | None:
+        """OpenAI `logprobs.content` entries of `row`'s tokens `ids[start:]` (None: not recorded)."""
+        if self.recorder is None:
+            return None
+        return self.recorder.entries(self.names, row, start, len(ids), self.eos_ids)
 
     @property
     def max_new_tokens(self) -> int:
@@ -87,15 +119,20 @@ class Generation:
         import torch
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
+        from dsvl_cli.engine.logprobs import resolving
+
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.engine.device)
         if self.gen.seed is not None:
             torch.manual_seed(self.gen.seed)
         extra = {"logits_processor": LogitsProcessorList(self.logits_processors)} if self.logits_processors else {}
         with torch.inference_mode():
-            return self.engine.model.generate(**inputs, **self.kwargs, **extra, streamer=streamer,
-                                              stopping_criteria=StoppingCriteriaList(stopping),
-                                              return_dict_in_generate=True)
+            out = self.engine.model.generate(**inputs, **self.kwargs, **extra, streamer=resolving(streamer, self.recorder),
+                                             stopping_criteria=StoppingCriteriaList(stopping),
+                                             return_dict_in_generate=True)
+        if self.recorder is not None:
+            self.recorder.close(out.sequences, inputs["input_ids"].shape[1])
+        return out
 
     def peak_bytes(self) -> int | None:
         """Peak GPU memory since `run` started (None off CUDA)."""
