@@ -325,3 +325,120 @@ def test_batch_records_with_choices_and_logprobs_mixed_with_ordinary_ones(cli, e
         got = records[key]["logprobs"]["content"]
         assert [e["token"] for e in got] == [e["token"] for e in want.logprobs]
         assert [e["logprob"] for e in got] == pytest.approx([e["logprob"] for e in want.logprobs], abs=1e-4)
+
+
+# -- serve and --server ----------------------------------------------------------------------------
+
+KEY = "scores-key"
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    from test_serve import _start
+
+    from dsvl_cli.serve.app import create_app
+    from dsvl_cli.settings import GenerationSettings
+
+    url, stop = _start(create_app(engine, defaults=GenerationSettings(max_new_tokens=10), api_key=KEY))
+    yield url
+    stop()
+
+
+@pytest.fixture
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server + "/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+def _data_messages(text: str = PROMPT) -> list[dict]:
+    import base64
+
+    uri = "data:image/png;base64," + base64.b64encode((EXAMPLES / "shapes.png").read_bytes()).decode()
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}},
+                                         {"type": "text", "text": text}]}]
+
+
+@pytest.mark.parametrize("extra", [{"structured_outputs": {"choice": ["yes", "no", "maybe"]}},
+                                   {"guided_choice": ["yes", "no", "maybe"]}])
+def test_serve_answers_vllm_choice_with_the_label_and_its_scores(client, engine, extra):
+    from dsvl_cli.conversation import Conversation
+
+    want = engine.run(Conversation.single(PROMPT, [_image()]), _choices(["yes", "no", "maybe"]))
+    reply = client.chat.completions.create(model="tiny-random", messages=_data_messages(), extra_body=extra)
+    assert reply.choices[0].message.content == want.answer  # what a vLLM client reads
+    assert reply.choices[0].finish_reason == "stop"
+    scores = reply.model_extra["scores"]
+    assert [s["label"] for s in scores] == [s["label"] for s in want.scores]
+    assert [s["probability"] for s in scores] == pytest.approx([s["probability"] for s in want.scores], abs=1e-6)
+    assert sum(s["probability"] for s in scores) == pytest.approx(1.0)
+    stream = list(client.chat.completions.create(model="tiny-random", messages=_data_messages(), extra_body=extra,
+                                                 stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == want.answer
+    assert [c.model_extra.get("scores") for c in stream if c.choices[0].finish_reason][0] == scores
+
+
+def test_serve_logprobs_in_openai_shape_streamed_and_not(client, engine):
+    from dsvl_cli.conversation import Conversation
+    from dsvl_cli.settings import GenerationSettings
+
+    want = engine.run(Conversation.single(PROMPT, [_image()]), GenerationSettings(max_new_tokens=10, logprobs=2))
+    reply = client.chat.completions.create(model="tiny-random", messages=_data_messages(), logprobs=True,
+                                           top_logprobs=2, max_tokens=10)
+    content = reply.choices[0].logprobs.content
+    assert [e.token for e in content] == [e["token"] for e in want.logprobs]
+    assert [e.logprob for e in content] == pytest.approx([e["logprob"] for e in want.logprobs], abs=1e-5)
+    assert [len(e.top_logprobs) for e in content] == [2] * len(content)
+    assert [e.bytes for e in content] == [e["bytes"] for e in want.logprobs]
+    chunks = list(client.chat.completions.create(model="tiny-random", messages=_data_messages(), logprobs=True,
+                                                 top_logprobs=2, max_tokens=10, stream=True))
+    with_text = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(with_text) > 1 and all(c.choices[0].logprobs.content for c in with_text)  # each piece, its tokens
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [e.model_dump() for e in streamed] == [e.model_dump() for e in content]
+    plain = client.chat.completions.create(model="tiny-random", messages=_data_messages(), max_tokens=4)
+    assert plain.choices[0].logprobs is None
+
+
+@pytest.mark.parametrize("body,message", [
+    ({"top_logprobs": 2}, "top_logprobs needs logprobs: true"),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ({"guided_choice": ["a", "a"]}, "given twice"),
+    ({"guided_choice": ["a"]}, "at least two"),
+    ({"structured_outputs": {"choice": ["a", "b"]}, "guided_choice": ["a", "b"]}, "not both"),
+    ({"structured_outputs": {"choice": ["a", "b"]}, "logprobs": True}, "cannot be used together"),
+    ({"guided_choice": [f"l{k}" for k in range(300)]}, "guided_choice"),
+])
+def test_serve_bad_choice_and_logprobs_requests_are_400(server, body, message):
+    import requests
+
+    response = requests.post(server + "/v1/chat/completions", timeout=30, headers={"Authorization": f"Bearer {KEY}"},
+                             json={"messages": [{"role": "user", "content": "Hi"}], **body})
+    assert response.status_code == 400, response.text
+    assert message in response.json()["error"]["message"]
+
+
+def test_ask_and_batch_through_the_server_give_the_local_output(cli, server, tmp_path):
+    image = str(EXAMPLES / "shapes.png")
+    for flags in (["--choices", "yes,no,maybe"], ["--logprobs", "3", "-n", "6"]):
+        local = json.loads(cli(["ask", image, PROMPT, "-m", "tiny-random", "--json", *flags]).stdout)
+        remote = cli(["ask", image, PROMPT, "--json", "--server", server, "--api-key", KEY, *flags])
+        assert remote.exit_code == 0, remote.output
+        got = json.loads(remote.stdout)
+        assert set(got) == set(local)
+        assert got["answer"] == local["answer"]
+        for key in ("scores", "logprobs"):
+            assert json.dumps(got.get(key)) == json.dumps(local.get(key)), key
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"id": 1, "image": image, "prompt": PROMPT, "choices": ["yes", "no"]}) + "\n"
+                    + json.dumps({"id": 2, "prompt": "Hi", "logprobs": 1}) + "\n")
+    local = cli(["batch", str(jobs), "-m", "tiny-random", "-n", "5"])
+    remote = cli(["batch", str(jobs), "-n", "5", "--server", server, "--api-key", KEY])
+    assert local.exit_code == remote.exit_code == 0, remote.output
+
+    def by_id(out):
+        return {r["id"]: r for r in map(json.loads, out.splitlines())}
+
+    want, got = by_id(local.stdout), by_id(remote.stdout)
+    assert got[1]["scores"] == want[1]["scores"] and got[1]["answer"] == want[1]["answer"]
+    assert got[2]["logprobs"] == want[2]["logprobs"] and got[2]["answer"] == want[2]["answer"]

@@ -197,7 +197,7 @@ class LocalEngine(Backend):
         Ctrl-C (KeyboardInterrupt) or `stop_event` stops generation; the Result then has
         finish_reason "interrupted" and the partial answer."""
         if scoring.wanted(gen):  # --choices: the labels are scored, nothing is generated
-            yield from scoring.stream(self, conversation, gen)
+            yield from scoring.stream(self, conversation, gen, remember=cache is not None)
             return
         turn = streaming.prepare(self, conversation, gen, cache)
         yield from streaming.run(self, turn, stop_event)

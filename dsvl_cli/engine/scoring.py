@@ -50,10 +50,11 @@ def label_rows(tokenizer, labels: tuple[str, ...], eos_id: int) -> list[list[int
     return [tokenizer(" " + label, add_special_tokens=False)["input_ids"] + [eos_id] for label in labels]
 
 
-def stream(engine, conversation: Conversation, gen: GenerationSettings) -> Iterator[Chunk]:
-    """The most probable label as the answer's one TextChunk, then the Result with every score."""
+def stream(engine, conversation: Conversation, gen: GenerationSettings, *, remember: bool = False) -> Iterator[Chunk]:
+    """The most probable label as the answer's one TextChunk, then the Result with every score.
+    `remember`: keep the pictures' pixels for a next turn (a chat), as streaming.prepare does."""
     started = time.perf_counter()
-    inputs = engine.encode(conversation, remember=False)
+    inputs = engine.encode(conversation, remember=remember)
     last_user = next((m for m in reversed(conversation.messages) if m.role == "user"), None)
     image_s = time.perf_counter() - started + sum(i.load_s for i in (last_user.images if last_user else []))
     result = score(engine, dict(inputs), gen, started=started, image_s=image_s)
