@@ -442,3 +442,22 @@ def test_ask_and_batch_through_the_server_give_the_local_output(cli, server, tmp
     want, got = by_id(local.stdout), by_id(remote.stdout)
     assert got[1]["scores"] == want[1]["scores"] and got[1]["answer"] == want[1]["answer"]
     assert got[2]["logprobs"] == want[2]["logprobs"] and got[2]["answer"] == want[2]["answer"]
+
+
+def test_keep_alive_gives_the_local_choices_and_logprobs_output(cli):
+    """The private keep-alive server (a real background process) answers as a local run."""
+    from dsvl_cli.engine import keepalive
+
+    image = str(EXAMPLES / "shapes.png")
+    try:
+        for flags in (["--choices", "yes,no,maybe"], ["--logprobs", "2", "-n", "5"]):
+            local = json.loads(cli(["ask", image, PROMPT, "-m", "tiny-random", "--json", *flags]).stdout)
+            kept = cli(["ask", image, PROMPT, "-m", "tiny-random", "--json", "--keep-alive", "60s", *flags])
+            assert kept.exit_code == 0, kept.output
+            got = json.loads(kept.stdout)
+            assert got["answer"] == local["answer"]
+            for key in ("scores", "logprobs"):
+                assert json.dumps(got.get(key)) == json.dumps(local.get(key)), key
+    finally:
+        stopped = keepalive.stop(None, True)
+        assert all(keepalive.wait_gone(row["pid"], 20) for row in stopped)

@@ -12,7 +12,10 @@ features through `mm_encoder_outputs`; they are freed once the last question usi
 
 Per item, optionally (the server uses both): `stop`, an event that ends that item alone (its row
 finishes, the others go on), and `on_tokens`, called from the generating thread with each new token
-id of that item as it is decoded (never the pad tokens `generate` fills finished rows with).
+id of that item as it is decoded (never the pad tokens `generate` fills finished rows with), and
+with `logprobs=` its entries when the settings ask for them (--logprobs).
+
+Settings with `--choices` are scored, not generated: one prefill per item (engine/scoring.py).
 
 Limits: every item in one call shares its GenerationSettings (the runner groups records by them).
 CUDA out-of-memory (or a padded batch past the context length) splits the batch in halves and
@@ -130,7 +133,7 @@ def generate_batch(engine: Backend, items: list[BatchItem], gen: GenerationSetti
 
     features = features or FeatureStore(engine)
     if scoring.wanted(gen):  # --choices: labels scored, nothing generated
-        return _score(engine, items, gen, features)
+        return _score(engine, items, gen, features, stop_event)
     try:
         return _generate(engine, items, gen, features, stop_event)
     except ContextLengthError as exc:  # the padded batch is too long: the shorter items may still fit
@@ -259,15 +262,19 @@ def _generate(engine: Backend, items: list[BatchItem], gen: GenerationSettings, 
             for row in range(len(items))]
 
 
-def _score(engine: Backend, items: list[BatchItem], gen: GenerationSettings,
-           features: FeatureStore) -> list[Result | DsvlError]:
+def _score(engine: Backend, items: list[BatchItem], gen: GenerationSettings, features: FeatureStore,
+           stop_event: threading.Event | None) -> list[Result | DsvlError]:
     """--choices: each item's labels scored from one prefill of its prompt (engine/scoring.py),
-    its images' features from the FeatureStore; an item that cannot be scored gets its error."""
+    its images' features from the FeatureStore; an item that cannot be scored gets its error.
+    Items not started when `stop_event` (or their own stop) is set come back "interrupted"."""
     import torch
 
     results: list[Result | DsvlError] = []
     for item in items:
         started = time.perf_counter()
+        if any(event is not None and event.is_set() for event in (stop_event, item.stop)):
+            results.append(Result(answer="", finish_reason="interrupted"))
+            continue
         try:
             inputs = {k: v.to(engine.model.device) for k, v in encode_texts(engine, [item.conversation]).items()}
             if item.images:

@@ -8,9 +8,11 @@ the stopping criteria, how an answer's finish_reason is decided and how its stat
 `Generation.run` is the only place in dsvl that calls transformers' `generate` (so greedy output is
 plain `generate`'s, token for token).
 
-The seam for what comes next: logits processors (grammar-constrained JSON, label scoring) go in
+The seam for what comes next: logits processors (grammar-constrained JSON) go in
 `Generation.logits_processors`, and every caller gets them — ask, chat, batch and serve, with or
 without the fast path (gpt-fast's prefill / decode_one_token split is the model of this shape).
+`--logprobs` is one of them, kept first (`record_logprobs`, engine/logprobs.py). `--choices` is not
+a generation at all: engine/scoring.py scores the labels with plain forward passes.
 
 No torch at import; it is imported when a generation runs.
 """
@@ -127,7 +129,8 @@ class Generation:
             torch.manual_seed(self.gen.seed)
         extra = {"logits_processor": LogitsProcessorList(self.logits_processors)} if self.logits_processors else {}
         with torch.inference_mode():
-            out = self.engine.model.generate(**inputs, **self.kwargs, **extra, streamer=resolving(streamer, self.recorder),
+            out = self.engine.model.generate(**inputs, **self.kwargs, **extra,
+                                             streamer=resolving(streamer, self.recorder),
                                              stopping_criteria=StoppingCriteriaList(stopping),
                                              return_dict_in_generate=True)
         if self.recorder is not None:

@@ -48,9 +48,10 @@ class LogprobRecorder:
         self._pending = torch.log_softmax(scores.float(), dim=-1)
         return scores
 
-    def resolve(self, tokens) -> None:
-        """The chosen tokens (rows,) of the step just sampled (from the streamer)."""
-        if self._pending is not None:
+    def resolve(self, tokens, step: int) -> None:
+        """The chosen tokens (rows,) of step `step` (from the streamer; a deferred stop check hands
+        them one step late, when the next step has resolved them already)."""
+        if self._pending is not None and len(self.steps) == step:
             self._resolve(tokens.reshape(-1))
 
     def close(self, sequences, prompt_len: int) -> None:
@@ -93,12 +94,12 @@ def resolving(streamer, recorder: LogprobRecorder | None):
 
 class _Resolving:
     def __init__(self, streamer, recorder: LogprobRecorder):
-        self.streamer, self.recorder, self.prompt_seen = streamer, recorder, False
+        self.streamer, self.recorder, self.puts = streamer, recorder, 0
 
     def put(self, value) -> None:
-        if self.prompt_seen:  # generate first puts the prompt
-            self.recorder.resolve(value)
-        self.prompt_seen = True
+        if self.puts:  # generate first puts the prompt, then each step's tokens
+            self.recorder.resolve(value, self.puts - 1)
+        self.puts += 1
         self.streamer.put(value)
 
     def end(self) -> None:
