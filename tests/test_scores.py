@@ -129,6 +129,22 @@ def test_choice_scores_equal_plain_forward_passes_over_each_full_sequence(engine
                                                    return_tensors="pt")["input_ids"].shape[1]
 
 
+def test_choice_scores_on_the_1_3b_architecture_equal_plain_forward_passes(cli, tiny13_folder):
+    """DeepseekVLForConditionalGeneration (SigLIP only) through `dsvl ask --choices --json`."""
+    from conftest import load_reference
+
+    model, processor = load_reference(tiny13_folder)
+    labels = ["yes", "no", "a red square"]
+    result = cli(["ask", str(EXAMPLES / "shapes.png"), PROMPT, "-m", "tiny-random-1.3b", "--choices", ",".join(labels),
+                  "--json"])
+    assert result.exit_code == 0, result.output
+    got = {s["label"]: s["logprob"] for s in json.loads(result.stdout)["scores"]}
+    prompt = processor.apply_chat_template(_messages(PROMPT, 1), add_generation_prompt=True)
+    for label in labels:
+        assert got[label] == pytest.approx(reference_label(model, processor, prompt, [_image().image], label)[0],
+                                           abs=1e-4), label
+
+
 def test_choices_in_a_batch_equal_single_questions_and_stream_the_label(engine):
     from dsvl_cli.conversation import Conversation
     from dsvl_cli.engine.batched import BatchItem, generate_batch
