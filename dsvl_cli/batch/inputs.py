@@ -2,8 +2,10 @@
 
 Formats, detected per file from its first non-blank line:
 - JSONL (the line starts with `{`): `{"id" or "custom_id", "image" or "images", "prompt", "system",
-  generation options, "choices": [labels] (scored, not generated), "logprobs": N}` per line, or the OpenAI batch-file shape (`custom_id` plus `body.messages`
-  whose content parts are `text` and `image_url`). Both shapes may be mixed in one file.
+  generation options, "choices": [labels] (scored, not generated), "logprobs": N}` per line, or the
+  OpenAI batch-file shape (`custom_id` plus `body.messages` whose content parts are `text` and
+  `image_url`; `logprobs`/`top_logprobs` and vLLM's `structured_outputs.choice`/`guided_choice` in
+  `body` too). Both shapes may be mixed in one file.
 - TSV (the line has a tab): `image<TAB>prompt`; an empty image field means no image.
 - Plain lines: one image source per line, the question from `--prompt`.
 
