@@ -43,6 +43,7 @@ class TextChunk:
     """A piece of the answer, as soon as it is decoded."""
 
     text: str
+    logprobs: list[dict] | None = None  # --logprobs: entries of the tokens this piece came from (serve streams them)
 
 
 @dataclass
@@ -57,11 +58,17 @@ class Result:
     # that `data` belongs in the output (structured/answers.py sets both)
     data: Any = None
     json_answer: bool = False
+    scores: list[dict] | None = None  # --choices: [{label, probability, logprob}], most probable first
+    logprobs: list[dict] | None = None  # --logprobs: OpenAI's logprobs.content entries, one per token
 
     def to_dict(self) -> dict:
         out = {"answer": self.answer, "finish_reason": self.finish_reason, "stats": self.stats.to_dict()}
         if self.json_answer:
             out["data"] = self.data
+        if self.scores is not None:
+            out["scores"] = self.scores
+        if self.logprobs is not None:
+            out["logprobs"] = {"content": self.logprobs}
         return out
 
 

@@ -92,6 +92,9 @@ class GenerationSettings:
                              f"{MAX_REPETITION_PENALTY:g}")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
             raise UsageError(f"--logprobs {self.logprobs}: must be from 0 to {MAX_LOGPROBS}")
+        if self.logprobs is not None and self.answer_format is not None and self.answer_format.kind == "choices":
+            raise UsageError("choices and logprobs cannot be used together: choices already gives each "
+                             "label's log-probability")
 
     @property
     def greedy(self) -> bool:

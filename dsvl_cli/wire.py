@@ -15,8 +15,11 @@ Mapping, on purpose:
   max_new_tokens; `top_k` and `repetition_penalty` are extensions, as in vLLM.
 - The answer's format <-> GenerationSettings.answer_format: OpenAI's `response_format`
   (`json_schema` with its `schema`, `json_object` = any JSON object, `text` = none), and vLLM's
-  `structured_outputs` (`json`, `regex`) or its older `guided_json` / `guided_regex`, so clients
-  written for vLLM work. `--server` sends a schema as `response_format`, a regex as vLLM does.
+  `structured_outputs` (`json`, `regex`, `choice`) or its older `guided_json` / `guided_regex` /
+  `guided_choice`, so clients written for vLLM work. `--server` sends a schema as `response_format`,
+  a regex and labels as vLLM does. Labels (`choice`) are scored, not generated: the answer carries
+  a top-level `scores` list (serve/protocol.py).
+- `logprobs` + `top_logprobs` <-> --logprobs N.
 """
 
 from __future__ import annotations
@@ -55,6 +58,32 @@ def sampling_fields(gen) -> dict:
                 "seed": gen.seed, "stop": list(gen.stop) or None}
     body.update({k: v for k, v in optional.items() if v is not None})
     return body
+
+
+# -- answers a program can use: logprobs; the answer's format is below ---------------------------
+SCORE_FIELDS = ("logprobs", "top_logprobs")
+MAX_CHOICES = 256  # labels in one request (each one a row of the scoring pass)
+MAX_LABEL_CHARS = 1000
+
+
+def score_changes(body: Mapping[str, Any]) -> dict:
+    """GenerationSettings changes from `logprobs` / `top_logprobs` (UsageError naming the field).
+    As OpenAI: top_logprobs needs logprobs true; logprobs true alone gives the chosen tokens'."""
+    from dsvl_cli.errors import UsageError
+
+    logprobs, top = body.get("logprobs"), body.get("top_logprobs")
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise UsageError("logprobs must be true or false")
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int)):
+        raise UsageError("top_logprobs must be an integer")
+    if top is not None and not logprobs:
+        raise UsageError("top_logprobs needs logprobs: true")
+    return {"logprobs": top or 0} if logprobs else {}
+
+
+def score_fields(gen) -> dict:
+    """The request body's fields for gen's --logprobs (what `--server` sends)."""
+    return {"logprobs": True, "top_logprobs": gen.logprobs} if gen.logprobs is not None else {}
 
 
 def split_content(content: Any) -> tuple[str, list[str]]:
@@ -97,8 +126,8 @@ def to_messages(conversation, image_ref: Callable[[Any], str]) -> list[dict]:
 
 # -- the answer's format (structured/spec.py) ------------------------------------------------------
 
-ANSWER_FORMAT_FIELDS = ("response_format", "structured_outputs", "guided_json", "guided_regex")
-_STRUCTURED_KEYS = ("json", "regex")  # vLLM's structured_outputs keys read here
+ANSWER_FORMAT_FIELDS = ("response_format", "structured_outputs", "guided_json", "guided_regex", "guided_choice")
+_STRUCTURED_KEYS = ("json", "regex", "choice")  # vLLM's structured_outputs keys read here
 
 
 def answer_format(body: Mapping[str, Any]):
@@ -125,6 +154,8 @@ def answer_format(body: Mapping[str, Any]):
             raise UsageError(f"structured_outputs: give one of {', '.join(_STRUCTURED_KEYS)}"
                              + (f" (not supported: {', '.join(unknown)})" if unknown else ""))
         name, value = f"structured_outputs.{keys[0]}", value[keys[0]]
+    if name.endswith("choice"):
+        return _choices(value, name)
     if name.endswith("regex"):
         from dsvl_cli.structured.spec import parse_regex
 
@@ -132,6 +163,17 @@ def answer_format(body: Mapping[str, Any]):
             raise UsageError(f"{name} must be a string")
         return parse_regex(value, name)
     return _schema(value, name)
+
+
+def _choices(value: Any, name: str):
+    """vLLM's labels: scored, not generated (engine/scoring.py)."""
+    from dsvl_cli.errors import UsageError
+    from dsvl_cli.structured.spec import choices_format
+
+    if isinstance(value, list) and (len(value) > MAX_CHOICES
+                                    or any(isinstance(v, str) and len(v) > MAX_LABEL_CHARS for v in value)):
+        raise UsageError(f"{name}: at most {MAX_CHOICES} labels of at most {MAX_LABEL_CHARS} characters")
+    return choices_format(value, source=name, flag=name)
 
 
 def _response_format(value: Any):
@@ -167,7 +209,7 @@ def _schema(value: Any, name: str):
 
 def answer_format_fields(fmt) -> dict:
     """The body fields that ask for `fmt` (what `--server` sends): a schema as OpenAI's
-    response_format, a regex as vLLM's structured_outputs."""
+    response_format, a regex and labels as vLLM's structured_outputs."""
     if fmt is None:
         return {}
     if fmt.kind == "json_schema":
@@ -175,4 +217,4 @@ def answer_format_fields(fmt) -> dict:
                                     "json_schema": {"name": "answer", "schema": fmt.schema_dict, "strict": True}}}
     if fmt.kind == "regex":
         return {"structured_outputs": {"regex": fmt.regex}}
-    return {}
+    return {"structured_outputs": {"choice": list(fmt.choices)}}

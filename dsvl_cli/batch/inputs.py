@@ -2,9 +2,11 @@
 
 Formats, detected per file from its first non-blank line:
 - JSONL (the line starts with `{`): `{"id" or "custom_id", "image" or "images", "prompt", "system",
-  generation options, "schema" or "regex"}` per line, or the OpenAI batch-file shape (`custom_id`
-  plus `body.messages` whose content parts are `text` and `image_url`, and `body.response_format`).
-  Both shapes may be mixed in one file. A record's `schema` or `regex` replaces --schema/--regex.
+  generation options, "schema", "regex" or "choices": [labels] (scored, not generated),
+  "logprobs": N}` per line, or the OpenAI batch-file shape (`custom_id` plus `body.messages` whose
+  content parts are `text` and `image_url`; `body.response_format`, `logprobs`/`top_logprobs` and
+  vLLM's `structured_outputs`/`guided_*` too). Both shapes may be mixed in one file. A record's
+  `schema`, `regex` or `choices` replaces the command's --schema/--regex/--choices.
 - TSV (the line has a tab): `image<TAB>prompt`; an empty image field means no image.
 - Plain lines: one image source per line, the question from `--prompt`.
 A folder of images, a Parquet file or an `s3://`-style address is read by batch/sources.py.
@@ -33,9 +35,9 @@ from dsvl_cli.settings import GenerationSettings
 # Per-record generation options and the JSON types they accept.
 _INT_OPTIONS = ("max_new_tokens", "top_k", "seed")
 _FLOAT_OPTIONS = ("temperature", "top_p", "repetition_penalty")
-_FORMAT_KEYS = ("schema", "regex")  # a record's own --schema (an object, or the CLI's forms) / --regex
+_FORMAT_KEYS = ("schema", "regex", "choices")  # a record's own --schema (an object, or the CLI's forms) / --regex / --choices
 _RECORD_KEYS = {"id", "custom_id", "image", "images", "prompt", "system", "stop", *_INT_OPTIONS, *_FLOAT_OPTIONS,
-                *_FORMAT_KEYS}
+                *_FORMAT_KEYS, "logprobs"}
 
 
 @dataclass
@@ -196,19 +198,27 @@ def _from_plain_json(data: dict, number: int, id_: Any, base: GenerationSettings
     answer_format = _record_format(data)
     if answer_format is not None:
         options["answer_format"] = answer_format
+    if "logprobs" in data:
+        value = data["logprobs"]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise _BadLine("invalid_record", "logprobs must be an integer (top alternatives per token, 0-20)")
+        options["logprobs"] = value
     return Record(id_, number, check_text(question), _sources(images), system, _settings(base, options, system))
 
 
 def _record_format(data: dict):
-    """A record's `schema` (an object, or a string as --schema takes it) or `regex`; None: the command's."""
-    from dsvl_cli.structured.spec import parse_regex, parse_schema, schema_format
+    """A record's `schema` (an object, or a string as --schema takes it), `regex` or `choices` (a
+    list of labels: scored instead of generated); None: the command's."""
+    from dsvl_cli.structured.spec import choices_format, parse_regex, parse_schema, schema_format
 
     given = [k for k in _FORMAT_KEYS if data.get(k) is not None]
     if len(given) > 1:
-        raise _BadLine("invalid_record", "give either schema or regex, not both")
+        raise _BadLine("invalid_record", f"give one of schema, regex or choices, not {given[0]} and {given[1]}")
     if not given:
         return None
     value = data[given[0]]
+    if given[0] == "choices":
+        return choices_format(value, source="choices", flag="choices")
     if given[0] == "regex":
         if not isinstance(value, str):
             raise _BadLine("invalid_record", "regex must be a string")
@@ -222,10 +232,10 @@ def _from_openai(data: dict, number: int, id_: Any, base: GenerationSettings) ->
     body = data["body"]
     if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
         raise _BadLine("invalid_record", "body.messages must be a list")
-    options: dict = {}
+    options: dict = wire.score_changes(body)
     for key, value in body.items():
-        if key in ("messages", "model") or (key == "n" and value == 1) or key in wire.ANSWER_FORMAT_FIELDS:
-            continue  # the command's --model answers; the answer format is read below
+        if key in ("messages", "model", *wire.SCORE_FIELDS, *wire.ANSWER_FORMAT_FIELDS) or (key == "n" and value == 1):
+            continue  # the command's --model answers; logprobs and the answer format are read apart
         if key not in wire.SAMPLING_FIELDS:
             raise _BadLine("invalid_record", f"unsupported body field: {key}")
         if value is not None:

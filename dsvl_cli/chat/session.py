@@ -34,7 +34,7 @@ from dsvl_cli.images import LoadedImage, load_images
 from dsvl_cli.render import stats_line
 from dsvl_cli.results import Result
 from dsvl_cli.settings import GenerationSettings
-from dsvl_cli.structured.spec import parse_regex, parse_schema
+from dsvl_cli.structured.spec import parse_choices, parse_regex, parse_schema
 
 BLOCK = '"""'
 HELP = """\
@@ -49,7 +49,7 @@ Ask a question, or use a command:
   /system [TEXT]     show or set the system prompt (--default: the model's own; "": none)
   /set [KEY VALUE]   show or change a generation option (max_new_tokens, temperature, top_p,
                      top_k, repetition_penalty, seed; "none" resets an optional one);
-                     /set schema FILE|JSON|SHORT|off and /set regex PATTERN|off constrain answers
+                     schema FILE|JSON|SHORT, regex PATTERN, choices a,b,c (scored labels), or off
   /save FILE         save the conversation: .json (restore with /load) or .md (a transcript);
                      asks before replacing a file (/save! FILE replaces it without asking)
   /load FILE         restore a conversation saved as JSON
@@ -67,7 +67,8 @@ SETTABLE: dict[str, tuple[type, bool]] = {
 }
 _KEY_ALIASES = {"n": "max_new_tokens", "t": "temperature"}
 # /set KEY -> the parser of that answer format (structured/spec.py) and its kind
-FORMAT_KEYS = {"schema": (parse_schema, "json_schema"), "regex": (parse_regex, "regex")}
+FORMAT_KEYS = {"schema": (parse_schema, "json_schema"), "regex": (parse_regex, "regex"),
+               "choices": (parse_choices, "choices")}
 
 Producer = Callable[[Conversation, GenerationSettings, "object | None"], Result]
 
@@ -291,7 +292,7 @@ class ChatSession:
             system = self.conversation.system
             values.append(f"  system = {'(the model default)' if system is None else repr(system)}")
             fmt = self.generation.answer_format
-            values.append(f"  format = {fmt.describe() if fmt else 'free text (/set schema ..., /set regex ...)'}")
+            values.append(f"  format = {fmt.describe() if fmt else 'free text (/set schema|regex|choices ...)'}")
             return Reply("\n".join(["generation options (/set KEY VALUE):", *values]))
         key, _, raw = arg.partition(" ")
         key = _KEY_ALIASES.get(key, key.lstrip("-").replace("-", "_").lower())
@@ -320,8 +321,11 @@ class ChatSession:
         return Reply(f"{key} = {value}")
 
     def _set_format(self, key: str, raw: str) -> Reply:
-        """/set schema FILE|JSON|SHORT|off, /set regex PATTERN|off: the answer format of later turns."""
+        """/set schema FILE|JSON|SHORT|off, /set regex PATTERN|off, /set choices a,b,c|@FILE|off:
+        the answer format of later turns (choices: the most probable label, scored not generated)."""
         parse, kind = FORMAT_KEYS[key]
+        if not raw:
+            raise UsageError(f"usage: /set {key} VALUE (or off)")
         current = self.generation.answer_format
         if raw.lower() in ("off", "none"):
             if current is not None and current.kind == kind:

@@ -12,7 +12,10 @@ features through `mm_encoder_outputs`; they are freed once the last question usi
 
 Per item, optionally (the server uses both): `stop`, an event that ends that item alone (its row
 finishes, the others go on), and `on_tokens`, called from the generating thread with each new token
-id of that item as it is decoded (never the pad tokens `generate` fills finished rows with).
+id of that item as it is decoded (never the pad tokens `generate` fills finished rows with), and
+with `logprobs=` its entries when the settings ask for them (--logprobs).
+
+Settings with `--choices` are scored, not generated: one prefill per item (engine/scoring.py).
 
 Limits: every item in one call shares its GenerationSettings (the runner groups records by them),
 except the answer format: an item's own `answer_format` (--schema, --regex) wins over the settings'.
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dsvl_cli.conversation import Conversation
+from dsvl_cli.engine import scoring
 from dsvl_cli.engine.core import Generation
 from dsvl_cli.engine.detokenize import cut_at_stop, decode_answer
 from dsvl_cli.engine.backend import Backend
@@ -133,6 +137,8 @@ def generate_batch(engine: Backend, items: list[BatchItem], gen: GenerationSetti
     import torch
 
     features = features or FeatureStore(engine)
+    if scoring.wanted(gen):  # --choices: labels scored, nothing generated
+        return _score(engine, items, gen, features, stop_event)
     try:
         return _generate(engine, items, gen, features, stop_event)
     except ContextLengthError as exc:  # the padded batch is too long: the shorter items may still fit
@@ -187,8 +193,9 @@ class _RowStreamer:
     """
 
     def __init__(self, items: list[BatchItem], clock: _Clock, eos_ids: set,
-                 on_row_end: Callable[[int, list[int]], None]):
+                 on_row_end: Callable[[int, list[int]], None], plan: Generation | None = None):
         self.items, self.clock, self.eos_ids, self.on_row_end = items, clock, eos_ids, on_row_end
+        self.plan = plan  # with a logprob recorder, on_tokens also gets the tokens' entries
         self.steps = -1  # the first put is the prompt
         self.ended: set[int] = set()
         self.ids: list[list[int]] = [[] for _ in items]
@@ -207,7 +214,10 @@ class _RowStreamer:
             self.ids[row].append(token)
             callback = self.items[row].on_tokens
             if callback is not None:
-                callback([token])
+                if self.plan is not None and self.plan.recorder is not None:
+                    callback([token], logprobs=self.plan.logprob_entries(row, self.ids[row], len(self.ids[row]) - 1))
+                else:
+                    callback([token])
             if token in self.eos_ids:
                 self.ended.add(row)
                 self.on_row_end(row, self.ids[row])
@@ -246,7 +256,7 @@ def _generate(engine: Backend, items: list[BatchItem], gen: GenerationSettings, 
 
     streamer = None
     if any(item.on_tokens is not None or item.on_done is not None for item in items):
-        streamer = _RowStreamer(items, clock, plan.eos_ids, row_ended)
+        streamer = _RowStreamer(items, clock, plan.eos_ids, row_ended, plan)
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
     images = [image for item in items for image in item.images]
     if images:
@@ -255,6 +265,36 @@ def _generate(engine: Backend, items: list[BatchItem], gen: GenerationSettings, 
     interrupted = bool(stop_event and stop_event.is_set())
     return [early.get(row) or row_result(row, out.sequences[row, input_ids.shape[1]:].tolist(), interrupted)
             for row in range(len(items))]
+
+
+def _score(engine: Backend, items: list[BatchItem], gen: GenerationSettings, features: FeatureStore,
+           stop_event: threading.Event | None) -> list[Result | DsvlError]:
+    """--choices: each item's labels scored from one prefill of its prompt (engine/scoring.py),
+    its images' features from the FeatureStore; an item that cannot be scored gets its error.
+    Items not started when `stop_event` (or their own stop) is set come back "interrupted"."""
+    import torch
+
+    results: list[Result | DsvlError] = []
+    for item in items:
+        started = time.perf_counter()
+        if any(event is not None and event.is_set() for event in (stop_event, item.stop)):
+            results.append(Result(answer="", finish_reason="interrupted"))
+            continue
+        try:
+            inputs = {k: v.to(engine.model.device) for k, v in encode_texts(engine, [item.conversation]).items()}
+            if item.images:
+                inputs["mm_encoder_outputs"] = _encoded(features, item.images)
+            result = scoring.score(engine, inputs, gen, started=started, image_s=item.image_s)
+        except DsvlError as err:
+            results.append(err)
+            continue
+        except torch.OutOfMemoryError:
+            results.append(GenerationError(f"out of memory on {engine.device} while encoding the images"))
+            continue
+        if item.on_done is not None:
+            item.on_done(result)
+        results.append(result)
+    return results
 
 
 def _encoded(features: FeatureStore, images: list[PreparedImage]) -> dict:

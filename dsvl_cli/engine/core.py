@@ -10,9 +10,11 @@ plain `generate`'s, token for token).
 
 Logits processors go in `Generation.logits_processors`, and every caller gets them — ask, chat,
 batch and serve, with or without the fast path (transformers applies them outside the compiled
-decode step). `--schema` / `--regex` plug in here: `plan` adds a GrammarMask (structured/grammar.py)
-with one matcher per row (rows of one batch may have different formats, or none), and `conclude`
-gives each row's Result its parsed `data` (structured/answers.py).
+decode step). `--logprobs` is one of them, kept first (`record_logprobs`, engine/logprobs.py);
+`--schema` / `--regex` plug in after it: `plan` adds a GrammarMask (structured/grammar.py) with one
+matcher per row (rows of one batch may have different formats, or none), and `conclude` gives each
+row's Result its parsed `data` (structured/answers.py) and its logprobs. `--choices` is not a
+generation at all: engine/scoring.py scores the labels with plain forward passes.
 
 No torch at import; it is imported when a generation runs.
 """
@@ -43,6 +45,8 @@ class Generation:
     started: float = field(default_factory=time.perf_counter)
     logits_processors: list = field(default_factory=list)
     formats: list[AnswerFormat | None] = field(default_factory=list)  # each row's --schema / --regex
+    recorder: Any = None  # a logprobs.LogprobRecorder when gen.logprobs is set (--logprobs N)
+    names: Any = None  # its logprobs.TokenNames
 
     @classmethod
     def plan(cls, engine, gen: GenerationSettings, *, prompt_tokens: int, rows: int = 1,
@@ -61,14 +65,45 @@ class Generation:
         kwargs["pad_token_id"] = engine.tokenizer.pad_token_id
         formats = list(formats) if formats is not None else [gen.answer_format] * rows
         plan = cls(engine, gen, prompt_tokens, rows, kwargs, started or time.perf_counter(), formats=formats)
+        if gen.logprobs is not None:
+            plan.record_logprobs()  # first: the recorder sees the raw logits
         mask = engine.grammars.mask(formats) if any(is_grammar(f) for f in formats) else None
         if mask is not None:
             plan.logits_processors.append(mask)
         return plan
 
     def conclude(self, result, row: int = 0):
-        """Row `row`'s Result with its parsed `data` when it answered a --schema."""
+        """Row `row`'s Result with its logprobs (--logprobs) and its parsed `data` (--schema)."""
+        if self.recorder is not None:
+            result.logprobs = self.logprob_entries(row, result.token_ids)
         return answers.conclude(result, self.formats[row] if row < len(self.formats) else None)
+
+    def record_logprobs(self) -> None:
+        """Record each step's raw log-probabilities (engine/logprobs.py): the recorder is the first
+        logits processor. transformers applies its own processors before any of ours, so the two
+        dsvl meets move right behind the recorder, in their order: the repetition penalty and the
+        model's suppressed tokens (generation_config.suppress_tokens). The sampler sees the same logits."""
+        from transformers import RepetitionPenaltyLogitsProcessor, SuppressTokensLogitsProcessor
+
+        from dsvl_cli.engine.logprobs import LogprobRecorder, TokenNames
+
+        self.recorder = LogprobRecorder(self.gen.logprobs)
+        self.names = TokenNames(self.engine.tokenizer)
+        moved: list = [self.recorder]
+        penalty = self.kwargs.pop("repetition_penalty", None)
+        if penalty is not None:
+            moved.append(RepetitionPenaltyLogitsProcessor(penalty))
+        suppressed = getattr(self.engine.model.generation_config, "suppress_tokens", None)
+        if suppressed:
+            self.kwargs["suppress_tokens"] = None
+            moved.append(SuppressTokensLogitsProcessor(suppressed, device=self.engine.model.device))
+        self.logits_processors[:0] = moved
+
+    def logprob_entries(self, row: int, ids: list[int], start: int = 0) -> list[dict] | None:
+        """OpenAI `logprobs.content` entries of `row`'s tokens `ids[start:]` (None: not recorded)."""
+        if self.recorder is None:
+            return None
+        return self.recorder.entries(self.names, row, start, len(ids), self.eos_ids)
 
     @property
     def max_new_tokens(self) -> int:
@@ -103,15 +138,21 @@ class Generation:
         import torch
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
+        from dsvl_cli.engine.logprobs import resolving
+
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.engine.device)
         if self.gen.seed is not None:
             torch.manual_seed(self.gen.seed)
         extra = {"logits_processor": LogitsProcessorList(self.logits_processors)} if self.logits_processors else {}
         with torch.inference_mode():
-            return self.engine.model.generate(**inputs, **self.kwargs, **extra, streamer=streamer,
-                                              stopping_criteria=StoppingCriteriaList(stopping),
-                                              return_dict_in_generate=True)
+            out = self.engine.model.generate(**inputs, **self.kwargs, **extra,
+                                             streamer=resolving(streamer, self.recorder),
+                                             stopping_criteria=StoppingCriteriaList(stopping),
+                                             return_dict_in_generate=True)
+        if self.recorder is not None:
+            self.recorder.close(out.sequences, inputs["input_ids"].shape[1])
+        return out
 
     def peak_bytes(self) -> int | None:
         """Peak GPU memory since `run` started (None off CUDA)."""

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from dsvl_cli.conversation import IMAGE_TOKEN, Conversation
-from dsvl_cli.engine import loading, runtime, streaming
+from dsvl_cli.engine import loading, runtime, scoring, streaming
 from dsvl_cli.engine.backend import Backend
 from dsvl_cli.engine.preprocess import pixels as preprocess_pixels
 from dsvl_cli.images.cache import SourceCache
@@ -28,6 +28,7 @@ class LocalEngine(Backend):
     supports_kv_reuse = True
     supports_batching = True
     counts_tokens = True
+    supports_scoring = True
 
     def __init__(self, model, processor, device: str, resolved: loading.ResolvedModel, settings: ModelSettings):
         self.model = model
@@ -207,6 +208,9 @@ class LocalEngine(Backend):
 
         Ctrl-C (KeyboardInterrupt) or `stop_event` stops generation; the Result then has
         finish_reason "interrupted" and the partial answer."""
+        if scoring.wanted(gen):  # --choices: the labels are scored, nothing is generated
+            yield from scoring.stream(self, conversation, gen, remember=cache is not None)
+            return
         turn = streaming.prepare(self, conversation, gen, cache)
         yield from streaming.run(self, turn, stop_event)
 

@@ -14,8 +14,9 @@ Limits, on purpose:
 - Timeouts: CONNECT_TIMEOUT_S to connect, READ_TIMEOUT_S between two pieces of the answer (a
   queued request waits its turn within that). 429 and 503 are retried after their Retry-After for
   up to BUSY_RETRY_S in all.
-- --schema / --regex travel as `response_format` / vLLM's `structured_outputs` (wire.py); `data`
-  is parsed here from the answer's text.
+- --schema / --regex / --choices travel as `response_format` / vLLM's `structured_outputs`
+  (wire.py), --logprobs as OpenAI's `logprobs`/`top_logprobs`; the scores and logprob entries are
+  read back and `data` is parsed here from the answer's text, so the --json output is a local run's.
 - Result.token_ids is empty (the API sends text, not token ids). Against a server other than
   dsvl's, stats hold what `usage` and the client's own clock can tell.
 - The request names the model `-m` gave, or "default" (whatever the server has loaded) when `-m`
@@ -69,6 +70,7 @@ class RemoteEngine(Backend):
     """The Backend protocol over HTTP: streams only (no KV reuse, no batching here, no token
     counting: the server does those), so callers that read the capabilities fall back by themselves."""
 
+    supports_scoring = True  # --choices: dsvl serve scores them (another server answers a label, no scores)
     inline_images = False  # True: URLs too are fetched here and sent as data: URIs (--keep-alive)
     png_level = 6  # zlib level of those PNGs: smaller over a network, level 1 is faster over a local socket
     send_max_side: int | None = SEND_MAX_SIDE  # None: sent as loaded (--keep-alive: the pixels of a local run)
@@ -100,7 +102,8 @@ class RemoteEngine(Backend):
         response = self._request("POST", "/v1/chat/completions", json=self.request_body(conversation, gen),
                                  stream=True)
         pieces: list[str] = []
-        finish, stats, usage, first_at = None, None, None, None
+        finish, stats, usage, first_at, scores = None, None, None, None, None
+        logprobs: list[dict] | None = [] if gen.logprobs is not None else None
         try:
             for data in _sse_data(response):
                 if data == "[DONE]" or (stop_event is not None and stop_event.is_set()):
@@ -111,14 +114,17 @@ class RemoteEngine(Backend):
                 usage = obj.get("usage") or usage
                 self._note_model(obj.get("model"))
                 for choice in obj.get("choices") or []:
+                    entries = (choice.get("logprobs") or {}).get("content") or None
+                    if logprobs is not None and entries:
+                        logprobs += entries
                     piece = (choice.get("delta") or {}).get("content")
                     if piece:
                         first_at = first_at or time.perf_counter()
                         pieces.append(piece)
-                        yield TextChunk(piece)
+                        yield TextChunk(piece, logprobs=entries)
                     if choice.get("finish_reason"):
                         finish = obj.get("dsvl_finish_reason") or choice["finish_reason"]
-                        stats = obj.get("stats")
+                        stats, scores = obj.get("stats"), obj.get("scores")
         except KeyboardInterrupt:  # Ctrl-C: closing the connection stops the server's generation
             finish = "interrupted"
         except requests.RequestException as exc:
@@ -130,14 +136,15 @@ class RemoteEngine(Backend):
             finish = "interrupted"
         if stats is None:
             stats = _local_stats(usage, started, first_at).to_dict()
-        result = Result(answer="".join(pieces), finish_reason=finish or "stop", stats=Stats.from_dict(stats))
+        result = Result(answer="".join(pieces), finish_reason=finish or "stop", stats=Stats.from_dict(stats),
+                        scores=scores, logprobs=logprobs)
         yield answers.conclude(result, gen.answer_format)  # --schema: `data`, parsed here from the text
 
     # -- the request ----------------------------------------------------------------------------
     def request_body(self, conversation: Conversation, gen: GenerationSettings) -> dict:
         return {"model": self.requested_model or "default", "messages": wire.to_messages(conversation, self._image_ref),
                 "stream": True, "stream_options": {"include_usage": True}, **wire.sampling_fields(gen),
-                **wire.answer_format_fields(gen.answer_format)}
+                **wire.answer_format_fields(gen.answer_format), **wire.score_fields(gen)}
 
     def _note_model(self, answered) -> None:
         """Tell the user once when the server answered with another model than -m asked for."""

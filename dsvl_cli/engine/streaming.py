@@ -160,6 +160,7 @@ def run(engine, turn: Turn, stop_event: threading.Event | None) -> Iterator[Chun
     worker = threading.Thread(target=work, name="dsvl-generate", daemon=True)
     worker.start()
     text, clock, interrupted = AnswerText(engine.tokenizer, turn.plan.gen.stop), _Clock(), False
+    logprobs: list[dict] = []  # entries of tokens whose text is not shown yet (--logprobs)
     try:
         while True:
             try:
@@ -170,9 +171,12 @@ def run(engine, turn: Turn, stop_event: threading.Event | None) -> Iterator[Chun
                 break
             clock.last_at = time.perf_counter()
             clock.first_at = clock.first_at or clock.last_at
+            seen = len(text.ids)
             delta = text.add(item)
+            logprobs += turn.plan.logprob_entries(0, text.ids, seen) or []
             if delta:
-                yield TextChunk(delta)
+                yield TextChunk(delta, logprobs=logprobs or None)
+                logprobs = []
     except KeyboardInterrupt:
         interrupted = True
     finally:  # also on GeneratorExit: never leave the worker running

@@ -267,14 +267,17 @@ async def _sse(job: Job, item, cid: str, model: str, include_usage: bool, reques
     def event(obj: dict) -> str:
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
+    sent = 0  # logprob entries sent with content chunks; the finish chunk carries the rest
     try:
         yield event(chat_api.chunk(cid, model, {"role": "assistant", "content": ""}))
         while item is not _END:
             if isinstance(item, TextChunk):
-                yield event(chat_api.chunk(cid, model, {"content": item.text}))
+                sent += len(item.logprobs or ())
+                yield event(chat_api.chunk(cid, model, {"content": item.text}, logprobs=item.logprobs))
             elif isinstance(item, Result):
                 _note_tokens(request, item)
-                yield event(chat_api.final_chunk(cid, model, item))
+                rest = item.logprobs[sent:] if item.logprobs is not None else None
+                yield event(chat_api.final_chunk(cid, model, item, rest))
                 if include_usage:
                     yield event(chat_api.usage_chunk(cid, model, item))
             elif isinstance(item, BaseException):  # after the headers: report it in the stream

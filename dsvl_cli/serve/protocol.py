@@ -17,6 +17,11 @@ Mapping, on purpose:
   `structured_outputs` / `guided_json` / `guided_regex` (wire.answer_format). A schema the grammar
   engine cannot compile is a 400 naming the field. An answer cut by max_tokens before its JSON
   closed comes back as OpenAI sends it: the text so far, finish_reason "length".
+- `logprobs`/`top_logprobs` as OpenAI (`choices[0].logprobs.content`, and per chunk when streamed).
+  vLLM's `structured_outputs: {"choice": [...]}` (or `guided_choice`) scores the labels instead of
+  generating: the message content is the most probable label (what vLLM clients read) and the
+  response has a top-level `scores: [{label, probability, logprob}]`, most probable first (in the
+  finish chunk when streamed), beside dsvl's `stats`.
 - finish_reason: dsvl's `stop`/`length` pass through; `interrupted` (only when the server cancels a
   request while shutting down) is sent as `stop`, with dsvl's own value in `dsvl_finish_reason`.
 """
@@ -102,6 +107,10 @@ class ChatRequest(BaseModel):
     structured_outputs: dict | None = None
     guided_json: dict | str | None = None
     guided_regex: str | None = None
+    guided_choice: list[str] | None = Field(None, max_length=wire.MAX_CHOICES)
+    # --logprobs (wire.score_changes checks them further)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
 
     @model_validator(mode="after")
     def _ends_with_user(self) -> ChatRequest:
@@ -141,7 +150,8 @@ def parse_request(raw: bytearray) -> ChatRequest:
 
 def generation_settings(req: ChatRequest, defaults: GenerationSettings) -> GenerationSettings:
     """The server's defaults, with what the request sets (UsageError when out of range)."""
-    gen = defaults.replace(**wire.settings_changes(req.model_dump(include=set(wire.SAMPLING_FIELDS))))
+    gen = defaults.replace(**wire.settings_changes(req.model_dump(include=set(wire.SAMPLING_FIELDS))),
+                           **wire.score_changes(req.model_dump(include=set(wire.SCORE_FIELDS))))
     answer_format = wire.answer_format(req.model_dump(include=set(wire.ANSWER_FORMAT_FIELDS)))
     return gen.replace(answer_format=answer_format) if answer_format is not None else gen
 
@@ -225,26 +235,41 @@ def usage(stats: Stats) -> dict:
 
 
 def completion(cid: str, model: str, result: Result) -> dict:
-    """A non-streamed `chat.completion`, plus dsvl's stats and finish_reason as extra fields."""
+    """A non-streamed `chat.completion`, plus dsvl's stats and finish_reason as extra fields (and
+    `scores`, each label's probability, when the request asked for a choice)."""
     return {
         "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": result.answer},
-                     "logprobs": None, "finish_reason": OPENAI_FINISH.get(result.finish_reason, "stop")}],
+                     "logprobs": _logprobs(result.logprobs),
+                     "finish_reason": OPENAI_FINISH.get(result.finish_reason, "stop")}],
         "usage": usage(result.stats),
         "stats": result.stats.to_dict(),
         "dsvl_finish_reason": result.finish_reason,
+        **_scores(result),
     }
 
 
-def chunk(cid: str, model: str, delta: dict, finish: str | None = None, **extra) -> dict:
-    """One `chat.completion.chunk` of a stream."""
+def chunk(cid: str, model: str, delta: dict, finish: str | None = None, *, logprobs: list[dict] | None = None,
+          **extra) -> dict:
+    """One `chat.completion.chunk` of a stream (`logprobs`: the entries of this chunk's tokens)."""
     return {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}
+            "choices": [{"index": 0, "delta": delta, "logprobs": _logprobs(logprobs), "finish_reason": finish}],
+            **extra}
 
 
-def final_chunk(cid: str, model: str, result: Result) -> dict:
-    return chunk(cid, model, {}, OPENAI_FINISH.get(result.finish_reason, "stop"),
-                 stats=result.stats.to_dict(), dsvl_finish_reason=result.finish_reason)
+def final_chunk(cid: str, model: str, result: Result, logprobs: list[dict] | None = None) -> dict:
+    """The finish chunk: dsvl's stats, the label `scores` of a choice, and the logprob entries of
+    tokens no content chunk carried yet."""
+    return chunk(cid, model, {}, OPENAI_FINISH.get(result.finish_reason, "stop"), logprobs=logprobs,
+                 stats=result.stats.to_dict(), dsvl_finish_reason=result.finish_reason, **_scores(result))
+
+
+def _logprobs(entries: list[dict] | None) -> dict | None:
+    return None if entries is None else {"content": entries, "refusal": None}
+
+
+def _scores(result: Result) -> dict:
+    return {} if result.scores is None else {"scores": result.scores}
 
 
 def usage_chunk(cid: str, model: str, result: Result) -> dict:

@@ -76,13 +76,16 @@ class TextStream:
     def __init__(self, engine, job: Job):
         self.job = job
         self.text = AnswerText(engine.tokenizer, job.gen.stop)
+        self.logprobs: list[dict] = []  # entries of tokens whose text is not sent yet (--logprobs)
 
-    def feed(self, ids: list[int]) -> None:
+    def feed(self, ids: list[int], logprobs: list[dict] | None = None) -> None:
         if self.job.ended:  # its answer was sent (a retried half of a batch generates it again)
             return
+        self.logprobs += logprobs or []
         delta = self.text.add(ids)
         if delta:
-            self.job.emit(TextChunk(delta))
+            self.job.emit(TextChunk(delta, logprobs=self.logprobs or None))
+            self.logprobs = []
 
     def finish(self, result: Result) -> None:
         """The rest of the answer, the Result (its answer is the authority), then END: called when

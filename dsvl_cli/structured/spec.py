@@ -189,6 +189,10 @@ def choices_format(labels: list, *, source: str = "choices", flag: str = "--choi
         seen.add(label)
     if len(cleaned) < 2:
         raise UsageError(f"{flag} {_short(str(source))}: give at least two labels to choose from")
+    from dsvl_cli.conversation import check_text  # a label is text after the prompt
+
+    for label in cleaned:
+        check_text(label, f"{flag} label {_short(label)!r}")
     return AnswerFormat("choices", choices=tuple(cleaned), source=str(source))
 
 
