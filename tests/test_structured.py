@@ -385,6 +385,24 @@ def test_ask_through_the_server_equals_local(cli, server, reference, expected):
     assert cut.exit_code == 1 and "--max-new-tokens" in cut.stderr
 
 
+def test_batch_through_the_server_gives_the_same_records(cli, server, tmp_path):
+    """`batch --server`: per-record schemas travel as response_format; the same data and error records."""
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("".join(json.dumps(line) + "\n" for line in _batch_lines(tmp_path)
+                            if line.get("id") in ("enums", "refs_defs", "cut")))
+    local = cli(["batch", str(jobs), "-m", "tiny-random", "-n", str(N), "-o", str(tmp_path / "local.jsonl")])
+    remote = cli(["batch", str(jobs), "--server", server, "-n", str(N), "-o", str(tmp_path / "remote.jsonl")])
+    assert local.exit_code == remote.exit_code == 1, remote.output
+
+    def by_id(name):
+        return {r["id"]: r for r in map(json.loads, (tmp_path / name).read_text().splitlines())}
+
+    want, got = by_id("local.jsonl"), by_id("remote.jsonl")
+    for key in ("enums", "refs_defs"):
+        assert got[key]["data"] == want[key]["data"] and got[key]["answer"] == want[key]["answer"], key
+    assert got["cut"]["error"] == want["cut"]["error"]
+
+
 # -- the wire mapping and chat -----------------------------------------------------------------------
 
 def test_request_fields_map_to_one_answer_format():
