@@ -214,6 +214,9 @@ def test_ask_short_form_and_regex(cli, session_engine):
     assert isinstance(data["count"], int) and isinstance(data["round"], bool)
     regex = cli(["ask", "Describe.", "-m", "tiny-random", "--regex", r"[A-Z][a-z]{3,8}\."])
     assert regex.exit_code == 0 and re.fullmatch(r"[A-Z][a-z]{3,8}\.\n", regex.stdout), regex.stdout
+    rust = cli(["ask", "Describe.", "-m", "tiny-random", "--regex", r"\p{Lu}\p{Ll}{2,5}"])  # Rust syntax
+    word = rust.stdout.strip()
+    assert rust.exit_code == 0 and word[0].isupper() and word[1:].islower() and 3 <= len(word) <= 6, rust.output
 
 
 def test_an_answer_cut_by_max_new_tokens_exits_1_saying_what_to_raise(cli, session_engine):
@@ -234,7 +237,7 @@ def test_an_answer_cut_by_max_new_tokens_exits_1_saying_what_to_raise(cli, sessi
     (["--schema", '{"type": "integer", "minimum": 5, "maximum": 1}'], "minimum"),
     (["--schema", "name, age years"], "type 'years'"),
     (["--schema", "missing/item.json"], "no such file"),
-    (["--regex", "(unclosed"], "not a regular expression"),
+    (["--regex", "(unclosed"], "not a regular expression the grammar engine takes (Rust regex syntax): unclosed"),
     (["--regex", "(?=a)b"], "look-around"),
     (["--schema", "a", "--regex", "b"], "cannot be used together"),
 ])

@@ -68,8 +68,10 @@ def check(fmt: AnswerFormat, flag: str) -> None:
     except ValueError as err:  # not a JSON object (spec.py checks that first)
         problem = str(err)
     if problem:
-        what = "the regular expression" if fmt.kind == "regex" else "the schema"
-        raise UsageError(f"{flag} {_shown(fmt)}: {what} cannot be used for constrained decoding: "
+        if fmt.kind == "regex":
+            raise UsageError(f"{flag} {_shown(fmt)}: not a regular expression the grammar engine takes "
+                             f"(Rust regex syntax): {_one_line(problem)}")
+        raise UsageError(f"{flag} {_shown(fmt)}: the schema cannot be used for constrained decoding: "
                          f"{_one_line(problem)}")
 
 
