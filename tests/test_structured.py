@@ -153,6 +153,18 @@ def test_schema_answer_validates_and_equals_masked_plain_generate(engine, refere
     assert json.dumps(result.data, separators=(",", ":"), ensure_ascii=False) == result.answer  # compact
 
 
+def test_sampled_answers_validate_too(engine, shapes):
+    """Sampling (temperature, top-k, top-p): the mask comes before the warpers, so they only ever
+    choose among allowed tokens; a seed gives the same answer again."""
+    from dsvl_cli.conversation import Conversation
+
+    for name in ("nested_object", "refs_defs", "string_pattern", "array_of_objects"):
+        gen = _gen(_schema(name)).replace(temperature=1.5, top_k=20, top_p=0.9, seed=7)
+        first = engine.run(Conversation.single(PROMPT, [shapes]), gen)
+        jsonschema.validate(first.data, SCHEMAS[name])
+        assert engine.run(Conversation.single(PROMPT, [shapes]), gen).token_ids == first.token_ids
+
+
 def test_regex_answer_matches_and_equals_masked_plain_generate(engine, reference):
     from dsvl_cli.conversation import Conversation
     from dsvl_cli.structured.spec import parse_regex
