@@ -1,9 +1,9 @@
 """`--schema` / `--regex` as a grammar: compiled by llguidance, applied as a token mask in `generate`.
 
 Why llguidance: it is the grammar engine vLLM, SGLang and mlx-vlm use; it compiles JSON Schema
-lazily (no up-front automaton over the whole vocabulary: a new schema costs milliseconds, ~1 ms on tiny-random)
-and computes a mask in tens of microseconds. Written by hand, a JSON Schema grammar would be
-thousands of lines and never as complete.
+lazily (no up-front automaton over the whole vocabulary: a new schema costs milliseconds, ~1 ms
+on tiny-random) and computes a mask in tens of microseconds. Written by hand, a JSON Schema
+grammar would be thousands of lines and never as complete.
 
 What is decided here:
 - Compact JSON: the grammar has no free whitespace (`whitespace_flexible: false`, separators "," and
