@@ -153,6 +153,18 @@ def test_schema_answer_validates_and_equals_masked_plain_generate(engine, refere
     assert json.dumps(result.data, separators=(",", ":"), ensure_ascii=False) == result.answer  # compact
 
 
+def test_sampled_answers_validate_too(engine, shapes):
+    """Sampling (temperature, top-k, top-p): the mask comes before the warpers, so they only ever
+    choose among allowed tokens; a seed gives the same answer again."""
+    from dsvl_cli.conversation import Conversation
+
+    for name in ("nested_object", "refs_defs", "string_pattern", "array_of_objects"):
+        gen = _gen(_schema(name)).replace(temperature=1.5, top_k=20, top_p=0.9, seed=7)
+        first = engine.run(Conversation.single(PROMPT, [shapes]), gen)
+        jsonschema.validate(first.data, SCHEMAS[name])
+        assert engine.run(Conversation.single(PROMPT, [shapes]), gen).token_ids == first.token_ids
+
+
 def test_regex_answer_matches_and_equals_masked_plain_generate(engine, reference):
     from dsvl_cli.conversation import Conversation
     from dsvl_cli.structured.spec import parse_regex
@@ -214,6 +226,9 @@ def test_ask_short_form_and_regex(cli, session_engine):
     assert isinstance(data["count"], int) and isinstance(data["round"], bool)
     regex = cli(["ask", "Describe.", "-m", "tiny-random", "--regex", r"[A-Z][a-z]{3,8}\."])
     assert regex.exit_code == 0 and re.fullmatch(r"[A-Z][a-z]{3,8}\.\n", regex.stdout), regex.stdout
+    rust = cli(["ask", "Describe.", "-m", "tiny-random", "--regex", r"\p{Lu}\p{Ll}{2,5}"])  # Rust syntax
+    word = rust.stdout.strip()
+    assert rust.exit_code == 0 and word[0].isupper() and word[1:].islower() and 3 <= len(word) <= 6, rust.output
 
 
 def test_an_answer_cut_by_max_new_tokens_exits_1_saying_what_to_raise(cli, session_engine):
@@ -234,7 +249,7 @@ def test_an_answer_cut_by_max_new_tokens_exits_1_saying_what_to_raise(cli, sessi
     (["--schema", '{"type": "integer", "minimum": 5, "maximum": 1}'], "minimum"),
     (["--schema", "name, age years"], "type 'years'"),
     (["--schema", "missing/item.json"], "no such file"),
-    (["--regex", "(unclosed"], "not a regular expression"),
+    (["--regex", "(unclosed"], "not a regular expression the grammar engine takes (Rust regex syntax): unclosed"),
     (["--regex", "(?=a)b"], "look-around"),
     (["--schema", "a", "--regex", "b"], "cannot be used together"),
 ])
@@ -383,6 +398,24 @@ def test_ask_through_the_server_equals_local(cli, server, reference, expected):
     jsonschema.validate(record["data"], SCHEMAS["string_pattern"])
     cut = cli(["ask", PROMPT, "-n", "3", "--server", server, "--schema", json.dumps(SCHEMAS["nested_object"])])
     assert cut.exit_code == 1 and "--max-new-tokens" in cut.stderr
+
+
+def test_batch_through_the_server_gives_the_same_records(cli, server, tmp_path):
+    """`batch --server`: per-record schemas travel as response_format; the same data and error records."""
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("".join(json.dumps(line) + "\n" for line in _batch_lines(tmp_path)
+                            if line.get("id") in ("enums", "refs_defs", "cut")))
+    local = cli(["batch", str(jobs), "-m", "tiny-random", "-n", str(N), "-o", str(tmp_path / "local.jsonl")])
+    remote = cli(["batch", str(jobs), "--server", server, "-n", str(N), "-o", str(tmp_path / "remote.jsonl")])
+    assert local.exit_code == remote.exit_code == 1, remote.output
+
+    def by_id(name):
+        return {r["id"]: r for r in map(json.loads, (tmp_path / name).read_text().splitlines())}
+
+    want, got = by_id("local.jsonl"), by_id("remote.jsonl")
+    for key in ("enums", "refs_defs"):
+        assert got[key]["data"] == want[key]["data"] and got[key]["answer"] == want[key]["answer"], key
+    assert got["cut"]["error"] == want["cut"]["error"]
 
 
 # -- the wire mapping and chat -----------------------------------------------------------------------
