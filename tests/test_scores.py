@@ -421,7 +421,7 @@ def test_serve_logprobs_in_openai_shape_streamed_and_not(client, engine):
     ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
     ({"guided_choice": ["a", "a"]}, "given twice"),
     ({"guided_choice": ["a"]}, "at least two"),
-    ({"structured_outputs": {"choice": ["a", "b"]}, "guided_choice": ["a", "b"]}, "not both"),
+    ({"structured_outputs": {"choice": ["a", "b"]}, "guided_choice": ["a", "b"]}, "give one answer format"),
     ({"structured_outputs": {"choice": ["a", "b"]}, "logprobs": True}, "cannot be used together"),
     ({"guided_choice": [f"l{k}" for k in range(300)]}, "guided_choice"),
 ])
