@@ -5,10 +5,10 @@ little more than one (memory-bound), so requests that arrive while another batch
 taken together next time, up to `max_batch` (batching.py: left padding, per-row stop and streaming).
 
 Which requests share a batch: the first waiting one and every later waiting one with the same
-generation settings (the system prompt and a response_format may differ: each row has its own). Sampled requests with a `seed` run alone so a
-seed gives the same answer however busy the server is. Greedy answers are the same batched or not
-(tested). Engines without batching (RemoteEngine, test fakes) run one request at a time through
-`stream`.
+generation settings (the system prompt and a response_format may differ: each row has its own).
+Sampled requests with a `seed` run alone so a seed gives the same answer however busy the server
+is. Greedy answers are the same batched or not (tested). Engines without batching (RemoteEngine,
+test fakes) run one request at a time through `stream`.
 
 A job's items go to its request's event loop: TextChunks as they are decoded, then a Result or a
 DsvlError, then END. A job whose `stop` is set (client gone, shutdown) ends its own row only.
