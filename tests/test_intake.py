@@ -68,7 +68,7 @@ def hybrid_processor():
 def test_every_exif_orientation_matches_exif_transpose_of_the_full_image(tmp_path, orientation):
     path = save_jpeg(tmp_path / f"o{orientation}.jpg", photo(BIG), orientation)
     fast, exact = load_image(path).image, load_image(path, exact=True).image
-    assert max(fast.size) == decode.INTAKE_SIDE
+    assert decode.INTAKE_SIDE <= max(fast.size) < 2 * decode.INTAKE_SIDE and decode.INTAKE_KEY in fast.info
     assert np.array_equal(np.asarray(exact), np.asarray(seed_way(path)))  # the exact path is the seed's
     # Same orientation: the full decode, shrunk to the fast one's size, looks the same.
     assert (fast.width > fast.height) == (exact.width > exact.height)
@@ -98,9 +98,11 @@ def test_fast_intake_stays_close_to_the_exact_path_after_preprocessing(tmp_path,
         save_jpeg(path, image, orientation=8)
     else:
         image.save(path)
+    from dsvl_cli.engine.preprocess import pixels
+
     fast, exact = load_image(str(path)).image, load_image(str(path), exact=True).image
     a = hybrid_processor(images=[exact], return_tensors="pt")
-    b = hybrid_processor(images=[fast], return_tensors="pt")
+    b = pixels(hybrid_processor, fast)  # the engine's way: the last resize in torch
     for key in ("pixel_values", "high_res_pixel_values"):
         assert a[key].shape == b[key].shape
         assert psnr(a[key].numpy(), b[key].numpy()) > 40, key
@@ -161,7 +163,8 @@ def test_a_large_jpeg_decodes_at_libjpeg_turbos_finer_scale(tmp_path):
     with Image.open(path) as opened:
         decode._draft(opened, decode.INTAKE_SIDE)
         assert opened.size == (1600, 1200)
-    assert load_image(path).image.size == (1024, 768)
+    loaded = load_image(path).image  # left at that scale for the engine's one resize
+    assert loaded.size == (1200, 900) and loaded.info[decode.INTAKE_KEY] == str(decode.INTAKE_SIDE)
 
 
 @pytest.mark.parametrize("mode", ["L", "CMYK"])
@@ -170,7 +173,7 @@ def test_grey_and_cmyk_photos_take_the_intake_path_with_the_right_colours(tmp_pa
     path = tmp_path / f"{mode}.jpg"
     image.save(path, quality=92)
     fast, exact = load_image(str(path)).image, load_image(str(path), exact=True).image
-    assert fast.mode == exact.mode == "RGB" and max(fast.size) == decode.INTAKE_SIDE
+    assert fast.mode == exact.mode == "RGB" and decode.INTAKE_SIDE <= max(fast.size) < 2 * decode.INTAKE_SIDE
     assert psnr(exact.resize(fast.size, Image.Resampling.BICUBIC), fast) > 30
 
 
@@ -183,3 +186,37 @@ def test_a_truncated_large_jpeg_is_one_line_error(tmp_path):
     with pytest.raises(ImageLoadError) as err:
         load_image(path)
     assert "truncated or corrupt" in str(err.value)
+
+
+def test_the_engine_finishes_an_intake_picture_close_to_pillows_resize(tmp_path, hybrid_processor):
+    """The last resize of a photo, in torch, against the same picture resized by Pillow and then
+    preprocessed as before (the processor's own way, bit for bit for a 1024 px picture)."""
+    from dsvl_cli.engine.preprocess import pixels
+
+    path = save_jpeg(tmp_path / "p.jpg", photo(BIG, seed=9), orientation=6)
+    fast = load_image(path).image
+    resized = decode.downscaled(fast, decode.INTAKE_SIDE)
+    ours, pillow = pixels(hybrid_processor, fast), hybrid_processor(images=[resized], return_tensors="pt")
+    for key in ("pixel_values", "high_res_pixel_values"):
+        assert ours[key].shape == pillow[key].shape and ours[key].is_contiguous()
+        assert psnr(ours[key].numpy(), pillow[key].numpy()) > 45, key
+    unmarked = fast.copy()
+    unmarked.info.pop(decode.INTAKE_KEY)  # a user's own 1800 px picture: the processor's way, exactly
+    expected = hybrid_processor(images=[unmarked], return_tensors="pt")
+    assert all(np.array_equal(pixels(hybrid_processor, unmarked)[k].numpy(), expected[k].numpy()) for k in expected)
+
+
+def test_keep_alive_sends_the_mark_so_its_server_preprocesses_as_a_local_run(tmp_path, hybrid_processor):
+    from dsvl_cli.engine.keepalive_engine import KeepAliveEngine
+    from dsvl_cli.engine.preprocess import pixels
+    from dsvl_cli.images.cache import SourceCache
+
+    class Sender(KeepAliveEngine):  # its way of sending pictures, without a server to talk to
+        def __init__(self):
+            self._uris = SourceCache(keep=4)
+
+    loaded = load_image(save_jpeg(tmp_path / "p.jpg", photo(BIG, seed=10)))
+    received = load_image(Sender()._image_ref(loaded)).image  # what the private server decodes
+    assert received.info.get(decode.INTAKE_KEY) == str(decode.INTAKE_SIDE)
+    local, remote = pixels(hybrid_processor, loaded.image), pixels(hybrid_processor, received)
+    assert all(np.array_equal(local[k].numpy(), remote[k].numpy()) for k in local)

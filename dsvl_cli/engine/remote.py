@@ -43,7 +43,7 @@ from dsvl_cli.engine.loading import HUB_ALIASES
 from dsvl_cli.errors import ContextLengthError, GenerationError, ModelError, UsageError
 from dsvl_cli.images import LoadedImage
 from dsvl_cli.images.cache import SourceCache
-from dsvl_cli.images.decode import downscaled
+from dsvl_cli.images.decode import INTAKE_KEY, downscaled
 from dsvl_cli.results import Chunk, Result, Stats, TextChunk
 from dsvl_cli.settings import GenerationSettings
 from dsvl_cli.structured import answers
@@ -163,11 +163,15 @@ class RemoteEngine(Backend):
             return loaded.source
 
         def png_uri(_key) -> tuple[LoadedImage, str]:  # holds `loaded`, so its id stays its own
-            image = loaded.image
+            from PIL.PngImagePlugin import PngInfo
+
+            image, text = loaded.image, PngInfo()
             if self.send_max_side and max(image.size) > self.send_max_side:  # what dsvl serve keeps anyway
                 image = downscaled(image, self.send_max_side)
+            elif INTAKE_KEY in image.info:  # --keep-alive: the server finishes the resize as a local run would
+                text.add_text(INTAKE_KEY, str(image.info[INTAKE_KEY]))
             buffer = io.BytesIO()
-            image.save(buffer, format="PNG", compress_level=self.png_level)
+            image.save(buffer, format="PNG", compress_level=self.png_level, pnginfo=text)
             return loaded, "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
         return self._uris.get(id(loaded), png_uri)[1]  # chat resends its images every turn: encode once

@@ -3,12 +3,15 @@
 Photo intake at the size the model needs: no DeepSeek-VL processor looks at more than INTAKE_SIDE
 pixels on the long side (SAM-B's 1024 px), so an image of more than INTAKE_MIN_PIXELS (a 12 MP
 phone photo) is decoded at the smallest JPEG DCT scale that still gives >= INTAKE_SIDE
-(libjpeg-turbo's M/8 scales through simplejpeg; Pillow's `draft`, 1/2^k only, where that fails), or for other formats reduced by a whole factor, then resized once (bicubic, as the
-processor resizes) to INTAKE_SIDE on the long side, and only then rotated per EXIF (rotating the
-small image is cheaper and gives the same pixels). The processor's own resize to 1024 then keeps
-the size. Smaller images take the exact path, bit for bit as before; `exact=True` (--exact-pixels)
-takes it for every image. Limits: for the 1.3B model (384 px) the 1024 px intermediate is still
-larger than needed; the decompression-bomb guard checks the full size before anything is decoded.
+(libjpeg-turbo's M/8 scales through simplejpeg: 3/8, 1512 px, for a 4032 px photo; Pillow's
+`draft`, 1/2^k only, where simplejpeg refuses the file), or for other formats reduced by a whole
+factor, and only then rotated per EXIF. What is left, one resize to INTAKE_SIDE, is the engine's:
+the picture is marked INTAKE_KEY and engine/preprocess.py resizes it in torch (bicubic with
+antialiasing, as Pillow's; a third of Pillow's time on two cores) fused with the rest of the
+preprocessing. Where no engine follows, the picture is resized here instead (the server's
+`max_side`) or by its user (--server sends at most 1024 px). Smaller images take the exact path,
+bit for bit as before; `exact=True` (--exact-pixels) takes it for every image. The
+decompression-bomb guard checks the full size before anything is decoded.
 
 Threads: images decode in parallel (Pillow's decoders release the GIL), so batch's prefetch
 threads keep several photos in flight. Pillow's warnings are therefore filtered once for the
@@ -37,6 +40,10 @@ from dsvl_cli.errors import ImageLoadError
 _SNIFF = 4096
 INTAKE_SIDE = 1024  # the longest side any DeepSeek-VL processor resizes to
 INTAKE_MIN_PIXELS = 4_000_000  # below this, decoding is a few ms: the exact path, bit for bit
+# image.info key of a picture intake decoded at a DCT scale (long side from INTAKE_SIDE to twice
+# that) and left for the engine to resize (engine/preprocess.py: the last resize, done in torch);
+# a PNG text chunk carries it to a --keep-alive server (engine/remote.py).
+INTAKE_KEY = "dsvl-intake-side"
 # Pillow raises these on corrupt or truncated data (some plugins leak non-OSError exceptions).
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error, zlib.error)
 
@@ -68,7 +75,7 @@ def decode_image(source: str, fp: BinaryIO, *, empty_reason: str, url: bool = Fa
                 jpeg = _jpeg_bytes(opened, fp)
                 _draft(opened, side)
                 _check_pixels(source, opened, max_pixels)
-                return _decode_shrunk(source, opened, side, jpeg)
+                return _decode_shrunk(source, opened, side, jpeg, finish=max_side is not None)
             _check_pixels(source, opened, max_pixels)
             opened.load()  # decode now, so truncation is caught here and not later
             rgb = _to_rgb(source, _apply_orientation(opened))
@@ -117,11 +124,15 @@ def _turbo_decode(jpeg: bytes | None, side: int) -> Image.Image | None:
                                         min_height=math.ceil(height * scale), strict=True)
     except (ImportError, ValueError, MemoryError):
         return None
-    return Image.fromarray(pixels, "RGB")
+    height, width = pixels.shape[:2]
+    return Image.frombuffer("RGB", (width, height), pixels, "raw", "RGB", 0, 1)  # no copy of the pixels
 
 
-def _decode_shrunk(source: str, opened: Image.Image, side: int, jpeg: bytes | None = None) -> Image.Image:
-    """A large image decoded (drafted already) to `side` on its long side, then oriented per EXIF."""
+def _decode_shrunk(source: str, opened: Image.Image, side: int, jpeg: bytes | None = None, *,
+                   finish: bool = True) -> Image.Image:
+    """A large image decoded (drafted already) near `side` on its long side, oriented per EXIF.
+    `finish`: resized to `side` here (Pillow, bicubic: the server's cap); else left at its decoding
+    scale, marked INTAKE_KEY, for the engine's one resize in torch (a third of Pillow's time)."""
     orientation = _orientation(opened)
     image = _turbo_decode(jpeg, side)
     if image is None:
@@ -131,11 +142,13 @@ def _decode_shrunk(source: str, opened: Image.Image, side: int, jpeg: bytes | No
     if factor >= 2:  # a box filter by a whole factor first: the bicubic pass then reads far less
         image = image.reduce(factor)
     ratio = side / max(image.size)
-    if ratio < 1:
+    if ratio < 1 and finish:
         image = image.resize((max(1, round(image.width * ratio)), max(1, round(image.height * ratio))),
                              Image.Resampling.BICUBIC)
     elif image is opened:
         image = image.copy()
+    if ratio < 1 and not finish:
+        image.info[INTAKE_KEY] = str(side)
     return image.transpose(orientation) if orientation is not None else image
 
 
