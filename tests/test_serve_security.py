@@ -348,9 +348,13 @@ def test_pixels_are_capped_and_pictures_downscaled_when_decoded():
     assert load_image(big_jpeg, guard=guard()).image.size == (1024, 512)
     with pytest.raises(ImageLoadError, match="only http"):
         load_image(str(EXAMPLES / "shapes.png"), guard=guard())
-    # The CLI: --exact-pixels keeps every pixel; by default a 4.5 MP picture is read at 1024 px (intake).
+    # The CLI: --exact-pixels keeps every pixel; by default a 4.5 MP picture is reduced by a whole
+    # factor (intake), its last resize to 1024 px left to the engine (marked).
+    from dsvl_cli.images.decode import INTAKE_KEY
+
     assert load_image(_png_uri(3000, 1500), exact=True).image.size == (3000, 1500)
-    assert load_image(_png_uri(3000, 1500)).image.size == (1024, 512)
+    cli_image = load_image(_png_uri(3000, 1500)).image
+    assert cli_image.size == (1500, 750) and INTAKE_KEY in cli_image.info
 
 
 # -- 3. slow URLs -------------------------------------------------------------------------------------
