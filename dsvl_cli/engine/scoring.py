@@ -123,7 +123,6 @@ def _group_logprobs(model, cache, prompt_mask, first, rows: list[list[int]]) -> 
 
     device = prompt_mask.device
     n, width = len(rows), max(len(r) for r in rows) - 1
-    prompt_len = prompt_mask.shape[1]
     ids = torch.zeros((n, width), dtype=torch.long, device=device)  # inputs: row[:-1]; targets: row[1:]
     targets = torch.zeros((n, width), dtype=torch.long, device=device)
     valid = torch.zeros((n, width), dtype=torch.bool, device=device)
