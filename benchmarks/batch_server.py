@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from batch_throughput import QUESTIONS, make_images  # noqa: E402
 from serve_bench import REPO, Server, dsvl_command  # noqa: E402
 
+from report import emit
+
 _SUMMARY = re.compile(r"(\d+) done, (\d+) failed.* in ([\d.]+)s · ([\d.]+) records/s · ([\d.]+) output tok/s")
 
 
@@ -115,10 +117,7 @@ def main() -> None:
                  f"{all(r['same_answers'] for r in rows)}" if "same_answers" in best else "")
         print(f"  {name:<26} {best['records_per_s']:>7} {result['median_records_per_s'][name]:>7}  "
               f"{best['output_tok_per_s']:>8} tok/s{extra}", file=sys.stderr)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

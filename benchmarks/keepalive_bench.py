@@ -18,7 +18,6 @@ object on stdout (and to --out). Measured, never asserted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
@@ -28,6 +27,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from report import emit
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPT = "Describe this image."
@@ -97,11 +98,7 @@ def main() -> None:
         print(f"  run {k}: cold {r['cold_s']:.2f} s, --keep-alive from nothing {r['first_s']:.2f} s "
               f"(x{r['cold_s'] / r['first_s']:.1f}), warm {r['warm_s']:.2f} s (x{r['cold_s'] / r['warm_s']:.1f}); "
               f"`dsvl --version` x{args.calls}: {r['floor_s']:.2f} s", file=sys.stderr)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from batch_throughput import QUESTIONS, make_images  # noqa: E402  (the same synthetic photos)
 
+from report import emit
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -106,10 +108,7 @@ def main() -> None:
                                                       / local[args.large]["records_per_s"], 2)},
         "load_avg": os.getloadavg(),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

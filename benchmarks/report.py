@@ -9,11 +9,13 @@ bandwidth bound. Plain text, so it reads the same in a log file as on a terminal
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import shlex
 import sys
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -113,3 +115,12 @@ def print_table(cells: list[Cell], ways: list[tuple[str, str]], scenarios: list[
             if text and text not in seen:
                 seen.add(text)
                 print(f"  {text}", file=file)
+
+
+def emit(result: dict, out: str | Path | None = None) -> None:
+    """A run's figures as JSON on stdout, and in `out` when given (its folder made)."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")

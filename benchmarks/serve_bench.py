@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import os
 import platform
 import re
@@ -30,6 +29,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from report import emit
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPT = "Describe this image."
@@ -160,10 +161,7 @@ def main() -> None:
           f"-n {args.max_new_tokens}", file=sys.stderr)
     for name, a, b in rows:
         print(f"  {name:<{width}}  {a:>12}  {b}", file=sys.stderr)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
