@@ -33,6 +33,15 @@ EXIT_CODES = {
 }
 
 
+def same_model(name: str) -> frozenset[str]:
+    """`name` and the other name of the same hub model (alias <-> hub id), if it has one."""
+    names = {name}
+    for alias, hub_id in HUB_ALIASES.items():
+        if name in (alias, hub_id):
+            names.update((alias, hub_id))
+    return frozenset(names)
+
+
 def alias_names() -> list[str]:
     return [*HUB_ALIASES, *RANDOM_MODELS]
 

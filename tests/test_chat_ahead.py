@@ -28,22 +28,24 @@ def _ui(engine, **gen) -> tuple[ChatUI, Environment]:
 
 
 class WaitingBackend(Backend):
-    """Each answer waits (bounded) for `ready`; records whether it came while the answer was open."""
+    """Each answer waits (at most `patience` s) for `ready`; records whether it came while the answer was open."""
 
     name = "waiting"
 
-    def __init__(self, ready: threading.Event):
+    def __init__(self, ready: threading.Event, patience: float = 10):
         self.ready = ready
+        self.patience = patience
         self.seen: list[tuple[bool, list[str]]] = []
 
     def stream(self, conversation, gen, *, cache=None, stop_event=None):
-        came = self.ready.wait(timeout=10)
+        came = self.ready.wait(timeout=self.patience)
         self.seen.append((came, [image.source for image in conversation.messages[-1].images]))
         yield TextChunk("ok")
         yield Result("ok", "stop")
 
 
-def test_the_next_picture_decodes_while_the_answer_streams(monkeypatch, tmp_path):
+def _two_pictures(monkeypatch, tmp_path, patience: float = 10):
+    """A backend that waits for the second picture's decode, a spy on the decodes, and the script."""
     first, second = str(EXAMPLES / "shapes.png"), str(tmp_path / "copy.png")
     (tmp_path / "copy.png").write_bytes((EXAMPLES / "shapes.png").read_bytes())
     decoded = threading.Event()
@@ -58,24 +60,29 @@ def test_the_next_picture_decodes_while_the_answer_streams(monkeypatch, tmp_path
         return loaded
 
     monkeypatch.setattr(ahead, "load_image", spy)
-    backend = WaitingBackend(decoded)
-    ui, env = _ui(backend)
+    monkeypatch.setattr("dsvl_cli.chat.session.load_images",
+                        lambda sources, exact=False: [spy(s, exact=exact) for s in sources])
     script = f"/image {first}\nWhat is it?\n/image {second}\nAnd this?\n"
+    return WaitingBackend(decoded, patience), calls, script, first, second
+
+
+def test_the_next_picture_decodes_while_the_answer_streams(monkeypatch, tmp_path):
+    backend, calls, script, first, second = _two_pictures(monkeypatch, tmp_path)
+    ui, env = _ui(backend)
     assert pipe.run_lines(ui, io.StringIO(script)) == 0, env.stderr.getvalue()
     # The first answer saw the second picture decoded before it ended; each source decoded once.
     assert backend.seen == [(True, [first]), (True, [second])]
     assert calls == [first, second]
 
 
-def test_one_at_a_time_the_next_picture_waits_for_the_answer(monkeypatch):
-    """The same script without reading ahead: the check above would fail (the baseline)."""
-    decoded = threading.Event()
-    monkeypatch.setattr(threading.Event, "wait", lambda self, timeout=None: self.is_set())  # no 10 s wait
-    backend = WaitingBackend(decoded)
-    ui, _ = _ui(backend)
-    script = f"/image {EXAMPLES / 'shapes.png'}\nWhat is it?\n"
-    pipe.run_lines(ui, io.StringIO(script), read_ahead=0)
-    assert backend.seen == [(False, [str(EXAMPLES / "shapes.png")])]
+def test_one_at_a_time_the_next_picture_waits_for_the_answer(monkeypatch, tmp_path):
+    """The same script without reading ahead: the first answer ends before the second picture is
+    decoded (the baseline the test above beats; the bounded wait runs out once)."""
+    backend, calls, script, first, second = _two_pictures(monkeypatch, tmp_path, patience=0.5)
+    ui, env = _ui(backend)
+    assert pipe.run_lines(ui, io.StringIO(script), read_ahead=0) == 0, env.stderr.getvalue()
+    assert backend.seen[0] == (False, [first])
+    assert backend.seen[1] == (True, [second]) and calls == [first, second]
 
 
 def _run(engine, script: str, read_ahead: int) -> tuple[int, str, str]:

@@ -93,7 +93,10 @@ def test_set_and_unset_keep_comments_and_check_values(cli, isolated_home, monkey
     assert cli(["config", "set", "system", 'Say "hi"\nthen stop.']).exit_code == 0
     text = path.read_text()
     assert text.startswith("# chosen with care\nmodel = \"tiny-random\"\n\n# sampling\n")
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the same parser as a package
+        import tomli as tomllib
 
     assert tomllib.loads(text) == {"model": "tiny-random", "max_new_tokens": 256, "offline": True,
                                    "system": 'Say "hi"\nthen stop.'}

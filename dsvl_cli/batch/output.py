@@ -33,7 +33,6 @@ class Summary:
     failed_before: int = 0  # error records from an earlier run, skipped by --resume
     generated_tokens: int = 0
     seconds: float = 0.0
-    interrupted: bool = False
     stopped_by: str = ""  # "interrupted" (SIGINT), "terminated" (SIGTERM) or "output closed"
     left: int = 0  # records neither answered nor failed when the run stopped early
 

@@ -207,7 +207,7 @@ def run_batch(inputs: list[str], *, output: Path | None, prompt: str | None, bat
     stop = threading.Event()
     clock = [time.perf_counter()]  # rates count generation, not the model load: reset after it
     # Records on the terminal are the progress; a bar on the same screen would split their lines.
-    show = console.is_terminal and not (output is None and _isatty(stream))
+    show = console.is_terminal and not (output is None and opts.env.stdout_isatty)
     signals, writer = _Interrupts(stop), None
     try:
         with signals, _progress(console, len(todo) if show else 0) as advance:
@@ -223,7 +223,6 @@ def run_batch(inputs: list[str], *, output: Path | None, prompt: str | None, bat
         stop.set()
     finally:
         summary.seconds = time.perf_counter() - clock[0]
-        summary.interrupted = stop.is_set()
         summary.stopped_by = _stopped_by(signals.signum if stop.is_set() else None, writer)
         summary.left = len(todo) - summary.done - summary.failed if summary.stopped_by else 0
         if output is not None:
@@ -255,13 +254,6 @@ def _answer(todo: list, writer: Writer, summary: Summary, stop: threading.Event,
     else:
         run_records(engine, records, writer, summary, batch_size=batch_size or engine.default_batch_size, stop=stop,
                     exact=opts.exact_pixels)
-
-
-def _isatty(stream) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 def _stopped_by(signum: int | None, writer: Writer | None) -> str:

@@ -147,18 +147,16 @@ def load_source(source: str, *, exact: bool = False):
     if not fs_uri(source):
         return load_image(source, exact=exact)
     from dsvl_cli.images.decode import decode_image
-    from dsvl_cli.images.limits import max_image_bytes, too_big
+    from dsvl_cli.images.limits import read_capped
 
     started = time.perf_counter()
     try:
         fs, inner = _filesystem(source)
         with fs.open_input_stream(inner) as stream:
-            data = stream.read(max_image_bytes() + 1)
+            data = read_capped(source, stream)  # the same size cap as every other source
     except UsageError as err:
         raise ImageLoadError(source, err.message.removeprefix(f"{source}: ")) from None
     except (OSError, ValueError) as exc:
         raise ImageLoadError(source, f"cannot read it: {str(exc).splitlines()[0]}") from None
-    if len(data) > max_image_bytes():
-        raise ImageLoadError(source, too_big())
     image = decode_image(source, io.BytesIO(data), empty_reason="empty file", exact=exact)
     return LoadedImage(source=source, image=image, load_s=time.perf_counter() - started)

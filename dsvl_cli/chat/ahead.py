@@ -79,13 +79,13 @@ class ReadAhead:
         """The pictures of one `/image` command: read ahead where they were, else loaded now."""
         loaded = []
         for source in sources:
-            if source in self._cache and exact == self._exact:
-                try:
-                    loaded.append(self._cache.get(source))
-                finally:
-                    self._cache.release(source)
-            else:
+            if source not in self._cache:
                 loaded.append(load_image(source, exact=exact))
+                continue
+            try:  # read ahead (as the session decodes, unless asked otherwise): this mention's use is over
+                loaded.append(self._cache.get(source) if exact == self._exact else load_image(source, exact=exact))
+            finally:
+                self._cache.release(source)
         return loaded
 
     def close(self) -> None:

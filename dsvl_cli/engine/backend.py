@@ -12,9 +12,10 @@ Capabilities:
 - `counts_tokens`: `count_tokens(conversation)` gives the prompt's length in tokens.
 - `default_batch_size`: how many questions to put in one batch on this backend.
 - `image_side`: the longest image side the model looks at (its processor's size), None if unknown.
-- `supports_scoring`: `score(conversation, gen)` scores gen's `--choices` labels (Result.scores),
-  and so does `stream` when gen asks for choices (the label as the one TextChunk, then the Result).
-  A backend without it (another OpenAI server) answers choices with a label but no scores.
+
+`--choices` needs no method of its own: `stream` with settings that ask for choices yields the
+most probable label as its one TextChunk, then a Result with `scores` (engine/scoring.py; through
+--server a dsvl server scores them, another OpenAI server answers a label without scores).
 
 Every backend streams (`stream` yields TextChunks, then exactly one Result); the non-streaming
 answer is that stream joined, once, here.
@@ -40,7 +41,6 @@ class Backend:
     counts_tokens: bool = False
     default_batch_size: int = 1
     image_side: int | None = None
-    supports_scoring: bool = False
 
     def stream(self, conversation: Conversation, gen: GenerationSettings, *, cache: Any = None,
                stop_event: threading.Event | None = None) -> Iterator[Chunk]:
@@ -63,9 +63,3 @@ class Backend:
 
     def generate_batch(self, items: list, gen: GenerationSettings, **kwargs) -> list:
         raise NotImplementedError(f"{type(self).__name__} does not batch")
-
-    def score(self, conversation: Conversation, gen: GenerationSettings) -> Result:
-        """--choices: the Result of scoring gen's labels (answer: the most probable; scores)."""
-        if not self.supports_scoring:
-            raise NotImplementedError(f"{type(self).__name__} does not score labels")
-        return self.run(conversation, gen)

@@ -7,7 +7,6 @@ Face hub id. Hub models are loaded from the local cache, or downloaded (progress
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from dsvl_cli.models import hub
 from dsvl_cli.settings import ModelSettings
 
 HUB_ALIASES = catalog.HUB_ALIASES  # one list for help, README and errors
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 HUB_FILES = hub.HUB_FILES  # never pickles, never code; `dsvl pull` fetches the same
 
 
@@ -48,7 +46,7 @@ def resolve(settings: ModelSettings, *, weights: bool = True) -> ResolvedModel:
             raise UsageError(f"model {name}: folder has no config.json (not a transformers model folder)")
         return ResolvedModel(name, path, random_weights=False)
     repo_id = HUB_ALIASES.get(name, name)
-    if not _HUB_ID.fullmatch(repo_id):
+    if not hub.HUB_ID.fullmatch(repo_id):
         raise UsageError(f"model {name}: no such folder, and not a hub id (owner/name) or alias "
                          f"({', '.join([*HUB_ALIASES, *tiny_random.SPECS])})")
     try:

@@ -28,7 +28,6 @@ class LocalEngine(Backend):
     supports_kv_reuse = True
     supports_batching = True
     counts_tokens = True
-    supports_scoring = True
 
     def __init__(self, model, processor, device: str, resolved: loading.ResolvedModel, settings: ModelSettings):
         self.model = model

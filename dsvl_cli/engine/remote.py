@@ -39,7 +39,7 @@ import requests
 from dsvl_cli import __version__, wire
 from dsvl_cli.conversation import Conversation
 from dsvl_cli.engine.backend import Backend
-from dsvl_cli.engine.loading import HUB_ALIASES
+from dsvl_cli.catalog import same_model
 from dsvl_cli.errors import ContextLengthError, GenerationError, ModelError, UsageError
 from dsvl_cli.images import LoadedImage
 from dsvl_cli.images.cache import SourceCache
@@ -70,7 +70,6 @@ class RemoteEngine(Backend):
     """The Backend protocol over HTTP: streams only (no KV reuse, no batching here, no token
     counting: the server does those), so callers that read the capabilities fall back by themselves."""
 
-    supports_scoring = True  # --choices: dsvl serve scores them (another server answers a label, no scores)
     inline_images = False  # True: URLs too are fetched here and sent as data: URIs (--keep-alive)
     png_level = 6  # zlib level of those PNGs: smaller over a network, level 1 is faster over a local socket
     send_max_side: int | None = SEND_MAX_SIDE  # None: sent as loaded (--keep-alive: the pixels of a local run)
@@ -151,9 +150,7 @@ class RemoteEngine(Backend):
         asked = self.requested_model
         if asked in (None, "default") or not isinstance(answered, str) or answered in self._noted:
             return
-        same = {asked, *(alias for alias, hub in HUB_ALIASES.items() if asked in (alias, hub)),
-                *(hub for alias, hub in HUB_ALIASES.items() if asked in (alias, hub))}
-        if answered not in same:
+        if answered not in same_model(asked):
             self._noted.add(answered)
             if self._on_note is not None:
                 self._on_note(f"note: asked for model {asked}; server {self.url} answered with {answered}")

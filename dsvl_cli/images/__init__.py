@@ -14,10 +14,11 @@ Limits, on purpose:
 - Transparency is composited on white; 16/32-bit and float images are scaled to 8 bits; EXIF
   orientation is applied. Colour profiles (ICC) are ignored.
 - `-` can be read once per process, so it may appear once among the sources of one question.
-- Decoding uses warnings.catch_warnings, which is process-global, so decoding holds a module lock:
-  callers may load images from several threads (fetching URLs overlaps; decoding takes turns);
-  such callers call prepare_for_threads(sources) first. Pillow's warnings about a damaged file
-  (a corrupt EXIF block) are not printed: the pixels are used, the damaged metadata ignored.
+- Callers may load images from several threads: fetching and decoding both run in parallel
+  (Pillow's warning filters are set once per decode, never swapped with catch_warnings:
+  images/decode.py); such callers call prepare_for_threads(sources) first. Pillow's warnings
+  about a damaged file (a corrupt EXIF block) are not printed: the pixels are used, the damaged
+  metadata ignored.
 - A named pipe (FIFO, `<(curl ...)`) is read without blocking forever (images/pipes.py); other
   non-regular files (terminals, devices, sockets) are refused.
 """
@@ -84,10 +85,11 @@ def load_images(sources: Sequence[str], *, stdin: BinaryIO | None = None, exact:
 def prepare_for_threads(sources: Sequence[str]) -> None:
     """Import the HTTP stack now, in the calling thread, when any source is a URL.
 
-    Why: callers that load images on worker threads would otherwise import `requests` on one of
-    them while another decodes inside warnings.catch_warnings (process-global); the decoder's exit
-    then drops the filter requests installs for urllib3's DependencyWarning, and "SOCKS support
-    requires PySocks" reached stderr in most runs. Call it before the threads start.
+    Why: `requests` installs a warnings filter for urllib3's DependencyWarning when it is first
+    imported; imported on a worker thread while others decode, that filter raced the decoders'
+    (when they swapped the filter list with catch_warnings, "SOCKS support requires PySocks"
+    reached stderr in most runs). The first import in the main thread keeps it out of that race
+    for good, whatever the decoders do. Call it before the threads start.
     """
     if any(_URL_RE.match(s) for s in sources):
         import requests  # noqa: F401  (imports urllib3 and its optional SOCKS support, once)

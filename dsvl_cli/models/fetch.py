@@ -30,8 +30,7 @@ class Pulled:
 def repo_of(name: str) -> str:
     """The hub id an alias stands for (or `name`); UsageError when it cannot be one."""
     repo_id = catalog.HUB_ALIASES.get(name, name)
-    parts = repo_id.split("/")
-    if len(parts) != 2 or not all(parts):
+    if not hub.HUB_ID.fullmatch(repo_id):
         raise UsageError(f"model {name}: not a Hub id (owner/name) or alias "
                          f"({', '.join(catalog.alias_names())})")
     return repo_id
@@ -98,10 +97,15 @@ def _download(repo_id: str, revision: str | None) -> Path:
         repo_id, revision=revision, allow_patterns=hub.HUB_FILES, cache_dir=hub.cache_dir())))
 
 
+def _failed(repo_id: str, exc: Exception) -> ModelError:
+    reason = str(exc).splitlines()[0] if str(exc) else repr(exc)
+    return ModelError(f"model {repo_id}: download failed: {reason}; run `dsvl pull` again to resume")
+
+
 def _calling_hub(repo_id: str, call):
     """Run a huggingface_hub call; its errors become one line each."""
-    from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
 
     try:
         return call()
@@ -110,11 +114,12 @@ def _calling_hub(repo_id: str, call):
                          "log in with `hf auth login`)") from None
     except RevisionNotFoundError:
         raise ModelError(f"model {repo_id}: no such revision on the Hugging Face Hub") from None
+    except LocalEntryNotFoundError as exc:  # a subclass of the next: the connection went, not the file
+        raise _failed(repo_id, exc) from None
     except EntryNotFoundError:
         raise ModelError(f"model {repo_id}: has no config.json (not a transformers model)") from None
     except (HfHubHTTPError, OSError) as exc:
-        raise ModelError(f"model {repo_id}: download failed: {str(exc).splitlines()[0] if str(exc) else exc!r}; "
-                         "run `dsvl pull` again to resume") from None
+        raise _failed(repo_id, exc) from None
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,14 @@ $XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from dsvl_cli import catalog
 
 # The loader reads safetensors, JSON, the tokenizer and the template; pull fetches only these, so
 # it never downloads a pickle (`pytorch_model.bin`) the loader would refuse, or any code.
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # owner/name, as the Hub accepts them
 HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
 PROBE_TIMEOUT_S = 2.0
 DEEPSEEK_VL_TYPES = {"deepseek_vl": False, "deepseek_vl_hybrid": True}  # model_type -> hybrid

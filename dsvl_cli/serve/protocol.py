@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from dsvl_cli import wire
 from dsvl_cli.conversation import Conversation, Message, check_text
-from dsvl_cli.engine.loading import HUB_ALIASES
+from dsvl_cli.catalog import same_model
 from dsvl_cli.errors import ImageLoadError, UsageError
 from dsvl_cli.images import LoadedImage
 from dsvl_cli.results import Result, Stats
@@ -209,11 +209,7 @@ def _split_content(content: str | list[Part] | None) -> tuple[str, list[str]]:
 
 def model_names(name: str) -> frozenset[str]:
     """The model ids a request may name for the loaded model: its name, its aliases, and "default"."""
-    names = {name, DEFAULT_MODEL_ID}
-    for alias, hub_id in HUB_ALIASES.items():
-        if name in (alias, hub_id):
-            names.update((alias, hub_id))
-    return frozenset(names)
+    return same_model(name) | {DEFAULT_MODEL_ID}
 
 
 def check_model(requested: str | None, served: str, accepted: frozenset[str]) -> None:

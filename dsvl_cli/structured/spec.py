@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dsvl_cli.errors import UsageError
@@ -33,7 +33,8 @@ class AnswerFormat:
     schema: str | None = None
     regex: str | None = None
     choices: tuple[str, ...] = ()
-    source: str = ""  # as the user gave it: named in errors
+    source: str = field(default="", compare=False)  # as the user gave it: named in errors, not part
+    # of the format's identity (the same schema from two files compiles once and batches together)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -86,13 +87,13 @@ def short_form_schema(text: str, flag: str = "--schema") -> dict:
     return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
 
 
-def _load_schema_text(text: str, flag: str) -> tuple[object, str]:
-    """(the parsed JSON or short-form schema, where it came from) for inline JSON, a file or the short form."""
+def _load_schema_text(text: str, flag: str) -> object:
+    """The parsed JSON or short-form schema, from inline JSON, a file or the short form."""
     stripped = text.strip()
     if not stripped:
         raise UsageError(f"{flag} is empty")
     if stripped[0] in "{[":
-        origin, body = "inline JSON", stripped
+        body = stripped
     else:
         path = Path(stripped).expanduser()
         try:
@@ -104,13 +105,12 @@ def _load_schema_text(text: str, flag: str) -> tuple[object, str]:
                 body = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as err:
                 raise UsageError(f"{flag} {stripped}: cannot read the file ({err})") from None
-            origin = str(path)
         elif stripped.lower().endswith(".json") or "/" in stripped:
             raise UsageError(f"{flag} {stripped}: no such file")
         else:
-            return short_form_schema(stripped, flag), "short form"
+            return short_form_schema(stripped, flag)
     try:
-        return json.loads(body), origin
+        return json.loads(body)
     except json.JSONDecodeError as err:
         raise UsageError(f"{flag} {_short(stripped)}: not JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
 
@@ -118,7 +118,7 @@ def _load_schema_text(text: str, flag: str) -> tuple[object, str]:
 def parse_schema(text: str, flag: str = "--schema") -> AnswerFormat:
     """A JSON Schema from a file, inline JSON or the short form; checked against the JSON Schema
     meta-schema (UsageError naming it and the reason)."""
-    schema, origin = _load_schema_text(text, flag)
+    schema = _load_schema_text(text, flag)
     return schema_format(schema, source=text.strip(), flag=flag)
 
 
