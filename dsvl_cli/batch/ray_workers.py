@@ -50,10 +50,8 @@ def prepare_block(table: pa.Table, processor, exact: bool) -> pa.Table:
     def prepare(source: str, where: str):
         try:
             loaded = load_source(where, exact=exact)
-        except ImageLoadError as err:
+        except ImageLoadError as err:  # load_source's only failure
             return (source, err.reason)
-        except DsvlError as err:
-            return (source, err.message)
         loaded = LoadedImage(source, loaded.image, loaded.load_s)  # named as the user wrote it
         started = time.perf_counter()
         return PreparedImage(loaded, pixels(processor.image_processor, loaded.image), time.perf_counter() - started)

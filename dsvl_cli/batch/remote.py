@@ -21,7 +21,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from dsvl_cli.batch.inputs import Record
-from dsvl_cli.errors import DsvlError, ImageLoadError, ModelError
+from dsvl_cli.errors import DsvlError, ModelError
 from dsvl_cli.images.cache import SourceCache
 
 
@@ -44,10 +44,7 @@ class _Images:
     def _load(self, source: str):
         from dsvl_cli.batch.sources import load_source
 
-        try:
-            return load_source(source, exact=self.exact)
-        except DsvlError as err:
-            raise err if isinstance(err, ImageLoadError) else ImageLoadError(source, err.message) from None
+        return load_source(source, exact=self.exact)  # failures are ImageLoadErrors
 
 
 REMOTE_IN_FLIGHT = 16  # when the server does not say its batch size: twice the CPU default (8)

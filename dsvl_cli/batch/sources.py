@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dsvl_cli.errors import ImageLoadError, UsageError
+from dsvl_cli.errors import DsvlError, ImageLoadError, UsageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -141,7 +141,17 @@ def _image_value(value: Any) -> Any:
 
 def load_source(source: str, *, exact: bool = False):
     """A LoadedImage from any batch image source: pyarrow filesystems (s3://...) here, the rest
-    through the one image resolver (images/__init__.py), with the same errors and decoding."""
+    through the one image resolver (images/__init__.py), with the same decoding. Every failure is
+    an ImageLoadError naming the source (what batch turns into that record's error)."""
+    try:
+        return _load_source(source, exact)
+    except ImageLoadError:
+        raise
+    except DsvlError as err:  # a bad DSVL_MAX_IMAGE_BYTES, a filesystem that cannot be used
+        raise ImageLoadError(source, err.message) from None
+
+
+def _load_source(source: str, exact: bool):
     from dsvl_cli.images import LoadedImage, load_image
 
     if not fs_uri(source):

@@ -53,10 +53,9 @@ def label_rows(tokenizer, labels: tuple[str, ...], eos_id: int) -> list[list[int
 def stream(engine, conversation: Conversation, gen: GenerationSettings, *, remember: bool = False) -> Iterator[Chunk]:
     """The most probable label as the answer's one TextChunk, then the Result with every score.
     `remember`: keep the pictures' pixels for a next turn (a chat), as streaming.prepare does."""
-    started = time.perf_counter()
-    inputs = engine.encode(conversation, remember=remember)
-    last_user = next((m for m in reversed(conversation.messages) if m.role == "user"), None)
-    image_s = time.perf_counter() - started + sum(i.load_s for i in (last_user.images if last_user else []))
+    from dsvl_cli.engine.streaming import encode_timed
+
+    inputs, started, image_s = encode_timed(engine, conversation, remember=remember)
     result = score(engine, dict(inputs), gen, started=started, image_s=image_s)
     yield TextChunk(result.answer)
     yield result

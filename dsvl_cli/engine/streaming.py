@@ -113,12 +113,20 @@ class _StopOnEvent:
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
-def prepare(engine, conversation: Conversation, gen: GenerationSettings, cache: PromptCache | None) -> Turn:
-    """Encode, plan, and keep what can be kept of `cache` (see the module docstring)."""
+def encode_timed(engine, conversation: Conversation, *, remember: bool) -> tuple[dict, float, float]:
+    """(inputs, when encoding started, image_s): the engine's encoding of `conversation`, and the
+    seconds its newest question's pictures took, loading included."""
     started = time.perf_counter()
-    inputs = engine.encode(conversation, remember=cache is not None)  # only a next turn reuses pixels
+    inputs = engine.encode(conversation, remember=remember)
     last_user = next((m for m in reversed(conversation.messages) if m.role == "user"), None)
     image_s = time.perf_counter() - started + sum(i.load_s for i in (last_user.images if last_user else []))
+    return inputs, started, image_s
+
+
+def prepare(engine, conversation: Conversation, gen: GenerationSettings, cache: PromptCache | None) -> Turn:
+    """Encode, plan, and keep what can be kept of `cache` (see the module docstring)."""
+    # only a next turn reuses the pictures' pixels
+    inputs, started, image_s = encode_timed(engine, conversation, remember=cache is not None)
     ids = inputs["input_ids"][0].tolist()
     plan = Generation.plan(engine, gen, prompt_tokens=len(ids), started=started)
     needed = len(ids) + plan.max_new_tokens

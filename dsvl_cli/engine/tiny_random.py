@@ -241,10 +241,15 @@ def build(folder: Path, spec: TinySpec) -> None:
     )
 
 
+def folder_of(name: str, cache_dir: Path) -> Path:
+    """Where tiny model `name` is (or will be) built under DSVL_HOME `cache_dir`."""
+    return cache_dir / "models" / f"{name}-{BUILD_VERSION}"
+
+
 def ensure_built(name: str, cache_dir: Path) -> Path:
     """Return the folder of tiny model `name`, building it on first use (atomically)."""
     spec = SPECS[name]
-    folder = cache_dir / "models" / f"{name}-{BUILD_VERSION}"
+    folder = folder_of(name, cache_dir)
     if (folder / "model.safetensors").exists():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)

@@ -77,19 +77,23 @@ def hub_models(include_all: bool = False) -> list[LocalModel]:
     return sorted(found, key=lambda m: m.name.lower())
 
 
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files under `folder` (a snapshot's links counted at their blobs' size)."""
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
 def built_models(home: Path) -> list[LocalModel]:
     """The tiny-random models built in `home` (DSVL_HOME)."""
     from dsvl_cli.engine import tiny_random
 
     found = []
     for name, spec in tiny_random.SPECS.items():
-        folder = home / "models" / f"{name}-{tiny_random.BUILD_VERSION}"
+        folder = tiny_random.folder_of(name, home)
         weights = folder / "model.safetensors"
         if not weights.exists():
             continue
-        files = [f for f in folder.rglob("*") if f.is_file()]
         stat = weights.stat()
-        found.append(LocalModel(name=name, kind="built", path=str(folder), size_bytes=sum(f.stat().st_size for f in files),
+        found.append(LocalModel(name=name, kind="built", path=str(folder), size_bytes=folder_bytes(folder),
                                 last_used=max(stat.st_atime, stat.st_mtime), hybrid=spec.hybrid,
                                 aliases=[name], random_weights=True))
     return found

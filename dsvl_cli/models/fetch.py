@@ -36,21 +36,20 @@ def repo_of(name: str) -> str:
     return repo_id
 
 
-def pull(name: str, revision: str | None = None, *, offline: bool = False, home: Path | None = None) -> Pulled:
-    """Download `name` (an alias or hub id) at `revision`; tiny-random is built instead."""
+def pull(name: str, revision: str | None = None, *, home: Path, offline: bool = False) -> Pulled:
+    """Download `name` (an alias or hub id) at `revision`; tiny-random is built in `home` instead."""
     if name in catalog.RANDOM_MODELS:
         if revision:
             raise UsageError(f"--revision {revision}: model {name} is built here, it has no revisions")
         from dsvl_cli.engine import tiny_random
 
         folder = tiny_random.ensure_built(name, home)
-        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-        return Pulled(name, folder, size, random_weights=True)
+        return Pulled(name, folder, cache.folder_bytes(folder), random_weights=True)
     repo_id = repo_of(name)
     if hub.offline(offline):
         cached = _cached(repo_id, revision)
         if cached is not None:
-            return Pulled(repo_id, cached, sum(f.stat().st_size for f in cached.rglob("*") if f.is_file()))
+            return Pulled(repo_id, cached, cache.folder_bytes(cached))
         raise ModelError(f"model {repo_id}: cannot download, offline mode is on (--offline, DSVL_OFFLINE or "
                          f"HF_HUB_OFFLINE); {hub.first_run_hint(repo_id)}")
     why = hub.probe()
@@ -59,7 +58,7 @@ def pull(name: str, revision: str | None = None, *, offline: bool = False, home:
                          f"{hub.first_run_hint(repo_id)}")
     _check_deepseek_vl(repo_id, revision)
     folder = _download(repo_id, revision)
-    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    size = cache.folder_bytes(folder)
     return Pulled(repo_id, folder, size)
 
 
