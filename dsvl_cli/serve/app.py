@@ -1,7 +1,8 @@
 """`dsvl serve`: an OpenAI-compatible HTTP API over one warm LocalEngine (FastAPI + uvicorn).
 
 Why: loading the model costs seconds (tiny-random) to minutes (7B); a server keeps it loaded for
-shell loops (`dsvl ask --server`) and for any OpenAI client. The wire format lives in protocol.py.
+shell loops (`dsvl ask --server`) and for any OpenAI client. The wire format lives in protocol.py;
+the Responses API (`/v1/responses`) in responses.py, on the same intake and worker (jobs.py).
 
 Limits, on purpose:
 - One `generate` at a time: a single worker thread owns the engine (scheduler.py) and takes
@@ -38,18 +39,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from dsvl_cli.errors import ContextLengthError, DsvlError, ExitCode, GenerationError, ImageLoadError
+from dsvl_cli.errors import DsvlError
 from dsvl_cli.images.guard import MediaPolicy
 from dsvl_cli.results import Result, TextChunk
-from dsvl_cli.serve import gate
+from dsvl_cli.serve import gate, responses
 from dsvl_cli.serve import protocol as chat_api
-from dsvl_cli.serve.gate import ApiError, ClientClosed
+from dsvl_cli.serve.gate import ApiError, ClientClosed, from_dsvl
 from dsvl_cli.serve.limits import PromptCounter, ServeLimits, image_side
 from dsvl_cli.serve.logs import AccessLog
 from dsvl_cli.serve.media import ClientGone, MediaLoader
-from dsvl_cli.serve.scheduler import END as _END
 from dsvl_cli.serve.drain import Drain
-from dsvl_cli.serve.scheduler import Job, QueueFull, Worker
+from dsvl_cli.serve.jobs import Run, Runs
+from dsvl_cli.serve.response_store import STORE_BYTES, ResponseStore
+from dsvl_cli.serve.scheduler import Worker
 from dsvl_cli.serve.transport import GRACE_S, bind, configure_logging, make_server
 from dsvl_cli.settings import GenerationSettings
 
@@ -57,18 +59,7 @@ __all__ = ["create_app", "bind", "make_server", "configure_logging", "GRACE_S"]
 PARSE_WORKERS = 2  # threads that parse bodies and count tokens (text-only requests need only these)
 BULK_BYTES = 1 << 20  # bodies larger than this (data: URIs) are parsed and decoded BULK_REQUESTS at a time
 BULK_REQUESTS = 2
-RETRY_AFTER_S = 1
 log = logging.getLogger("dsvl.serve")
-
-
-def _from_dsvl(err: DsvlError) -> ApiError:
-    if isinstance(err, ContextLengthError):
-        return ApiError(400, err.message, code="context_length_exceeded")
-    if isinstance(err, ImageLoadError):
-        return ApiError(400, err.message, code="invalid_image")
-    if err.exit_code == ExitCode.USAGE:
-        return ApiError(400, err.message)
-    return ApiError(500, err.message, "server_error", err.kind)
 
 
 # -- the app -------------------------------------------------------------------------------------------
@@ -76,17 +67,20 @@ def _from_dsvl(err: DsvlError) -> ApiError:
 def create_app(engine, *, defaults: GenerationSettings | None = None, api_key: str | None = None,
                max_queue: int = 16, max_batch: int | None = None, max_body_bytes: int | None = None,
                limits: ServeLimits | None = None, policy: MediaPolicy | None = None,
-               allowed_hosts: frozenset[str] | None = None, image_max_side: int | None = None) -> FastAPI:
+               allowed_hosts: frozenset[str] | None = None, image_max_side: int | None = None,
+               response_store_bytes: int = STORE_BYTES) -> FastAPI:
     """The ASGI app over a loaded engine (or anything with its `stream`, `name`, `random_weights`).
 
     `max_batch`: most requests in one generate call (default: batch's default for the device).
-    `allowed_hosts`: the Host names answered (None: any). `policy`: what image URLs may be fetched."""
+    `allowed_hosts`: the Host names answered (None: any). `policy`: what image URLs may be fetched.
+    `response_store_bytes`: the memory kept for stored responses (`previous_response_id`, responses.py)."""
     limits = limits or ServeLimits()
     worker = Worker(engine, max_queue, max_batch or engine.default_batch_size)
     media = MediaLoader(policy or MediaPolicy(), limits, image_max_side or image_side(engine))
     intake = Intake(engine, defaults or GenerationSettings(), api_key, limits, media,
                     max_body_bytes or limits.body_bytes())
     drain = Drain(media.shutdown)
+    runs = Runs(worker, drain)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -118,35 +112,18 @@ def create_app(engine, *, defaults: GenerationSettings | None = None, api_key: s
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         stream, include_usage, gen, conversation = await intake.read(request)
-        try:
-            job = worker.submit(conversation, gen)
-        except QueueFull:
-            raise ApiError(429, f"the server is busy: {max_queue} requests already waiting; retry later",
-                           "rate_limit_error", "queue_full", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+        run = await runs.start(conversation, gen, request)
         del conversation
-        request.state.dsvl_job = job
-        drain.add(job)
-        try:
-            first = await _next(job, request)  # waits through the queue; errors still get a status
-            if isinstance(first, BaseException):
-                raise first
-        except BaseException:
-            job.stop.set()
-            drain.discard(job)
-            raise
         cid = chat_api.new_id()
         if stream:
-            events = _sse(job, first, cid, engine.name, include_usage, request, drain)
+            events = _sse(run, cid, engine.name, include_usage, request)
             return StreamingResponse(events, media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        try:
-            result = await _collect(job, first, request)
-        finally:
-            job.stop.set()
-            drain.discard(job)
+        result = await run.result()
         _note_tokens(request, result)
         return chat_api.completion(cid, engine.name, result)
 
+    responses.register(app, engine.name, intake, runs, ResponseStore(response_store_bytes))
     return app
 
 
@@ -166,8 +143,9 @@ class Intake:
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def read(self, request: Request):
-        """(stream?, include usage?, GenerationSettings, the Conversation with its images loaded).
+    async def read(self, request: Request, check=None):
+        """(stream?, include usage?, GenerationSettings, the Conversation with its images loaded), or
+        what `check(request, raw body)` returns (another API's parser: responses.py).
 
         The parsed request is dropped on return: its data: URIs can be megabytes. A body over
         BULK_BYTES waits for one of BULK_REQUESTS slots before it is parsed and its images decoded,
@@ -175,10 +153,15 @@ class Intake:
         gate.check_key(request, self.api_key)
         gate.require_json(request)
         raw = await gate.read_body(request, self.body_cap, self.limits.body_timeout_s)
+        check = check or self._checked
         if len(raw) <= BULK_BYTES:
-            return await self._checked(request, raw)
+            return await check(request, raw)
         async with self._bulk:
-            return await self._checked(request, raw)
+            return await check(request, raw)
+
+    async def offload(self, fn, *args):
+        """fn(*args) on a parse thread, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def _checked(self, request: Request, raw: bytearray):
         loop = asyncio.get_running_loop()
@@ -200,7 +183,8 @@ class Intake:
 def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(chat_api.error_body(exc.message, exc.type, exc.code), exc.status, headers=exc.headers)
+        return JSONResponse(chat_api.error_body(exc.message, exc.type, exc.code, exc.param), exc.status,
+                            headers=exc.headers)
 
     @app.exception_handler(DsvlError)
     async def dsvl_error(request: Request, exc: DsvlError) -> JSONResponse:
@@ -208,7 +192,7 @@ def _error_handlers(app: FastAPI) -> None:
         if job is not None and job.cut:
             return await api_error(request, ApiError(503, "the server is shutting down", "server_error",
                                                      "server_shutdown"))
-        return await api_error(request, _from_dsvl(exc))
+        return await api_error(request, from_dsvl(exc))
 
     @app.exception_handler(chat_api.ModelNotFound)
     async def model_not_found(request: Request, exc: chat_api.ModelNotFound) -> JSONResponse:
@@ -233,32 +217,7 @@ def _error_handlers(app: FastAPI) -> None:
 
 
 
-async def _next(job: Job, request: Request):
-    """The job's next item; while waiting, notice a client that went away (and stop its job)."""
-    while True:
-        try:
-            return await asyncio.wait_for(job.out.get(), timeout=0.25)
-        except asyncio.TimeoutError:
-            if await request.is_disconnected():
-                job.stop.set()
-                raise ClientClosed() from None
-
-
-async def _collect(job: Job, item, request: Request) -> Result:
-    result = None
-    while item is not _END:
-        if isinstance(item, BaseException):
-            raise item
-        if isinstance(item, Result):
-            result = item
-        item = await _next(job, request)
-    if result is None:
-        raise GenerationError("generation ended without a result")
-    return result
-
-
-async def _sse(job: Job, item, cid: str, model: str, include_usage: bool, request: Request,
-               drain: Drain) -> AsyncIterator[str]:
+async def _sse(run: Run, cid: str, model: str, include_usage: bool, request: Request) -> AsyncIterator[str]:
     """Server-sent events: a role chunk, content chunks, a finish chunk, [DONE].
 
     Starlette cancels this generator when the client disconnects; `finally` then stops the job. A
@@ -270,7 +229,7 @@ async def _sse(job: Job, item, cid: str, model: str, include_usage: bool, reques
     sent = 0  # logprob entries sent with content chunks; the finish chunk carries the rest
     try:
         yield event(chat_api.chunk(cid, model, {"role": "assistant", "content": ""}))
-        while item is not _END:
+        async for item in run.items():
             if isinstance(item, TextChunk):
                 sent += len(item.logprobs or ())
                 yield event(chat_api.chunk(cid, model, {"content": item.text}, logprobs=item.logprobs))
@@ -281,18 +240,16 @@ async def _sse(job: Job, item, cid: str, model: str, include_usage: bool, reques
                 if include_usage:
                     yield event(chat_api.usage_chunk(cid, model, item))
             elif isinstance(item, BaseException):  # after the headers: report it in the stream
-                err = _from_dsvl(item) if isinstance(item, DsvlError) else ApiError(500, str(item), "server_error")
+                err = from_dsvl(item) if isinstance(item, DsvlError) else ApiError(500, str(item), "server_error")
                 yield event(chat_api.error_body(err.message, err.type, err.code))
-            item = await job.out.get()
-        if job.cut:
+        if run.cut:
             yield event(chat_api.error_body("the server is shutting down; the answer was cut short",
                                             "server_error", "server_shutdown"))
         yield "data: [DONE]\n\n"
     finally:
-        if item is not _END:  # cancelled before the end: the client went away (or shutdown)
+        if not run.done:  # cancelled before the end: the client went away (or shutdown)
             request.state.dsvl_client_gone = True
-        job.stop.set()
-        drain.discard(job)
+        run.close()
 
 
 def _note_tokens(request: Request, result: Result) -> None:

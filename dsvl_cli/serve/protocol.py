@@ -121,8 +121,9 @@ class ChatRequest(BaseModel):
         return self
 
 
-def parse_request(raw: bytearray) -> ChatRequest:
-    """Parse and validate a JSON body; UsageError names the first bad field. Empties `raw`.
+def parse_request(raw: bytearray, schema: type[BaseModel] = ChatRequest):
+    """Parse and validate a JSON body (as a ChatRequest, or another API's `schema`); UsageError
+    names the first bad field. Empties `raw`.
 
     Memory: the body is decoded to text, `raw` emptied, then parsed: at most two copies of the body
     are alive at once (pydantic's own JSON parser peaked at three). Deep nesting is a
@@ -141,7 +142,7 @@ def parse_request(raw: bytearray) -> ChatRequest:
         raise UsageError("request body is not valid JSON (nested too deeply)") from None
     del text
     try:
-        return ChatRequest.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"

@@ -1,0 +1,111 @@
+"""One request's run on the server's worker: submit a Conversation, wait for its first item, read the rest.
+
+Why its own module: every API the server speaks (chat completions, responses) runs a request the
+same way, and the scheduler behind it is being rewritten; this is the one seam between the routes
+and the worker. `Runs.start` submits the job (429 when the queue is full), registers it with the
+shutdown Drain, and waits through the queue for the first item so that an error before any output
+still gets an HTTP status. The route then either streams `Run.items()` (Starlette cancels the
+stream when the client leaves) or awaits `Run.result()` (which notices a client that leaves). Every
+path ends in `Run.close()`, which stops the job's row and forgets it in the Drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+
+from dsvl_cli.errors import GenerationError
+from dsvl_cli.results import Result
+from dsvl_cli.serve.drain import Drain
+from dsvl_cli.serve.gate import ApiError, ClientClosed
+from dsvl_cli.serve.scheduler import END, QueueFull, Worker
+from dsvl_cli.settings import GenerationSettings
+
+RETRY_AFTER_S = 1
+POLL_S = 0.25  # how often a request waiting without a stream checks that its client is still there
+
+
+class Run:
+    """A submitted job, seen from its request: its items in order (TextChunk..., Result or an
+    error, then the end), and whether the end was reached."""
+
+    def __init__(self, job, request: Request, drain: Drain):
+        self.job, self.request, self.drain = job, request, drain
+        self.first = None
+        self.done = False  # the worker's END was read
+
+    @property
+    def cut(self) -> bool:
+        """Stopped by the server's shutdown (not by its client)."""
+        return self.job.cut
+
+    async def next(self):
+        """The job's next item; while waiting, notice a client that went away (and stop its job)."""
+        while True:
+            try:
+                item = await asyncio.wait_for(self.job.out.get(), timeout=POLL_S)
+            except asyncio.TimeoutError:
+                if await self.request.is_disconnected():
+                    self.job.stop.set()
+                    raise ClientClosed() from None
+                continue
+            self.done = item is END
+            return item
+
+    async def items(self) -> AsyncIterator:
+        """Every item from the first to the end, as the worker sends them (a stream's reader: the
+        client leaving cancels the reader, and `close` in its `finally` stops the job)."""
+        item = self.first
+        while item is not END:
+            yield item
+            item = await self.job.out.get()
+        self.done = True
+
+    async def result(self) -> Result:
+        """The Result, after the whole answer (a non-streamed reply); raises the job's error."""
+        result, item = None, self.first
+        try:
+            while item is not END:
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, Result):
+                    result = item
+                item = await self.next()
+        finally:
+            self.close()
+        if result is None:
+            raise GenerationError("generation ended without a result")
+        return result
+
+    def close(self) -> None:
+        self.job.stop.set()
+        self.drain.discard(self.job)
+
+
+class Runs:
+    """Starts Runs on the worker (one per app)."""
+
+    def __init__(self, worker: Worker, drain: Drain):
+        self.worker, self.drain = worker, drain
+
+    async def start(self, conversation, gen: GenerationSettings, request: Request) -> Run:
+        """Submit and wait for the first item: a queue that is full (429) or an error before any
+        output (a bad picture, a prompt past the context) raises here, before any header is sent."""
+        try:
+            job = self.worker.submit(conversation, gen)
+        except QueueFull:
+            raise ApiError(429, f"the server is busy: {self.worker.max_queue} requests already waiting; retry later",
+                           "rate_limit_error", "queue_full", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+        request.state.dsvl_job = job
+        self.drain.add(job)
+        run = Run(job, request, self.drain)
+        try:
+            run.first = await run.next()  # waits through the queue; errors still get a status
+            if isinstance(run.first, BaseException):
+                raise run.first
+        except BaseException:
+            run.close()
+            raise
+        return run
