@@ -21,7 +21,8 @@ from test_serve import _blocking_engine, _data_uri, _error, _start, image_url  #
 KEY = "test-key"
 PROMPT = "Describe this image."
 ENUMS = {"type": "object", "additionalProperties": False, "required": ["colour", "shape"], "properties": {
-    "colour": {"enum": ["red", "green", "blue"]}, "shape": {"type": "string", "enum": ["circle", "square", "triangle"]}}}
+    "colour": {"enum": ["red", "green", "blue"]},
+    "shape": {"type": "string", "enum": ["circle", "square", "triangle"]}}}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,8 @@ def expected(reference):
 
 
 def _picture(url: str, text: str = PROMPT) -> list[dict]:
-    return [{"role": "user", "content": [{"type": "input_image", "image_url": url}, {"type": "input_text", "text": text}]}]
+    return [{"role": "user", "content": [{"type": "input_image", "image_url": url},
+                                         {"type": "input_text", "text": text}]}]
 
 
 def _chat(client, messages: list[dict], **fields) -> str:
@@ -268,6 +270,28 @@ def test_a_stream_whose_client_leaves_stops_its_generation():
         fake.release()
         done = requests.post(url + "/v1/responses", json={"input": "Hi"}, timeout=30).json()
         assert done["status"] == "completed" and done["output"][0]["content"][0]["text"] == "first"
+    finally:
+        fake.release()
+        stop()
+
+
+def test_shutdown_ends_an_open_stream_with_response_failed():
+    from dsvl_cli.serve.app import create_app
+
+    fake, servers = _blocking_engine(), []
+    url, stop = _start(create_app(fake), grace_s=0.5, server_out=servers)
+    try:
+        stream = requests.post(url + "/v1/responses", json={"input": "Hi", "stream": True}, stream=True, timeout=30)
+        lines = stream.iter_lines(decode_unicode=True)
+        while "response.output_text.delta" not in next(lines):
+            pass
+        servers[0].should_exit = True  # what SIGTERM does
+        events = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+        assert [e["type"] for e in events][-1] == "response.failed", events
+        last = events[-1]["response"]
+        assert last["status"] == "failed" and "shutting down" in last["error"]["message"]
+        assert last["output"][0]["content"][0]["text"] == "first"
+        assert fake.stopped.is_set()
     finally:
         fake.release()
         stop()
