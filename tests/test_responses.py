@@ -258,7 +258,7 @@ def test_a_stream_whose_client_leaves_stops_its_generation():
     from dsvl_cli.serve.app import create_app
 
     fake = _blocking_engine()
-    url, stop = _start(create_app(fake))
+    url, stop = _start(create_app(fake, response_store_bytes=0))  # stores nothing
     try:
         running = requests.post(url + "/v1/responses", json={"input": "Hi", "stream": True}, stream=True, timeout=30)
         assert running.status_code == 200 and running.headers["content-type"].startswith("text/event-stream")
@@ -270,6 +270,7 @@ def test_a_stream_whose_client_leaves_stops_its_generation():
         fake.release()
         done = requests.post(url + "/v1/responses", json={"input": "Hi"}, timeout=30).json()
         assert done["status"] == "completed" and done["output"][0]["content"][0]["text"] == "first"
+        assert _error(requests.get(f"{url}/v1/responses/{done['id']}", timeout=10), 404)["code"] == "response_not_found"
     finally:
         fake.release()
         stop()

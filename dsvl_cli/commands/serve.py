@@ -50,6 +50,9 @@ FetchTimeout = Annotated[float, _opt("--fetch-timeout", env="DSVL_FETCH_TIMEOUT"
                                      help="Seconds one image URL may take in all (connect, redirects, body).")]
 Grace = Annotated[float, _opt("--grace-period", env="DSVL_GRACE_PERIOD", min=0.0,
                               help="On SIGINT/SIGTERM, seconds open requests may finish before they are cut.")]
+StoreBytes = Annotated[int, _opt("--response-store-bytes", env="DSVL_RESPONSE_STORE_BYTES", min=0,
+                                 help="Memory for stored /v1/responses (previous_response_id), least recently "
+                                      "used out first; 0 keeps none.")]
 MaxConnections = Annotated[int, _opt("--max-connections", env="DSVL_MAX_CONNECTIONS", min=1,
                                      help="Open connections beyond this are closed at once.")]
 
@@ -66,8 +69,8 @@ def serve(ctx: typer.Context, opts: CommonOptions, host: Host = "127.0.0.1", por
           max_image_bytes: MaxImageBytes = 10 * 1024 * 1024, max_body_bytes: MaxBody = 48 * 1024 * 1024,
           max_text_chars: MaxText = 64_000,
           fetch_timeout: FetchTimeout = 20.0, max_connections: MaxConnections = 512,
-          grace_period: Grace = 10.0) -> None:
-    """Keep the model warm behind an OpenAI-compatible API (Chat Completions, streaming, images).
+          grace_period: Grace = 10.0, response_store_bytes: StoreBytes = 256 * 1024 * 1024) -> None:
+    """Keep the model warm behind an OpenAI-compatible API (Chat Completions, Responses, streaming, images).
 
     Generation options set the defaults for requests that leave them out. With --api-key,
     DSVL_API_KEY or --api-key-file every request needs `Authorization: Bearer KEY`. Requests that
@@ -103,7 +106,8 @@ def serve(ctx: typer.Context, opts: CommonOptions, host: Host = "127.0.0.1", por
         engine = load_backend(opts)
         app = server.create_app(engine, defaults=opts.generation, api_key=key, max_queue=max_queue,
                                 max_batch=batch_size, limits=limits, policy=policy,
-                                allowed_hosts=config.allowed_hosts(host, allowed_hosts))
+                                allowed_hosts=config.allowed_hosts(host, allowed_hosts),
+                                response_store_bytes=response_store_bytes)
         console = opts.env.stderr_console()
         shown_host = f"[{host}]" if ":" in host else host
         url = f"http://{shown_host}:{sock.getsockname()[1]}"

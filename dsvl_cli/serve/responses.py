@@ -147,7 +147,8 @@ def _keep(store: ResponseStore, ask: Ask, body: dict, result: Result) -> None:
     if not ask.req.store:
         return
     turn = [*ask.messages, Message("assistant", result.answer)]
-    if not store.put(StoredResponse(body["id"], body, ask.req.previous_response_id, ask.systems, turn)):
+    kept = store.put(StoredResponse(body["id"], body, ask.req.previous_response_id, ask.systems, turn))
+    if not kept and store.max_bytes:
         log.warning("response %s not stored: larger than the whole store (%d bytes)", body["id"], store.max_bytes)
 
 
