@@ -191,11 +191,11 @@ def test_the_store_is_bounded_in_bytes_and_evicts_leaves_first():
     from dsvl_cli.serve.response_store import HistoryGone, ResponseStore, StoredResponse
 
     def entry(id, previous=None, side=0):
-        images = [LoadedImage("x", Image.new("RGB", (side, side)), 0.0)] if side else []
+        images = [LoadedImage("data:image/png;base64,AAAA", Image.new("RGB", (side, side)), 0.0)] if side else []
         return StoredResponse(id, {"id": id}, previous, [], [Message("user", "q", images), Message("assistant", "a")])
 
     picture = entry("p", side=100)
-    assert picture.nbytes - entry("q").nbytes == 100 * 100 * 3
+    assert picture.nbytes - entry("q").nbytes == 100 * 100 * 3 + len("data:image/png;base64,AAAA")
     store = ResponseStore(max_bytes=3 * entry("x").nbytes + 10)
     assert not store.put(picture) and store.get("p") is None and store.nbytes == 0, "larger than the whole store"
     for id, previous in [("a", None), ("b", "a"), ("c", None)]:

@@ -9,7 +9,7 @@ Limits, on purpose:
 - In memory only: a restart forgets every response (OpenAI keeps them 30 days; a local server
   that writes clients' pictures to disk unasked would surprise).
 - `max_bytes` bounds the sum of the entries' sizes (the response JSON, the text, each picture's
-  decoded pixels). Past it, the least recently used entries go first. An entry larger than the
+  decoded pixels and its source string, which for a data: URI is the whole payload). Past it, the least recently used entries go first. An entry larger than the
   whole bound is not kept at all.
 - Continuing or fetching a response counts as a use of it and of every turn before it, the
   older ones last: an ancestor is always used more recently than its descendants, so eviction
@@ -45,9 +45,9 @@ class StoredResponse:
         self.nbytes += sum(len(s.encode()) for s in self.systems)
         for message in self.messages:
             self.nbytes += len(message.text.encode())
-            for loaded in message.images:
+            for loaded in message.images:  # its source too: a data: URI is kept as the client sent it
                 picture = loaded.image
-                self.nbytes += picture.width * picture.height * len(picture.getbands())
+                self.nbytes += picture.width * picture.height * len(picture.getbands()) + len(loaded.source)
 
 
 class HistoryGone(Exception):
