@@ -40,7 +40,7 @@ from dsvl_cli import __version__, wire
 from dsvl_cli.conversation import Conversation
 from dsvl_cli.engine.backend import Backend
 from dsvl_cli.catalog import same_model
-from dsvl_cli.errors import ContextLengthError, GenerationError, ModelError, UsageError
+from dsvl_cli.errors import ContextLengthError, GenerationError, ModelError, UsageError, load_json
 from dsvl_cli.images import LoadedImage
 from dsvl_cli.images.cache import SourceCache
 from dsvl_cli.images.decode import INTAKE_KEY, downscaled
@@ -85,7 +85,7 @@ class RemoteEngine(Backend):
         if api_key:
             self._session.headers["Authorization"] = f"Bearer {api_key}"
         self._uris = SourceCache(keep=_URI_CACHE_SIZE)  # thread-safe: batch streams several records at once
-        listing = self._request("GET", "/v1/models").json()
+        listing = self._server_json(self._request("GET", "/v1/models").content)
         models = listing.get("data") or [{}]
         self.name = str(models[0].get("id") or self.url)
         self.random_weights = bool(models[0].get("random_weights", False))
@@ -107,7 +107,7 @@ class RemoteEngine(Backend):
             for data in _sse_data(response):
                 if data == "[DONE]" or (stop_event is not None and stop_event.is_set()):
                     break
-                obj = json.loads(data)
+                obj = self._server_json(data)
                 if "error" in obj:
                     raise self._error(obj["error"], status=None)
                 usage = obj.get("usage") or usage
@@ -144,6 +144,16 @@ class RemoteEngine(Backend):
         return {"model": self.requested_model or "default", "messages": wire.to_messages(conversation, self._image_ref),
                 "stream": True, "stream_options": {"include_usage": True}, **wire.sampling_fields(gen),
                 **wire.answer_format_fields(gen.answer_format), **wire.score_fields(gen)}
+
+    def _server_json(self, data: str | bytes) -> dict:
+        """What the server sent, parsed with the same bounds as any JSON a user gives."""
+        try:
+            obj = load_json(data)
+        except json.JSONDecodeError as exc:
+            raise GenerationError(f"server {self.url} sent a reply that is not valid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise GenerationError(f"server {self.url} sent a reply that is not a JSON object")
+        return obj
 
     def _note_model(self, answered) -> None:
         """Tell the user once when the server answered with another model than -m asked for."""
@@ -204,8 +214,8 @@ class RemoteEngine(Backend):
                 time.sleep(wait)
                 continue
             try:
-                error = response.json().get("error") or {}
-            except ValueError:
+                error = load_json(response.content).get("error") or {}
+            except (ValueError, AttributeError):
                 error = {}
             if not isinstance(error, dict):
                 error = {"message": str(error)}
