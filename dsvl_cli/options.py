@@ -192,16 +192,16 @@ def shared_options(command=None, *, exclude: tuple[str, ...] = ()):
         from dsvl_cli.errors import DsvlError, fail
 
         raw = {name: kwargs.pop(name) for name in names}
-        ctx = kwargs.pop(_CTX)
         try:
             if "server" in names:
-                _refuse_stray_key(raw, ctx)
+                _refuse_stray_key(raw, kwargs.pop(_CTX))
             opts = build_common(raw)
         except DsvlError as err:
             fail(err, debug=raw.get("debug", False))
         return command(**kwargs, opts=opts)
 
-    extra.append(inspect.Parameter(_CTX, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
+    if "server" in names:  # typer fills one Context per command: `dsvl serve` (no --server) keeps its own
+        extra.append(inspect.Parameter(_CTX, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
     wrapper.__signature__ = signature.replace(parameters=own + extra)
     wrapper.__annotations__ = {p.name: p.annotation for p in own + extra}
     del wrapper.__wrapped__  # typer must see the new signature, not the original one
