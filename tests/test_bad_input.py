@@ -137,3 +137,39 @@ def test_config_set_api_key_reads_stdin_and_tightens_an_open_file(cli):
     assert config.load() == {"max_new_tokens": 64, "api_key": "from-stdin-key"}
     assert stat.S_IMODE(config.path().stat().st_mode) == 0o600
     assert cli(["config", "set", "api_key"], input="").exit_code == 2
+
+
+# -- #5: --server sees the pictures a local run sees ------------------------------------------------
+
+@pytest.mark.parametrize("alias, folder_fixture", [("tiny-random-1.3b", "tiny13_folder"),
+                                                   ("tiny-random", "tiny_folder")])
+def test_ask_server_answers_as_a_local_run_for_a_picture_between_1024_px_and_4_mp(cli, tmp_path, request,
+                                                                                   alias, folder_fixture):
+    import numpy
+    from PIL import Image
+
+    from dsvl_cli.engine.local import LocalEngine
+    from dsvl_cli.serve.app import create_app
+    from dsvl_cli.settings import ModelSettings
+    from test_serve import _start
+
+    request.getfixturevalue(folder_fixture)
+    ramp = numpy.add.outer(numpy.arange(1500), numpy.arange(2000)) % 256  # a photo-like PNG of a few MB
+    noise = numpy.random.default_rng(29).integers(0, 16, (1500, 2000, 3))
+    rows = ((ramp[..., None] + noise) % 256).astype(numpy.uint8)
+    picture = tmp_path / "wide.png"
+    Image.fromarray(rows).save(picture, compress_level=1)  # 3 MP: the exact path of a local run
+    assert picture.stat().st_size < 8 << 20  # under dsvl serve's cap: sent as it is
+    ask = ["ask", str(picture), "What is this?", "-n", "6", "--json", "--logprobs", "2"]
+    local = json.loads(cli([*ask, "-m", alias]).stdout)
+    url, stop = _start(create_app(LocalEngine.load(ModelSettings(model=alias, device="cpu"))))
+    try:
+        remote = cli([*ask, "--server", url])
+    finally:
+        stop()
+    assert remote.exit_code == 0, remote.output
+    remote = json.loads(remote.stdout)
+    assert remote["answer"] == local["answer"]
+    first_local, first_remote = local["logprobs"]["content"][0], remote["logprobs"]["content"][0]
+    assert first_remote["token"] == first_local["token"]
+    assert abs(first_remote["logprob"] - first_local["logprob"]) < 1e-4, (first_local, first_remote)

@@ -8,8 +8,8 @@ exit codes. No torch here.
 Limits, on purpose:
 - Images given as http(s) URLs or data: URIs are sent as they are (the server fetches the URL
   itself); every other source (a path, stdin) is sent as a lossless PNG data: URI of the decoded
-  pixels, so the server sees exactly the pixels a local run would, downscaled to SEND_MAX_SIDE on
-  the long side when larger (as dsvl serve does to every picture it decodes, within its byte cap).
+  pixels, so the server sees exactly the pixels a local run would (dsvl serve decodes them as a
+  local intake does); only a PNG over SEND_MAX_BYTES (dsvl serve's byte cap) goes at SEND_MAX_SIDE.
 - `cache` (chat's KV reuse) is ignored: the server keeps no per-client cache; cached_tokens is 0.
 - Timeouts: CONNECT_TIMEOUT_S to connect, READ_TIMEOUT_S between two pieces of the answer (a
   queued request waits its turn within that). 429 and 503 are retried after their Retry-After for
@@ -52,7 +52,8 @@ CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 600.0
 BUSY_RETRY_S = 120.0
 _URI_CACHE_SIZE = 16
-SEND_MAX_SIDE = 1024  # pictures sent as data: URIs are downscaled to this long side (the model uses no more)
+SEND_MAX_SIDE = 1024  # a picture whose PNG is over SEND_MAX_BYTES is sent at this long side instead
+SEND_MAX_BYTES = 8 * 1024 * 1024  # under dsvl serve's per-image cap (10 MiB): sent as intake left it
 POOL_SIZE = 64  # kept-alive connections; more open streams than this still work, with a urllib3 warning
 
 
@@ -173,12 +174,13 @@ class RemoteEngine(Backend):
             from PIL.PngImagePlugin import PngInfo
 
             image, text = loaded.image, PngInfo()
-            if self.send_max_side and max(image.size) > self.send_max_side:  # what dsvl serve keeps anyway
-                image = downscaled(image, self.send_max_side)
-            elif INTAKE_KEY in image.info:  # --keep-alive: the server finishes the resize as a local run would
+            if INTAKE_KEY in image.info:  # the server finishes the resize as a local run would
                 text.add_text(INTAKE_KEY, str(image.info[INTAKE_KEY]))
             buffer = io.BytesIO()
             image.save(buffer, format="PNG", compress_level=self.png_level, pnginfo=text)
+            if self.send_max_side and buffer.tell() > SEND_MAX_BYTES and max(image.size) > self.send_max_side:
+                buffer = io.BytesIO()  # over dsvl serve's byte cap as it is: the model's size, the one way in
+                downscaled(image, self.send_max_side).save(buffer, format="PNG", compress_level=self.png_level)
             return loaded, "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
         return self._uris.get(id(loaded), png_uri)[1]  # chat resends its images every turn: encode once

@@ -69,13 +69,12 @@ def decode_image(source: str, fp: BinaryIO, *, empty_reason: str, url: bool = Fa
     _pillow_warning_filters()
     try:
         with Image.open(fp) as opened:
-            side = max_side or INTAKE_SIDE
-            if max(opened.size) > side and (max_side is not None or
-                                             (not exact and opened.width * opened.height > INTAKE_MIN_PIXELS)):
+            side = max_side or INTAKE_SIDE  # the server shrinks as a local run does: the same pixels
+            if max(opened.size) > side and not exact and opened.width * opened.height > INTAKE_MIN_PIXELS:
                 jpeg = _jpeg_bytes(opened, fp)
                 _draft(opened, side)
                 _check_pixels(source, opened, max_pixels)
-                return _decode_shrunk(source, opened, side, jpeg, finish=max_side is not None)
+                return _decode_shrunk(source, opened, side, jpeg, finish=False)
             _check_pixels(source, opened, max_pixels)
             opened.load()  # decode now, so truncation is caught here and not later
             rgb = _to_rgb(source, _apply_orientation(opened))
