@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from dsvl_cli.errors import UsageError
+from dsvl_cli.errors import UsageError, load_json
 from dsvl_cli.images import LoadedImage, load_images
 from dsvl_cli.userfiles import write_atomic
 
@@ -130,13 +130,11 @@ class Conversation:
     @classmethod
     def load(cls, path: Path, *, exact: bool = False) -> Conversation:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = load_json(path.read_bytes())
         except FileNotFoundError:
             raise UsageError(f"{path}: no such file") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise UsageError(f"{path}: cannot read saved conversation ({exc})") from None
-        except RecursionError:
-            raise UsageError(f"{path}: cannot read saved conversation (nested too deeply)") from None
         try:
             return cls.from_json(data, exact=exact)
         except UsageError as err:

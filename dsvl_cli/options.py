@@ -159,6 +159,20 @@ def build_common(values: dict, env: Environment | None = None) -> CommonOptions:
     )
 
 
+_CTX = "shared_options_ctx"  # the click context, for where --api-key came from
+
+
+def _refuse_stray_key(raw: dict, ctx) -> None:
+    """--api-key typed without --server goes nowhere: say so (as httpie does) rather than drop it.
+    DSVL_API_KEY and the config file's key stay quiet: they also serve `dsvl serve`."""
+    from dsvl_cli.errors import UsageError
+
+    source = ctx.get_parameter_source("api_key") if ctx is not None else None
+    typed = source is not None and source.name == "COMMANDLINE"
+    if typed and raw.get("api_key") and not raw.get("server"):
+        raise UsageError("--api-key is sent only to a server: give --server URL too (or drop --api-key)")
+
+
 def shared_options(command=None, *, exclude: tuple[str, ...] = ()):
     """Give `command(..., opts: CommonOptions)` the shared options, each declared once above, but
     those in `exclude` (the command has no use for them: they stay out of its --help)."""
@@ -179,11 +193,15 @@ def shared_options(command=None, *, exclude: tuple[str, ...] = ()):
 
         raw = {name: kwargs.pop(name) for name in names}
         try:
+            if "server" in names:
+                _refuse_stray_key(raw, kwargs.pop(_CTX))
             opts = build_common(raw)
         except DsvlError as err:
             fail(err, debug=raw.get("debug", False))
         return command(**kwargs, opts=opts)
 
+    if "server" in names:  # typer fills one Context per command: `dsvl serve` (no --server) keeps its own
+        extra.append(inspect.Parameter(_CTX, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
     wrapper.__signature__ = signature.replace(parameters=own + extra)
     wrapper.__annotations__ = {p.name: p.annotation for p in own + extra}
     del wrapper.__wrapped__  # typer must see the new signature, not the original one

@@ -14,13 +14,15 @@ import stat
 from pathlib import Path
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace (or create) `path` with `text`, UTF-8, atomically."""
+def write_atomic(path: Path, text: str, *, private: bool = False) -> None:
+    """Replace (or create) `path` with `text`, UTF-8, atomically. `private`: mode 0600 (a secret)."""
     try:
         old = path.lstat()
         mode = None if stat.S_ISLNK(old.st_mode) else stat.S_IMODE(old.st_mode)
     except FileNotFoundError:
         mode = None
+    if private:
+        mode = 0o600 if mode is None else mode & 0o700
     tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as to any new file
     try:

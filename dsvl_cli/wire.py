@@ -195,12 +195,12 @@ def _schema(value: Any, name: str):
     """A schema given as an object, or as JSON text (vLLM accepts both for guided_json)."""
     import json
 
-    from dsvl_cli.errors import UsageError
+    from dsvl_cli.errors import UsageError, load_json
     from dsvl_cli.structured.spec import schema_format
 
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            value = load_json(value)
         except json.JSONDecodeError as exc:
             raise UsageError(f"{name}: not JSON ({exc.msg})") from None
     return schema_format(value, source=json.dumps(value, ensure_ascii=False) if isinstance(value, Mapping) else "",

@@ -343,15 +343,21 @@ def test_pixels_are_capped_and_pictures_downscaled_when_decoded():
 
     with pytest.raises(ImageLoadError, match="5000x5000 pixels"):
         load_image(_png_uri(5000, 5000), guard=guard())
-    assert load_image(_png_uri(3000, 1500), guard=guard()).image.size == (1024, 512)
-    big_jpeg = _png_uri(6000, 3000, "JPEG")  # 18 M pixels: decoded at 1/2 scale first, so it fits
-    assert load_image(big_jpeg, guard=guard()).image.size == (1024, 512)
+    # issue 29 #5: the server decodes a picture as the CLI does (the same pixels, the same mark), so
+    # --server answers as a local run: reduced by a whole factor or a JPEG scale, the last resize the engine's.
+    from dsvl_cli.images.decode import INTAKE_KEY
+
+    served = load_image(_png_uri(3000, 1500), guard=guard()).image
+    assert served.size == (1500, 750) and INTAKE_KEY in served.info
+    assert served.tobytes() == load_image(_png_uri(3000, 1500)).image.tobytes()
+    big_jpeg = _png_uri(6000, 3000, "JPEG")  # 18 M pixels: decoded at a JPEG scale first, so it fits
+    served = load_image(big_jpeg, guard=guard()).image
+    assert max(served.size) < 2048 and INTAKE_KEY in served.info
+    assert load_image(_png_uri(2000, 1500), guard=guard()).image.size == (2000, 1500)  # 3 MP: as it is
     with pytest.raises(ImageLoadError, match="only http"):
         load_image(str(EXAMPLES / "shapes.png"), guard=guard())
     # The CLI: --exact-pixels keeps every pixel; by default a 4.5 MP picture is reduced by a whole
     # factor (intake), its last resize to 1024 px left to the engine (marked).
-    from dsvl_cli.images.decode import INTAKE_KEY
-
     assert load_image(_png_uri(3000, 1500), exact=True).image.size == (3000, 1500)
     cli_image = load_image(_png_uri(3000, 1500)).image
     assert cli_image.size == (1500, 750) and INTAKE_KEY in cli_image.info

@@ -29,7 +29,7 @@ from typing import Any, TextIO
 
 from dsvl_cli import wire
 from dsvl_cli.conversation import check_text
-from dsvl_cli.errors import DsvlError, UsageError
+from dsvl_cli.errors import DsvlError, UsageError, load_json
 from dsvl_cli.settings import GenerationSettings
 
 # Per-record generation options and the JSON types they accept.
@@ -160,7 +160,7 @@ def _from_tsv(text: str, number: int, id_: Any, base: GenerationSettings, prompt
 
 def _from_json(text: str, number: int, default_id: Any, base: GenerationSettings, prompt: str | None) -> Record:
     try:
-        data = json.loads(text)
+        data = load_json(text)
     except json.JSONDecodeError as exc:
         raise _BadLine("invalid_json", f"malformed JSON: {exc.msg} (column {exc.colno})") from None
     if not isinstance(data, dict):
@@ -320,6 +320,8 @@ def read_inputs(paths: list[str], *, base: GenerationSettings, prompt: str | Non
         stream = stdin or sys.stdin
         if stream.isatty():
             raise UsageError("no input: give a FILE, or pipe records in (cat jobs.jsonl | dsvl batch)")
-        items += parse(stream.read().splitlines(), "<stdin>")
+        raw = getattr(stream, "buffer", None)  # bytes, decoded as files are: a bad byte spoils one line only
+        text = raw.read().decode("utf-8", errors="replace") if raw is not None else stream.read()
+        items += parse(text.splitlines(), "<stdin>")
     refuse_duplicates(items, "<stdin>" if paths == ["-"] else paths[0])
     return items

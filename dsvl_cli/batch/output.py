@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 from dsvl_cli.batch.inputs import BadRecord, Record, id_key
-from dsvl_cli.errors import UsageError
+from dsvl_cli.errors import UsageError, load_json
 from dsvl_cli.userfiles import write_atomic
 from dsvl_cli.images.limits import display_source
 
@@ -138,7 +138,7 @@ def read_previous(path: Path, *, retry_failed: bool) -> Previous:
     keep, changed = [], False
     for number, text in enumerate(lines, start=1):
         try:
-            obj = json.loads(text) if text.endswith("\n") else None
+            obj = load_json(text) if text.endswith("\n") else None
         except json.JSONDecodeError:
             obj = None
         if not _is_output_record(obj):

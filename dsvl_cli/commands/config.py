@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -54,16 +54,38 @@ def path() -> None:
 def set_(
     key: Annotated[str, typer.Argument(help="A shared option's name: model, device, max_new_tokens, keep_alive...",
                                        autocompletion=_complete_key, show_default=False)],
-    value: Annotated[str, typer.Argument(help="Its value, checked as the flag checks it.", show_default=False)],
+    value: Annotated[Optional[str], typer.Argument(
+        help="Its value, checked as the flag checks it. Left out: read from a hidden prompt, or from stdin "
+             "(`dsvl config set api_key` keeps the key out of shell history and ps).", show_default=False)] = None,
 ) -> None:
-    """Set a default: `dsvl config set model 1.3b`, `dsvl config set max_new_tokens 256`."""
+    """Set a default: `dsvl config set model 1.3b`, `dsvl config set max_new_tokens 256`, `dsvl config set api_key`."""
     from dsvl_cli.errors import guarded
     from dsvl_cli.setup import config
 
     with guarded(False):
         name = config.normalise(key)
+        if value is None:
+            value = _read_value(name)
         written = config.set_value(name, config.parse(name, value))
-        typer.echo(f"dsvl: {name} = {value} in {written}", err=True)
+        shown = "(set)" if name == "api_key" else value  # a secret is never printed back
+        typer.echo(f"dsvl: {name} = {shown} in {written}", err=True)
+
+
+def _read_value(name: str) -> str:
+    """VALUE left out: a hidden prompt on a terminal, else the first line of stdin (as `llm keys set`)."""
+    import sys
+
+    from dsvl_cli.errors import UsageError
+
+    if sys.stdin is not None and sys.stdin.isatty():
+        import getpass
+
+        value = getpass.getpass(f"{name}: ")
+    else:
+        value = (sys.stdin.readline() if sys.stdin is not None else "").rstrip("\r\n")
+    if not value:
+        raise UsageError(f"config set {name}: no value given (type it at the prompt, or pipe it in)")
+    return value
 
 
 @app.command("unset")

@@ -8,8 +8,8 @@ exit codes. No torch here.
 Limits, on purpose:
 - Images given as http(s) URLs or data: URIs are sent as they are (the server fetches the URL
   itself); every other source (a path, stdin) is sent as a lossless PNG data: URI of the decoded
-  pixels, so the server sees exactly the pixels a local run would, downscaled to SEND_MAX_SIDE on
-  the long side when larger (as dsvl serve does to every picture it decodes, within its byte cap).
+  pixels, so the server sees exactly the pixels a local run would (dsvl serve decodes them as a
+  local intake does); only a PNG over SEND_MAX_BYTES (dsvl serve's byte cap) goes at SEND_MAX_SIDE.
 - `cache` (chat's KV reuse) is ignored: the server keeps no per-client cache; cached_tokens is 0.
 - Timeouts: CONNECT_TIMEOUT_S to connect, READ_TIMEOUT_S between two pieces of the answer (a
   queued request waits its turn within that). 429 and 503 are retried after their Retry-After for
@@ -40,7 +40,7 @@ from dsvl_cli import __version__, wire
 from dsvl_cli.conversation import Conversation
 from dsvl_cli.engine.backend import Backend
 from dsvl_cli.catalog import same_model
-from dsvl_cli.errors import ContextLengthError, GenerationError, ModelError, UsageError
+from dsvl_cli.errors import ContextLengthError, GenerationError, ModelError, UsageError, load_json
 from dsvl_cli.images import LoadedImage
 from dsvl_cli.images.cache import SourceCache
 from dsvl_cli.images.decode import INTAKE_KEY, downscaled
@@ -52,7 +52,8 @@ CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 600.0
 BUSY_RETRY_S = 120.0
 _URI_CACHE_SIZE = 16
-SEND_MAX_SIDE = 1024  # pictures sent as data: URIs are downscaled to this long side (the model uses no more)
+SEND_MAX_SIDE = 1024  # a picture whose PNG is over SEND_MAX_BYTES is sent at this long side instead
+SEND_MAX_BYTES = 8 * 1024 * 1024  # under dsvl serve's per-image cap (10 MiB): sent as intake left it
 POOL_SIZE = 64  # kept-alive connections; more open streams than this still work, with a urllib3 warning
 
 
@@ -85,7 +86,7 @@ class RemoteEngine(Backend):
         if api_key:
             self._session.headers["Authorization"] = f"Bearer {api_key}"
         self._uris = SourceCache(keep=_URI_CACHE_SIZE)  # thread-safe: batch streams several records at once
-        listing = self._request("GET", "/v1/models").json()
+        listing = self._server_json(self._request("GET", "/v1/models").content)
         models = listing.get("data") or [{}]
         self.name = str(models[0].get("id") or self.url)
         self.random_weights = bool(models[0].get("random_weights", False))
@@ -107,7 +108,7 @@ class RemoteEngine(Backend):
             for data in _sse_data(response):
                 if data == "[DONE]" or (stop_event is not None and stop_event.is_set()):
                     break
-                obj = json.loads(data)
+                obj = self._server_json(data)
                 if "error" in obj:
                     raise self._error(obj["error"], status=None)
                 usage = obj.get("usage") or usage
@@ -145,6 +146,16 @@ class RemoteEngine(Backend):
                 "stream": True, "stream_options": {"include_usage": True}, **wire.sampling_fields(gen),
                 **wire.answer_format_fields(gen.answer_format), **wire.score_fields(gen)}
 
+    def _server_json(self, data: str | bytes) -> dict:
+        """What the server sent, parsed with the same bounds as any JSON a user gives."""
+        try:
+            obj = load_json(data)
+        except json.JSONDecodeError as exc:
+            raise GenerationError(f"server {self.url} sent a reply that is not valid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise GenerationError(f"server {self.url} sent a reply that is not a JSON object")
+        return obj
+
     def _note_model(self, answered) -> None:
         """Tell the user once when the server answered with another model than -m asked for."""
         asked = self.requested_model
@@ -163,12 +174,13 @@ class RemoteEngine(Backend):
             from PIL.PngImagePlugin import PngInfo
 
             image, text = loaded.image, PngInfo()
-            if self.send_max_side and max(image.size) > self.send_max_side:  # what dsvl serve keeps anyway
-                image = downscaled(image, self.send_max_side)
-            elif INTAKE_KEY in image.info:  # --keep-alive: the server finishes the resize as a local run would
+            if INTAKE_KEY in image.info:  # the server finishes the resize as a local run would
                 text.add_text(INTAKE_KEY, str(image.info[INTAKE_KEY]))
             buffer = io.BytesIO()
             image.save(buffer, format="PNG", compress_level=self.png_level, pnginfo=text)
+            if self.send_max_side and buffer.tell() > SEND_MAX_BYTES and max(image.size) > self.send_max_side:
+                buffer = io.BytesIO()  # over dsvl serve's byte cap as it is: the model's size, the one way in
+                downscaled(image, self.send_max_side).save(buffer, format="PNG", compress_level=self.png_level)
             return loaded, "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
         return self._uris.get(id(loaded), png_uri)[1]  # chat resends its images every turn: encode once
@@ -204,8 +216,8 @@ class RemoteEngine(Backend):
                 time.sleep(wait)
                 continue
             try:
-                error = response.json().get("error") or {}
-            except ValueError:
+                error = load_json(response.content).get("error") or {}
+            except (ValueError, AttributeError):
                 error = {}
             if not isinstance(error, dict):
                 error = {"message": str(error)}

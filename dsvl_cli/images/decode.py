@@ -8,8 +8,9 @@ phone photo) is decoded at the smallest JPEG DCT scale that still gives >= INTAK
 factor, and only then rotated per EXIF. What is left, one resize to INTAKE_SIDE, is the engine's:
 the picture is marked INTAKE_KEY and engine/preprocess.py resizes it in torch (bicubic with
 antialiasing, as Pillow's; a third of Pillow's time on two cores) fused with the rest of the
-preprocessing. Where no engine follows, the picture is resized here instead (the server's
-`max_side`) or by its user (--server sends at most 1024 px). Smaller images take the exact path,
+preprocessing. The server decodes a client's picture the same way (`max_side` only sets the
+side), so --server answers as a local run; --server sends a picture as intake left it (its
+INTAKE_KEY mark kept), at 1024 px only where its PNG would pass the server's byte cap. Smaller images take the exact path,
 bit for bit as before; `exact=True` (--exact-pixels) takes it for every image. The
 decompression-bomb guard checks the full size before anything is decoded.
 
@@ -20,8 +21,8 @@ swaps the process-wide filter list and made decodes take turns under a lock.
 
 The server (`max_pixels`, `max_side`: images from untrusted clients) refuses a picture with more
 than `max_pixels` from its header, before decoding (a JPEG counts at its reduced decoding scale),
-and shrinks every picture larger than `max_side` the same way as above, so no full-resolution copy
-outlives its decode.
+and shrinks every picture over INTAKE_MIN_PIXELS the same way as above (a local run's pixels,
+issue 29), so no copy of more than ~4 MP outlives its decode.
 """
 
 from __future__ import annotations
@@ -69,13 +70,12 @@ def decode_image(source: str, fp: BinaryIO, *, empty_reason: str, url: bool = Fa
     _pillow_warning_filters()
     try:
         with Image.open(fp) as opened:
-            side = max_side or INTAKE_SIDE
-            if max(opened.size) > side and (max_side is not None or
-                                             (not exact and opened.width * opened.height > INTAKE_MIN_PIXELS)):
+            side = max_side or INTAKE_SIDE  # the server shrinks as a local run does: the same pixels
+            if max(opened.size) > side and not exact and opened.width * opened.height > INTAKE_MIN_PIXELS:
                 jpeg = _jpeg_bytes(opened, fp)
                 _draft(opened, side)
                 _check_pixels(source, opened, max_pixels)
-                return _decode_shrunk(source, opened, side, jpeg, finish=max_side is not None)
+                return _decode_shrunk(source, opened, side, jpeg, finish=False)
             _check_pixels(source, opened, max_pixels)
             opened.load()  # decode now, so truncation is caught here and not later
             rgb = _to_rgb(source, _apply_orientation(opened))

@@ -11,7 +11,8 @@ Order of checks for one request (each failure is a 400 with a message naming the
 4. the prompt's token count with each image counted as its image tokens (`PromptCounter`),
    against the model's context length;
 5. only then are images fetched (a total deadline each) and decoded, each refused above
-   `max_image_pixels` and downscaled to at most `max_side` on its long side at once.
+   `max_image_pixels`, and shrunk as a local run's intake shrinks it (over ~4 MP: a whole factor
+   or a JPEG scale, the last resize the engine's), so --server answers as a local run.
 
 Why these defaults: they bound the memory one request can take (see benchmarks/serve_memory.py
 and BENCHMARKS.md: parsing a body costs about twice its size at its peak) while fitting ordinary

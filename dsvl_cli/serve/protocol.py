@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from dsvl_cli import wire
 from dsvl_cli.conversation import Conversation, Message, check_text
 from dsvl_cli.catalog import same_model
-from dsvl_cli.errors import ImageLoadError, UsageError
+from dsvl_cli.errors import ImageLoadError, UsageError, load_json
 from dsvl_cli.images import LoadedImage
 from dsvl_cli.results import Result, Stats
 from dsvl_cli.settings import GenerationSettings
@@ -126,8 +126,8 @@ def parse_request(raw: bytearray, schema: type[BaseModel] = ChatRequest):
     names the first bad field. Empties `raw`.
 
     Memory: the body is decoded to text, `raw` emptied, then parsed: at most two copies of the body
-    are alive at once (pydantic's own JSON parser peaked at three). Deep nesting is a
-    RecursionError inside json, reported as bad JSON."""
+    are alive at once (pydantic's own JSON parser peaked at three). Deep nesting, huge
+    integers and NaN are refused by errors.load_json, reported as bad JSON."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -135,11 +135,9 @@ def parse_request(raw: bytearray, schema: type[BaseModel] = ChatRequest):
     finally:
         raw.clear()
     try:
-        data = json.loads(text)
+        data = load_json(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"request body is not valid JSON ({exc})") from None
-    except RecursionError:
-        raise UsageError("request body is not valid JSON (nested too deeply)") from None
     del text
     try:
         return schema.model_validate(data)

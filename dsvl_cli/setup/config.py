@@ -71,6 +71,8 @@ def load(file: Path | None = None) -> dict:
         values = _parse(text)
     except ValueError as exc:  # tomllib.TOMLDecodeError
         raise UsageError(f"config file {file}: {_syntax_error(text, str(exc))}") from None
+    except RecursionError:  # a = [[[[... nested thousands deep
+        raise UsageError(f"config file {file}: not valid TOML (nested too deeply)") from None
     keys = settable()
     for key, value in values.items():
         if key not in keys:
@@ -184,6 +186,7 @@ def _rewrite(key: str, value, file: Path | None) -> Path:
         lines = file.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         lines = []
+    existed = file.exists()
     number = _line_of("\n".join(lines), key)
     if value is _REMOVE:
         expected.pop(key, None)
@@ -203,7 +206,7 @@ def _rewrite(key: str, value, file: Path | None) -> Path:
     if not same:
         raise UsageError(f"config file {file}: key {key} spans several lines; change it in an editor")
     file.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(file, text)
+    write_atomic(file, text, private=not existed or "api_key" in expected)  # new: 0600; a secret: tightened
     return file
 
 

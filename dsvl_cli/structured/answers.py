@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 
+from dsvl_cli.errors import load_json
 from dsvl_cli.results import Result
 from dsvl_cli.structured.spec import AnswerFormat
 
@@ -23,7 +24,7 @@ def conclude(result: Result, fmt: AnswerFormat | None) -> Result:
         return result
     result.json_answer = True
     try:
-        result.data = json.loads(result.answer)
+        result.data = load_json(result.answer)
     except ValueError:  # cut before the JSON closed: no data (incomplete() says why)
         result.data = None
     return result
@@ -32,7 +33,7 @@ def conclude(result: Result, fmt: AnswerFormat | None) -> Result:
 def complete(result: Result, fmt: AnswerFormat) -> bool:
     if fmt.kind == "json_schema":
         try:
-            json.loads(result.answer)
+            load_json(result.answer)
         except ValueError:
             return False
         return True

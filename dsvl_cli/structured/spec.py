@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dsvl_cli.errors import UsageError
+from dsvl_cli.errors import UsageError, load_json
 
 KINDS = ("json_schema", "regex", "choices")
 _SHORT_TYPES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}
@@ -110,7 +110,7 @@ def _load_schema_text(text: str, flag: str) -> object:
         else:
             return short_form_schema(stripped, flag)
     try:
-        return json.loads(body)
+        return load_json(body)
     except json.JSONDecodeError as err:
         raise UsageError(f"{flag} {_short(stripped)}: not JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
 
