@@ -31,8 +31,10 @@ def worst(*codes: int) -> int:
 class ChatUI:
     """Runs inputs through a session and prints the outcome; keeps the worst failure for the exit code."""
 
-    def __init__(self, session: ChatSession, opts: CommonOptions):
+    def __init__(self, session: ChatSession, opts: CommonOptions, log=None):
         self.session = session
+        self.log = log  # a logs.writer.AnswerLog: each answered turn is logged (None: not logged)
+        self._restarts = session.restarts
         self.opts = opts
         self.env = opts.env
         self.markdown = self.env.markdown(opts.plain)
@@ -82,6 +84,7 @@ class ChatUI:
                            self.stdout, terminal=self.env.stdout_isatty)
             return
         self.last_turn = turn
+        self._log_turn(turn)
         result = turn.result
         if self.opts.json:
             print_json(turn.to_dict(self.session.engine.name), self.stdout, terminal=self.env.stdout_isatty)
@@ -100,6 +103,15 @@ class ChatUI:
                                "the oldest exchanges, /clear starts over)")
         if self.opts.stats:
             print_stats(self.console, result.stats.to_dict())
+
+    def _log_turn(self, turn: Turn) -> None:
+        """Log the answered turn; after /clear or /load, as the first of a new conversation."""
+        if self.log is None:
+            return
+        if self.session.restarts != self._restarts:
+            self._restarts = self.session.restarts
+            self.log.new_conversation()
+        self.log.record(self.session.conversation, turn.result, self.session.generation, turn.number)
 
     def _produce(self, conversation, generation, cache):
         markdown = self.markdown and generation.answer_format is None  # JSON or a pattern: plain text
