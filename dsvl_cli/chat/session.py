@@ -124,7 +124,6 @@ class ChatSession:
         self.last: Turn | None = None
         self.totals = Totals()
         self.forgotten = 0  # exchanges dropped by /forget: turns keep their numbers as asked
-        self.restarts = 0  # new conversations begun by /clear and /load (the log keeps each apart)
         self._undo_point: tuple[Conversation, list[LoadedImage]] | None = None  # if the turn fails
 
     # -- inputs -----------------------------------------------------------------------------------
@@ -180,15 +179,6 @@ class ChatSession:
         stats, limit = turn.result.stats, self.engine.context_length
         return turn.result.finish_reason == "length" and limit is not None and \
             stats.prompt_tokens + stats.generated_tokens >= limit
-
-    def resume(self, conversation: Conversation, last_turn: int) -> None:
-        """Go on with an earlier conversation (`dsvl chat -c`): its exchanges, its system prompt unless
-        --system gave one; the next turn is numbered after `last_turn`."""
-        if self.generation.system is not None:
-            conversation.system = self.generation.system
-        self.conversation = conversation
-        self.generation = self.generation.replace(system=conversation.system)
-        self.forgotten = last_turn - len(exchanges(conversation))
 
     def prompt_hint(self) -> str:
         return f"[{_plural(len(self.pending), 'image')}] " if self.pending else ""
@@ -253,7 +243,6 @@ class ChatSession:
     def _cmd_clear(self, arg: str) -> Reply:
         self.conversation = Conversation(system=self.conversation.system)
         self.pending, self.forgotten = [], 0
-        self.restarts += 1
         if self.cache is not None:
             self.cache.clear()
         return Reply("new conversation (same model and settings)")
@@ -363,7 +352,6 @@ class ChatSession:
         path, self.conversation = chat_files.load(arg, exact=self.exact_pixels)
         self.generation = self.generation.replace(system=self.conversation.system)
         self.pending, self.last, self.forgotten = [], None, 0
-        self.restarts += 1
         if self.cache is not None:
             self.cache.clear()
         text = f"loaded {_plural(len(exchanges(self.conversation)), 'exchange')} from {path}"

@@ -34,7 +34,6 @@ class ChatUI:
     def __init__(self, session: ChatSession, opts: CommonOptions, log=None):
         self.session = session
         self.log = log  # a logs.writer.AnswerLog: each answered turn is logged (None: not logged)
-        self._restarts = session.restarts
         self.opts = opts
         self.env = opts.env
         self.markdown = self.env.markdown(opts.plain)
@@ -49,6 +48,7 @@ class ChatUI:
         """Handle one input; False when the session should end."""
         self.last_turn = None
         reply = self.session.handle(text)
+        self._new_conversation(text, reply)
         self.show(reply)
         if reply.answer:
             self.answer()
@@ -104,13 +104,14 @@ class ChatUI:
         if self.opts.stats:
             print_stats(self.console, result.stats.to_dict())
 
+    def _new_conversation(self, text: str, reply: Reply) -> None:
+        """After /clear or /load, the log's next entry begins a new conversation."""
+        if self.log is not None and not reply.error and (text.split() or [""])[0].lower() in ("/clear", "/load"):
+            self.log.new_conversation()
+
     def _log_turn(self, turn: Turn) -> None:
-        """Log the answered turn; after /clear or /load, as the first of a new conversation."""
         if self.log is None:
             return
-        if self.session.restarts != self._restarts:
-            self._restarts = self.session.restarts
-            self.log.new_conversation()
         self.log.record(self.session.conversation, turn.result, self.session.generation, turn.number)
 
     def _produce(self, conversation, generation, cache):

@@ -68,6 +68,7 @@ def _answer_log(opts: CommonOptions, backend, thread, *, enabled: bool):
 
 def _run(sources: list[str], opts: CommonOptions, *, thread=None, log: bool = True) -> int:
     from dsvl_cli.chat import pipe, terminal
+    from dsvl_cli.chat.files import resume
     from dsvl_cli.chat.session import ChatSession, check_chat_sources
     from dsvl_cli.chat.ui import ChatUI
     from dsvl_cli.images import load_images
@@ -79,6 +80,6 @@ def _run(sources: list[str], opts: CommonOptions, *, thread=None, log: bool = Tr
     backend = load_backend(opts, prefer_fast=True)
     session = ChatSession(backend, opts.generation, images=first_images, exact_pixels=opts.exact_pixels)
     if thread is not None:
-        session.resume(thread.conversation, thread.turn)
+        resume(session, thread.conversation, thread.turn)
     ui = ChatUI(session, opts, log=_answer_log(opts, backend, thread, enabled=log))
     return terminal.run_terminal(ui) if opts.env.stdin_isatty else pipe.run_lines(ui, opts.env.stdin)

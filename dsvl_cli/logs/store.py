@@ -80,7 +80,7 @@ def opened(path: Path | None = None, *, create: bool = True) -> Iterator[sqlite3
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # prompts are private: yours only
         elif not path.exists():
             raise LogError(f"no log yet at {path}: answers of dsvl ask and dsvl chat are logged there")
-        db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        db = _connect(path)
         db.row_factory = sqlite3.Row
         if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             db.execute("PRAGMA journal_mode = WAL")  # readers never block the writer, nor it them
@@ -92,6 +92,11 @@ def opened(path: Path | None = None, *, create: bool = True) -> Iterator[sqlite3
     finally:
         if db is not None:
             db.close()
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """Autocommit (transactions are explicit), and a wait of BUSY_TIMEOUT_S for a lock."""
+    return sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
 
 
 @dataclass(frozen=True)
