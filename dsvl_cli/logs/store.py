@@ -82,8 +82,7 @@ def opened(path: Path | None = None, *, create: bool = True) -> Iterator[sqlite3
             raise LogError(f"no log yet at {path}: answers of dsvl ask and dsvl chat are logged there")
         db = _connect(path)
         db.row_factory = sqlite3.Row
-        if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            db.execute("PRAGMA journal_mode = WAL")  # readers never block the writer, nor it them
+        _wal(db)
         db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable at each checkpoint, never corrupt
         migrate(db)
         yield db
@@ -97,6 +96,22 @@ def opened(path: Path | None = None, *, create: bool = True) -> Iterator[sqlite3
 def _connect(path: Path) -> sqlite3.Connection:
     """Autocommit (transactions are explicit), and a wait of BUSY_TIMEOUT_S for a lock."""
     return sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+
+
+def _wal(db: sqlite3.Connection) -> None:
+    """WAL mode (readers never block the writer, nor it them); it stays with the file, so only a new
+    file switches. The switch takes no notice of the busy timeout (SQLite answers "locked" at once
+    while another process opens the new file), so it is retried here until the same timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
 
 
 @dataclass(frozen=True)
