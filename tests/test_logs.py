@@ -43,7 +43,8 @@ def test_an_ask_is_logged_with_every_field(cli, isolated_home):
     assert e["format"] is None and e["results"] is None and len(e["conversation_id"]) == 20
     data = SHAPES.read_bytes()
     assert e["pictures"] == [{"source": str(SHAPES), "kind": "file", "width": 320, "height": 240,
-                              "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "sha256_of": "file"}]
+                              "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "sha256_of": "file",
+                              "path": str(SHAPES.resolve())}]
 
 
 def test_choices_and_schema_answers_keep_their_format_and_results(cli):
@@ -111,13 +112,16 @@ def _ask_n(cli, n: str, *args: str) -> dict:
     return json.loads(result.stdout)
 
 
-def test_a_changed_or_gone_picture_stops_ask_c_with_one_line(cli, tmp_path):
+def test_a_changed_or_gone_picture_stops_ask_c_with_one_line(cli, tmp_path, monkeypatch):
     picture = tmp_path / "pic.png"
     shutil.copy(SHAPES, picture)
-    _ask(cli, str(picture), "What is this?")
+    monkeypatch.chdir(tmp_path)
+    _ask(cli, "pic.png", "What is this?")
+    monkeypatch.chdir(tmp_path.parent)  # a relative path, continued from another folder
+    assert cli(["ask", "-c", "And now?", "-n", "4", "--no-log"]).exit_code == 0
     picture.write_bytes((EXAMPLES / "sunset.jpg").read_bytes())
     changed = cli(["ask", "-c", "And now?", "-n", "4"])
-    assert changed.exit_code == 2 and "has changed since turn 1" in changed.stderr and str(picture) in changed.stderr
+    assert changed.exit_code == 2 and "has changed since turn 1" in changed.stderr and "pic.png" in changed.stderr
     picture.unlink()
     gone = cli(["ask", "-c", "And now?", "-n", "4"])
     assert gone.exit_code == 2 and "is gone since turn 1" in gone.stderr
@@ -285,3 +289,22 @@ def test_logs_path_and_dsvl_logs_variable(cli, tmp_path, monkeypatch, isolated_h
     empty = cli(["logs", "--json"])
     assert empty.exit_code == 0 and json.loads(empty.stdout) == [] and "no log yet" in empty.stderr
     assert not Path(tmp_path / "elsewhere.db").exists()  # reading never creates the file
+
+
+@pytest.mark.parametrize("args", [["logs", "--help"], ["logs", "-q", "cat", "--json"], ["logs", "status"]])
+def test_logs_commands_import_no_model_stack(args, tmp_path):
+    """`dsvl logs` reads SQLite only: no torch, transformers or PIL (its start-up is the CLI's)."""
+    import subprocess
+    import sys
+
+    _seed([("a cat", "an answer", "7b")])
+    code = ("import sys; sys.argv = ['dsvl', *sys.argv[1:]]\n"
+            "from dsvl_cli.cli import app\n"
+            "try:\n    app()\nexcept SystemExit as done:\n    print('EXIT', done.code, file=sys.stderr)\n"
+            "heavy = [m for m in ('torch', 'transformers', 'PIL', 'requests', 'pydantic') if m in sys.modules]\n"
+            "print('HEAVY', heavy, file=sys.stderr)\n")
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
+    assert "HEAVY []" in result.stderr, result.stderr
+    assert "EXIT 0" in result.stderr or "EXIT None" in result.stderr, result.stderr
+    if "-q" in args:
+        assert [e["prompt"] for e in json.loads(result.stdout)] == ["a cat"]

@@ -1,6 +1,7 @@
 """One log entry from one answered question: what was asked, of which model, how, and what came back.
 
-Pictures are recorded, never stored: the source as given (a data: URI shortened), its size, and a
+Pictures are recorded, never stored: the source as given (a data: URI shortened; a file's absolute
+path beside it), its size, and a
 sha256 that `ask -c` checks before it reuses the picture. For a file the sha256 is of the file's
 bytes (what `sha256sum` prints); for a URL, stdin or a data: URI, whose bytes dsvl does not keep,
 it is of the decoded RGB pixels (`sha256_of: "pixels"`).
@@ -59,6 +60,7 @@ def picture(image: LoadedImage) -> dict:
         try:
             record["sha256"], record["bytes"] = file_digest(image.source)
             record["sha256_of"] = "file"
+            record["path"] = os.path.abspath(os.path.expanduser(image.source))  # ask -c from another folder
             return record
         except OSError:  # gone since it was read (a pipe, a deleted file): the pixels still identify it
             pass

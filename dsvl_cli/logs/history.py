@@ -84,20 +84,21 @@ def _chain(cid: str, rows: list[dict]) -> list[dict]:
 def _reload(record: dict, row: dict) -> LoadedImage:
     """Load a logged picture again and check that it is the one logged."""
     source, kind, when = record["source"], record["kind"], f"turn {row['turn']} (entry {row['id']})"
+    where = record.get("path") or source  # a relative path logged in another folder
     if kind in ("stdin", "data"):
         how = "on stdin" if kind == "stdin" else "as a data: URI"
         raise ImageLoadError(source, f"was given {how} in {when}; the log keeps no pixels, so this "
                                      "conversation cannot continue")
     if record.get("sha256_of") == "file":
         try:
-            digest, _ = entry.file_digest(source)
+            digest, _ = entry.file_digest(where)
         except FileNotFoundError:
             raise ImageLoadError(source, f"is gone since {when} was logged") from None
         except OSError as exc:
             raise ImageLoadError(source, f"cannot be read again ({exc.strerror or exc})") from None
         if digest != record["sha256"]:
             raise ImageLoadError(source, f"has changed since {when} was logged (sha256 differs)")
-    image = load_image(source, exact=bool(row["settings"].get("exact_pixels")))
+    image = load_image(where, exact=bool(row["settings"].get("exact_pixels")))
     if record.get("sha256_of") == "pixels" and entry.pixel_digest(image.image) != record["sha256"]:
         raise ImageLoadError(source, f"has changed since {when} was logged (sha256 of its pixels differs)")
     return image
