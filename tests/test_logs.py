@@ -308,3 +308,24 @@ def test_logs_commands_import_no_model_stack(args, tmp_path):
     assert "EXIT 0" in result.stderr or "EXIT None" in result.stderr, result.stderr
     if "-q" in args:
         assert [e["prompt"] for e in json.loads(result.stdout)] == ["a cat"]
+
+
+def test_batch_logs_only_with_log(cli, tmp_path):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"id": "a", "image": str(SHAPES), "prompt": "What is this?"}) + "\n"
+                    + json.dumps({"id": "b", "prompt": "Say hi.", "system": "Be kind."}) + "\n"
+                    + json.dumps({"id": "c", "image": str(tmp_path / "missing.png"), "prompt": "And this?"}) + "\n")
+    plain = cli(["batch", str(jobs), "-m", "tiny-random", "-n", "5"])
+    assert plain.exit_code == 1  # the missing picture
+    from dsvl_cli.logs import store
+
+    assert not store.log_path().exists()  # batch logs nothing unless asked
+    logged = cli(["batch", str(jobs), "-m", "tiny-random", "-n", "5", "--log"])
+    records = {r["id"]: r for r in map(json.loads, logged.stdout.splitlines())}
+    entries = {e["prompt"]: e for e in _entries()}
+    assert set(entries) == {"What is this?", "Say hi."}  # the error record is not an answer
+    a, b = entries["What is this?"], entries["Say hi."]
+    assert (a["kind"], a["answer"], a["stats"]) == ("batch", records["a"]["answer"], records["a"]["stats"])
+    assert a["pictures"][0]["sha256"] == hashlib.sha256(SHAPES.read_bytes()).hexdigest()
+    assert (b["system"], b["answer"], b["pictures"]) == ("Be kind.", records["b"]["answer"], [])
+    assert a["conversation_id"] != b["conversation_id"]

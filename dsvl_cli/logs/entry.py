@@ -68,6 +68,21 @@ def picture(image: LoadedImage) -> dict:
     return record
 
 
+def picture_of_source(source: str) -> dict:
+    """What the log keeps of a picture known by its source only (batch --log): a file is hashed;
+    for a URL or a data: URI, whose pixels are not at hand here, the sha256 is null."""
+    kind = source_kind(source)
+    record = {"source": display_source(source), "kind": kind, "width": None, "height": None, "bytes": None,
+              "sha256": None, "sha256_of": None}
+    if kind == "file":
+        try:
+            record["sha256"], record["bytes"] = file_digest(source)
+            record.update(sha256_of="file", path=os.path.abspath(os.path.expanduser(source)))
+        except OSError:
+            pass
+    return record
+
+
 def settings_of(gen: GenerationSettings, extra: dict | None = None) -> dict:
     return {**{k: getattr(gen, k) for k in ANSWER_SETTINGS}, **({"stop": list(gen.stop)} if gen.stop else {}),
             **(extra or {})}
@@ -85,9 +100,10 @@ def results_of(result: Result) -> dict | None:
 
 def build(*, kind: str, conversation_id: str, turn: int, conversation: Conversation, result: Result,
           gen: GenerationSettings, model: str, revision: str | None = None, extra_settings: dict | None = None,
-          results: dict | None = None) -> dict:
+          results: dict | None = None, pictures: list[dict] | None = None) -> dict:
     """The entry for the last question of `conversation`, answered by `result`; `turn` is its number,
-    the exchanges before it in `conversation` are its history. `results` adds to results_of (decisions)."""
+    the exchanges before it in `conversation` are its history. `results` adds to results_of (decisions);
+    `pictures` replaces the records of the question's images (batch knows only their sources)."""
     question = next(m for m in reversed(conversation.messages) if m.role == "user")
     history = sum(1 for m in conversation.messages if m.role == "user") - 1
     fmt = gen.answer_format
@@ -99,5 +115,5 @@ def build(*, kind: str, conversation_id: str, turn: int, conversation: Conversat
         "system": conversation.system, "prompt": question.text, "answer": result.answer,
         "finish_reason": result.finish_reason, "format": fmt.to_dict() if fmt is not None else None,
         "results": merged or None, "stats": result.stats.to_dict(),
-        "pictures": [picture(image) for image in question.images],
+        "pictures": pictures if pictures is not None else [picture(image) for image in question.images],
     }

@@ -43,7 +43,7 @@ class AnswerLog:
         self.conversation_id = None
 
     def record(self, conversation: Conversation, result: Result, gen: GenerationSettings, turn: int,
-               results: dict | None = None) -> int | None:
+               results: dict | None = None, pictures: list[dict] | None = None) -> int | None:
         """Log the answer to the last question of `conversation`; the entry's id, or None when it
         was not logged (off, or the file failed: warned once)."""
         if not self.enabled:
@@ -52,7 +52,7 @@ class AnswerLog:
         try:
             row = entry.build(kind=self.kind, conversation_id=cid, turn=turn, conversation=conversation,
                               result=result, gen=gen, model=self.model, revision=self.revision,
-                              extra_settings=self.extra_settings, results=results)
+                              extra_settings=self.extra_settings, results=results, pictures=pictures)
             with store.opened() as db:
                 entry_id = store.insert(db, row)
         except store.LogError as err:
