@@ -23,6 +23,9 @@ _Workers = Annotated[Optional[int], typer.Option(
     "1 without GPUs].")]
 
 
+_Log = Annotated[bool, typer.Option("--log", help="Log each answer in dsvl's log (dsvl logs), one entry per record.")]
+
+
 # batch always writes JSONL records, each with its stats: --plain, --json and --stats have nothing to change.
 @shared_options(exclude=("plain", "json", "stats"))
 def batch(
@@ -45,8 +48,7 @@ def batch(
     retry_failed: Annotated[bool, typer.Option(
         "--retry-failed",
         help="Like --resume, but first drop the error records from -o FILE and redo them.")] = False,
-    log: Annotated[bool, typer.Option(
-        "--log", help="Log each answer in dsvl's log (dsvl logs), one entry per record.")] = False,
+    log: _Log = False,
     ray: _Ray = False,
     ray_address: _RayAddress = None,
     workers: _Workers = None,
