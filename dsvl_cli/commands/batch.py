@@ -48,8 +48,7 @@ def batch(
     retry_failed: Annotated[bool, typer.Option(
         "--retry-failed",
         help="Like --resume, but first drop the error records from -o FILE and redo them.")] = False,
-    log: _Log = False,
-    ray: _Ray = False,
+    log: _Log = False, ray: _Ray = False,
     ray_address: _RayAddress = None,
     workers: _Workers = None,
     *,
