@@ -40,6 +40,6 @@ class LoggedWriter:
                             pictures=[picture_of_source(s) for s in record.images])
 
 
-def logged(writer, items: list, opts, model: str):
+def logged(writer, items: list, opts):
     """`writer`, logging each answer (batch --log, unless `dsvl logs off`)."""
-    return LoggedWriter(writer, items, AnswerLog.for_command("batch", opts, model))
+    return LoggedWriter(writer, items, AnswerLog.for_command("batch", opts))

@@ -215,7 +215,7 @@ def run_batch(inputs: list[str], *, output: Path | None, prompt: str | None, bat
             if log:
                 from dsvl_cli.batch.logged import logged
 
-                writer = logged(writer, todo, opts, opts.server or opts.model.model)
+                writer = logged(writer, todo, opts)
             if ray.enabled:  # input order: the unreadable lines travel with the rest
                 from dsvl_cli.batch.ray_job import run_ray
 

@@ -84,7 +84,6 @@ class ChatUI:
                            self.stdout, terminal=self.env.stdout_isatty)
             return
         self.last_turn = turn
-        self._log_turn(turn)
         result = turn.result
         if self.opts.json:
             print_json(turn.to_dict(self.session.engine.name), self.stdout, terminal=self.env.stdout_isatty)
@@ -103,6 +102,7 @@ class ChatUI:
                                "the oldest exchanges, /clear starts over)")
         if self.opts.stats:
             print_stats(self.console, result.stats.to_dict())
+        self._log_turn(turn)  # after the answer and its notes are out
 
     def _new_conversation(self, text: str, reply: Reply) -> None:
         """After /clear or /load, the log's next entry begins a new conversation."""

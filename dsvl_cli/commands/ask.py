@@ -74,8 +74,7 @@ def _log(opts: CommonOptions, backend, conversation, result, thread, *, enabled:
     """Log the answer (after it was printed; a failing log file is one warning line)."""
     from dsvl_cli.logs.writer import AnswerLog
 
-    model = backend.name if opts.server else opts.model.model
-    log = AnswerLog.for_command("ask", opts, model, no_log=not enabled,
+    log = AnswerLog.for_command("ask", opts, backend, no_log=not enabled,
                                 conversation_id=thread.conversation_id if thread else None)
     log.record(conversation, result, opts.generation, turn=thread.turn + 1 if thread else 1)
 

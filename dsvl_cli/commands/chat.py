@@ -62,8 +62,8 @@ def _answer_log(opts: CommonOptions, backend, thread, *, enabled: bool):
     """Where each answered turn is logged (logs/writer.py), in the continued conversation if any."""
     from dsvl_cli.logs.writer import AnswerLog
 
-    return AnswerLog.for_command("chat", opts, backend.name if opts.server else opts.model.model,
-                                 no_log=not enabled, conversation_id=thread.conversation_id if thread else None)
+    return AnswerLog.for_command("chat", opts, backend, no_log=not enabled,
+                                 conversation_id=thread.conversation_id if thread else None)
 
 
 def _run(sources: list[str], opts: CommonOptions, *, thread=None, log: bool = True) -> int:

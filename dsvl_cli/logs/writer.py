@@ -29,11 +29,15 @@ class AnswerLog:
     failed: bool = False
 
     @classmethod
-    def for_command(cls, kind: str, opts, model: str, *, no_log: bool = False,
+    def for_command(cls, kind: str, opts, backend=None, *, no_log: bool = False,
                     conversation_id: str | None = None) -> AnswerLog:
-        """From a command's CommonOptions; logging is on unless --no-log or `dsvl logs off`."""
+        """From a command's CommonOptions (and its backend, where one is loaded); logging is on
+        unless --no-log or `dsvl logs off`."""
         from dsvl_cli.render import note
 
+        model = opts.model.model  # as the user named it: what -m needs to load it again
+        if opts.server:
+            model = backend.name if backend is not None else opts.requested_model or opts.server
         console = opts.env.stderr_console()
         extra = {"dtype": opts.model.dtype, "quantize": opts.model.quantize, "exact_pixels": opts.exact_pixels}
         return cls(kind, model, opts.model.revision, extra, warn=lambda text: note(console, text),
