@@ -21,6 +21,7 @@ RANDOM_MODELS = {
 ENVIRONMENT = {
     "DSVL_HOME": "models built here, compile caches [~/.cache/dsvl]",
     "DSVL_CONFIG": "the config file [$XDG_CONFIG_HOME/dsvl/config.toml]",
+    "DSVL_LOGS": "the log of answers [$XDG_STATE_HOME/dsvl/logs.db]",
     "HF_HUB_CACHE": "downloaded models [$HF_HOME/hub, ~/.cache/huggingface/hub]",
     "DSVL_MAX_IMAGE_BYTES": "largest URL, stdin or data: image, in bytes [50 MiB]",
     "NO_COLOR": "when set: no colour, answers as plain text",

@@ -121,7 +121,7 @@ def _register() -> None:
     """One line per command; each command module imports nothing heavy at import time. The short
     help is written out: click cuts a docstring's first sentence with "..." in `dsvl --help`."""
     from dsvl_cli.catalog import epilog
-    from dsvl_cli.commands import ask, batch, chat, config, doctor, models, ps, serve, stop
+    from dsvl_cli.commands import ask, batch, chat, config, doctor, logs, models, ps, serve, stop
 
     app.command("ask", no_args_is_help=True, epilog=epilog(), short_help="Ask one question about images.")(ask.ask)
     app.command("chat", epilog=epilog(exit_codes=False), short_help="Chat about images (a REPL or a script).")(chat.chat)
@@ -135,6 +135,7 @@ def _register() -> None:
     app.command("rm", epilog=epilog(), short_help="Delete a model from this machine.")(models.rm)
     app.command("doctor", epilog=epilog(exit_codes=False), short_help="Check this machine: GPU, fit, versions, Hub.")(doctor.doctor)
     app.add_typer(config.app, name="config", short_help="Show or change the config file's defaults.")
+    app.add_typer(logs.app, name="logs", short_help="List, search and delete the log of answers (SQLite).")
 
 
 _register()

@@ -20,6 +20,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = str(_SESSION_DIR / "hf-home")
 os.environ.pop("HF_HUB_CACHE", None)
 os.environ.pop("XDG_CONFIG_HOME", None)  # the config file is ~/.config/dsvl/config.toml in each test's HOME
+os.environ.pop("XDG_STATE_HOME", None)  # the log and chat history are under each test's HOME
 # Where a test unsets HF_HUB_OFFLINE, the Hub is a closed loopback port: refused at once, never the internet.
 os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
 os.environ.pop("NO_COLOR", None)

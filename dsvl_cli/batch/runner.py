@@ -179,10 +179,10 @@ def run_records(engine, records: list[Record], writer: Writer, summary: Summary,
 
 
 def run_batch(inputs: list[str], *, output: Path | None, prompt: str | None, batch_size: int | None,
-              resume: bool, retry_failed: bool, opts, ray: RayOptions = RayOptions()) -> Summary:
+              resume: bool, retry_failed: bool, opts, ray: RayOptions = RayOptions(), log: bool = False) -> Summary:
     """The whole command: read, skip what is done, answer the rest, summarise. Returns the Summary
     (the caller maps it to an exit code); raises UsageError for bad usage, before any model load.
-    `ray`: run on Ray (batch/ray_job.py) instead of here."""
+    `ray`: run on Ray (batch/ray_job.py) instead of here. `log`: each answer is logged too (--log)."""
     from dsvl_cli.batch.inputs import read_inputs
     from dsvl_cli.conversation import check_text
     from dsvl_cli.render import note
@@ -212,6 +212,10 @@ def run_batch(inputs: list[str], *, output: Path | None, prompt: str | None, bat
     try:
         with signals, _progress(console, len(todo) if show else 0) as advance:
             writer = Writer(stream, on_write=advance)
+            if log:
+                from dsvl_cli.batch.logged import logged
+
+                writer = logged(writer, todo, opts)
             if ray.enabled:  # input order: the unreadable lines travel with the rest
                 from dsvl_cli.batch.ray_job import run_ray
 

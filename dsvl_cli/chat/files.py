@@ -83,3 +83,13 @@ def _is_file(text: str) -> bool:
         return Path(text).expanduser().is_file()
     except (OSError, ValueError):
         return False
+
+
+def resume(session, conversation: Conversation, last_turn: int) -> None:
+    """`dsvl chat -c`: the session goes on with an earlier conversation, its system prompt unless
+    --system gave one; the next turn is numbered after `last_turn`."""
+    if session.generation.system is not None:
+        conversation.system = session.generation.system
+    session.conversation = conversation
+    session.generation = session.generation.replace(system=conversation.system)
+    session.forgotten = last_turn - len([m for m in conversation.messages if m.role == "user"])

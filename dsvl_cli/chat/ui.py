@@ -31,8 +31,9 @@ def worst(*codes: int) -> int:
 class ChatUI:
     """Runs inputs through a session and prints the outcome; keeps the worst failure for the exit code."""
 
-    def __init__(self, session: ChatSession, opts: CommonOptions):
+    def __init__(self, session: ChatSession, opts: CommonOptions, log=None):
         self.session = session
+        self.log = log  # a logs.writer.AnswerLog: each answered turn is logged (None: not logged)
         self.opts = opts
         self.env = opts.env
         self.markdown = self.env.markdown(opts.plain)
@@ -47,6 +48,7 @@ class ChatUI:
         """Handle one input; False when the session should end."""
         self.last_turn = None
         reply = self.session.handle(text)
+        self._new_conversation(text, reply)
         self.show(reply)
         if reply.answer:
             self.answer()
@@ -100,6 +102,17 @@ class ChatUI:
                                "the oldest exchanges, /clear starts over)")
         if self.opts.stats:
             print_stats(self.console, result.stats.to_dict())
+        self._log_turn(turn)  # after the answer and its notes are out
+
+    def _new_conversation(self, text: str, reply: Reply) -> None:
+        """After /clear or /load, the log's next entry begins a new conversation."""
+        if self.log is not None and not reply.error and (text.split() or [""])[0].lower() in ("/clear", "/load"):
+            self.log.new_conversation()
+
+    def _log_turn(self, turn: Turn) -> None:
+        if self.log is None:
+            return
+        self.log.record(self.session.conversation, turn.result, self.session.generation, turn.number)
 
     def _produce(self, conversation, generation, cache):
         markdown = self.markdown and generation.answer_format is None  # JSON or a pattern: plain text

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -16,6 +16,14 @@ def ask(
         metavar="[IMAGE]... PROMPT",
         help="Zero or more images (path, http(s) URL, data: URI, or - for stdin), then the question.",
         show_default=False, autocompletion=complete_image)],
+    continue_: Annotated[bool, typer.Option(
+        "-c", "--continue", help="Go on with the last logged conversation: its pictures, answers and model "
+        "(dsvl logs shows it); images given now go with the new question.")] = False,
+    cid: Annotated[Optional[str], typer.Option(
+        "--cid", metavar="ID", help="Go on with this logged conversation (its id, or a unique prefix).")] = None,
+    no_log: Annotated[bool, typer.Option("--no-log", help="Do not log this answer (dsvl logs off: never log).")]
+    = False,
+    *,
     opts: CommonOptions,
 ) -> None:
     """Ask one question about zero or more images; the answer streams to stdout.
@@ -27,13 +35,18 @@ def ask(
       curl -s https://example.com/cat.jpg | dsvl ask - "What breed is this?" --plain
       dsvl ask examples/shapes.png "Describe this image." --model tiny-random --json
       dsvl ask photo.jpg "List the objects." --schema 'objects: what is there, count int'
+      dsvl ask -c "And the left side?"
     """
     from dsvl_cli.errors import ExitCode, guarded
+    from dsvl_cli.logs.history import continued
 
     with guarded(opts.debug):
         *sources, prompt = args
         _check_question(prompt)
-        if _answer(sources, prompt, opts) == "interrupted":
+        thread = continued(continue_, cid)
+        if thread is not None:
+            opts = thread.options(opts)
+        if _answer(sources, prompt, opts, thread, log=not no_log) == "interrupted":
             print("dsvl: interrupted", file=opts.env.stderr)
             raise typer.Exit(int(ExitCode.INTERRUPTED))
 
@@ -57,7 +70,16 @@ def _check_question(prompt: str) -> None:
                          "put the question after the images")
 
 
-def _answer(sources: list[str], prompt: str, opts: CommonOptions) -> str:
+def _log(opts: CommonOptions, backend, conversation, result, thread, *, enabled: bool) -> None:
+    """Log the answer (after it was printed; a failing log file is one warning line)."""
+    from dsvl_cli.logs.writer import AnswerLog
+
+    log = AnswerLog.for_command("ask", opts, backend, no_log=not enabled,
+                                conversation_id=thread.conversation_id if thread else None)
+    log.record(conversation, result, opts.generation, turn=thread.turn + 1 if thread else 1)
+
+
+def _answer(sources: list[str], prompt: str, opts: CommonOptions, thread=None, *, log: bool = True) -> str:
     """Load the images (all checked before the model loads), answer, print; the finish reason."""
     from dsvl_cli.conversation import Conversation
     from dsvl_cli.errors import ContextLengthError
@@ -66,7 +88,8 @@ def _answer(sources: list[str], prompt: str, opts: CommonOptions) -> str:
 
     env = opts.env
     images = load_images(sources, stdin=env.stdin_bytes, exact=opts.exact_pixels)
-    conversation = Conversation.single(prompt, images, system=opts.generation.system)
+    conversation = Conversation.single(prompt, images, system=opts.generation.system) if thread is None else \
+        thread.follow_up(prompt, images, opts.generation.system)
     backend = load_backend(opts)
     structured = opts.generation.answer_format is not None  # JSON or a pattern: plain text, not Markdown
     try:
@@ -83,6 +106,7 @@ def _answer(sources: list[str], prompt: str, opts: CommonOptions) -> str:
                     "prompt": prompt}, env.stdout, terminal=env.stdout_isatty)
     if opts.stats:
         print_stats(env.stderr_console(), result.stats.to_dict())
+    _log(opts, backend, conversation, result, thread, enabled=log)
     _complete(result, opts.generation)
     return result.finish_reason
 

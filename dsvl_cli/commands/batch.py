@@ -23,6 +23,9 @@ _Workers = Annotated[Optional[int], typer.Option(
     "1 without GPUs].")]
 
 
+_Log = Annotated[bool, typer.Option("--log", help="Log each answer in dsvl's log (dsvl logs), one entry per record.")]
+
+
 # batch always writes JSONL records, each with its stats: --plain, --json and --stats have nothing to change.
 @shared_options(exclude=("plain", "json", "stats"))
 def batch(
@@ -45,7 +48,7 @@ def batch(
     retry_failed: Annotated[bool, typer.Option(
         "--retry-failed",
         help="Like --resume, but first drop the error records from -o FILE and redo them.")] = False,
-    ray: _Ray = False,
+    log: _Log = False, ray: _Ray = False,
     ray_address: _RayAddress = None,
     workers: _Workers = None,
     *,
@@ -98,7 +101,7 @@ def batch(
     with guarded(opts.debug):
         summary = run_batch(inputs or [], output=output, prompt=prompt, batch_size=batch_size,
                             resume=resume, retry_failed=retry_failed, opts=opts,
-                            ray=RayOptions(ray or ray_address is not None, ray_address, workers))
+                            ray=RayOptions(ray or ray_address is not None, ray_address, workers), log=log)
     if summary.stopped_by == "terminated":
         raise typer.Exit(128 + signal.SIGTERM)
     if summary.stopped_by == "interrupted":
