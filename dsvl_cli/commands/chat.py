@@ -55,10 +55,12 @@ def _run(sources: list[str], opts: CommonOptions) -> int:
     from dsvl_cli.chat.session import ChatSession, check_chat_sources
     from dsvl_cli.chat.ui import ChatUI
     from dsvl_cli.images import load_images
+    from dsvl_cli.images.selection import PICTURES_PER_QUESTION
     from dsvl_cli.render import load_backend
 
     check_chat_sources(sources)
-    first_images = load_images(sources, exact=opts.exact_pixels)  # validated before the model loads
+    first_images = load_images(sources, exact=opts.exact_pixels,  # validated before the model loads
+                               max_pictures=PICTURES_PER_QUESTION)
     session = ChatSession(load_backend(opts, prefer_fast=True), opts.generation, images=first_images,
                           exact_pixels=opts.exact_pixels)
     ui = ChatUI(session, opts)
