@@ -86,8 +86,8 @@ class Part(BaseModel):
             raise ValueError("an image_url part needs `image_url.url`")
         if self.type == "video_url" and self.video_url is None:
             raise ValueError("a video_url part needs `video_url.url`")
-        if self.type == "file" and (self.file is None or not self.file.file_data):
-            raise ValueError("a file part needs `file.file_data` (a data: URI; file_id is not supported)")
+        if self.type == "file" and self.file is None:
+            raise ValueError("a file part needs `file`")  # without file_data: check_messages says why
         return self
 
 
@@ -186,7 +186,10 @@ def check_messages(req: ChatRequest) -> int:
     """
     chars = 0
     for index, raw in enumerate(req.messages):
-        text, urls = _split_content(raw.content)
+        try:
+            text, urls = _split_content(raw.content)
+        except ValueError as exc:  # a file part without file_data (an upload's file_id)
+            raise UsageError(f"messages.{index}: {exc}") from None
         chars += len(text)
         check_text(text, f"messages.{index} ({raw.role})")
         if urls and raw.role != "user":
