@@ -98,15 +98,26 @@ def split_content(content: Any) -> tuple[str, list[str]]:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text" and isinstance(part.get("text"), str):
             texts.append(part["text"])
-        elif kind == "image_url":
-            url = part.get("image_url")
+        elif kind in ("image_url", "video_url"):  # video_url: vLLM's; its frames are pictures
+            url = part.get(kind)
             url = url.get("url") if isinstance(url, dict) else url
             if not isinstance(url, str):
-                raise ValueError("image_url part without a url")
+                raise ValueError(f"{kind} part without a url")
             urls.append(url)
+        elif kind == "file":
+            urls.append(file_source(part.get("file")))
         else:
             raise ValueError(f"unsupported content part: {kind!r}")
     return "\n".join(texts), urls
+
+
+def file_source(file: Any) -> str:
+    """The data: URI of an OpenAI `file` part (`{"file_data": "data:application/pdf;base64,..."}`,
+    or bare base64, which is a PDF). `file_id` names an upload this server never had: refused."""
+    data = file.get("file_data") if isinstance(file, dict) else None
+    if not isinstance(data, str) or not data:
+        raise ValueError("a file part needs file.file_data (a data: URI or base64; file_id is not supported)")
+    return data if data[:5].lower() == "data:" else "data:application/pdf;base64," + data
 
 
 def to_messages(conversation, image_ref: Callable[[Any], str]) -> list[dict]:

@@ -50,7 +50,7 @@ def _two_pictures(monkeypatch, tmp_path, patience: float = 10):
     (tmp_path / "copy.png").write_bytes((EXAMPLES / "shapes.png").read_bytes())
     decoded = threading.Event()
     calls: list[str] = []
-    real = ahead.load_image
+    real = ahead.load_source
 
     def spy(source, **kwargs):
         calls.append(source)
@@ -59,9 +59,9 @@ def _two_pictures(monkeypatch, tmp_path, patience: float = 10):
             decoded.set()  # the second picture is decoded: the first answer may end
         return loaded
 
-    monkeypatch.setattr(ahead, "load_image", spy)
+    monkeypatch.setattr(ahead, "load_source", spy)  # the pictures of one source (a PDF's: several)
     monkeypatch.setattr("dsvl_cli.chat.session.load_images",
-                        lambda sources, exact=False: [spy(s, exact=exact) for s in sources])
+                        lambda sources, exact=False, max_pictures=None: [p for s in sources for p in spy(s, exact=exact)])
     script = f"/image {first}\nWhat is it?\n/image {second}\nAnd this?\n"
     return WaitingBackend(decoded, patience), calls, script, first, second
 

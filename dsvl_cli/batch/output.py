@@ -23,6 +23,7 @@ from dsvl_cli.batch.inputs import BadRecord, Record, id_key
 from dsvl_cli.errors import UsageError, load_json
 from dsvl_cli.userfiles import write_atomic
 from dsvl_cli.images.limits import display_source
+from dsvl_cli.images.selection import describe
 
 
 @dataclass
@@ -87,8 +88,8 @@ def _discard(stream: TextIO) -> None:
 
 def sources(record: Record) -> dict:
     """`image` for a record with one image, else `images` (a list, maybe empty); data: URIs shortened."""
-    if len(record.images) == 1:
-        return {"image": display_source(record.images[0])}
+    if len(record.images) == 1:  # a PDF's page or a video's frame: its number or time too
+        return {"image": display_source(record.images[0]), **describe(record.images[0])}
     return {"images": [display_source(s) for s in record.images]}
 
 

@@ -54,6 +54,9 @@ def read_path(path: str, *, parse, prompt: str | None) -> list:
         return parse(_folder_lines(path, names, [str(local / n) for n in names], prompt), path)
     if local.suffix.lower() == ".parquet":
         return parse(_parquet_lines(path, lambda pq: pq.read_table(local)), path)
+    document = _document_lines(path, local, prompt)
+    if document is not None:
+        return parse(document, path)
     try:
         text = local.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
@@ -61,6 +64,43 @@ def read_path(path: str, *, parse, prompt: str | None) -> list:
     except OSError as exc:
         raise UsageError(f"{path}: cannot read it: {exc.strerror or exc}") from None
     return parse(text.splitlines(), path)
+
+
+def _document_lines(name: str, local: Path, prompt: str | None) -> list[str] | None:
+    """A PDF (one record per page) or a video (one per sampled frame) as the input, or None. The
+    records' images are the pages and frames named (`report.pdf#page=3`, `clip.mp4#t=12.5`), so
+    each is rendered when its record is answered, and the output records carry `page` or `time`.
+    `report.pdf#pages=2-4` and `clip.mp4#frames=16` select, as they do for ask."""
+    from dsvl_cli.images import documents, selection, video
+
+    sel = None
+    if not local.exists():
+        base, sel = selection.split(name)
+        if sel is None or not Path(base).expanduser().is_file():
+            return None
+        local = Path(base).expanduser()
+        name = base
+    try:
+        with local.open("rb") as f:
+            head = f.read(1024)
+        if documents.is_pdf(head):
+            total = documents.page_count(name, str(local))
+            pages = list(range(1, total + 1)) if sel is None else [p for p in sel.pages if p <= total]
+            names = [selection.page_name(name, p) for p in pages]
+        elif video.is_video(head):
+            count = sel.count if sel is not None and sel.kind == "frames" else selection.DEFAULT_FRAMES
+            names = [selection.time_name(name, t) for t in video.frame_times(name, str(local), count)]
+        else:
+            return None
+    except ImageLoadError as exc:
+        raise UsageError(exc.message) from None
+    except OSError as exc:
+        raise UsageError(f"{name}: cannot read it: {exc.strerror or exc}") from None
+    if prompt is None:
+        raise UsageError(f"{name}: a PDF or video as the input needs --prompt TEXT (the question for each page or frame)")
+    if not names:
+        raise UsageError(f"{name}: no pages selected")
+    return [json.dumps({"id": n, "image": n}, ensure_ascii=False) for n in names]
 
 
 def _read_uri(uri: str, *, parse, prompt: str | None) -> list:

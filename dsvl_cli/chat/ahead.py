@@ -21,9 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from dsvl_cli.chat import files as chat_files
 from dsvl_cli.chat.session import check_chat_sources, unwrap_block
-from dsvl_cli.errors import DsvlError
-from dsvl_cli.images import LoadedImage, load_image
+from dsvl_cli.errors import DsvlError, ImageLoadError
+from dsvl_cli.images import LoadedImage, display_source, load_source
 from dsvl_cli.images.cache import SourceCache
+from dsvl_cli.images.documents import too_many
 
 DEPTH = 8  # inputs read ahead at most: bounds the pictures held before their turn
 _END = object()
@@ -51,7 +52,7 @@ class ReadAhead:
         self._exact = exact
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="dsvl-chat-images")
-        self._cache = SourceCache(lambda source: load_image(source, exact=self._exact), pool=self._pool)
+        self._cache = SourceCache(lambda source: load_source(source, exact=self._exact), pool=self._pool)
         self._reader = threading.Thread(target=self._read, name="dsvl-chat-reader", daemon=True)
         self._reader.start()
 
@@ -75,17 +76,23 @@ class ReadAhead:
                 raise item
             yield item
 
-    def load_images(self, sources: Sequence[str], *, exact: bool = False) -> list[LoadedImage]:
-        """The pictures of one `/image` command: read ahead where they were, else loaded now."""
-        loaded = []
+    def load_images(self, sources: Sequence[str], *, exact: bool = False,
+                    max_pictures: int | None = None) -> list[LoadedImage]:
+        """The pictures of one `/image` command (a PDF's pages, a video's frames: several for one
+        source): read ahead where they were, else loaded now. Past `max_pictures`: refused."""
+        loaded: list[LoadedImage] = []
         for source in sources:
+            left = None if max_pictures is None else max_pictures - len(loaded)
             if source not in self._cache:
-                loaded.append(load_image(source, exact=exact))
+                loaded += load_source(source, exact=exact, max_pictures=left)
                 continue
             try:  # read ahead (as the session decodes, unless asked otherwise): this mention's use is over
-                loaded.append(self._cache.get(source) if exact == self._exact else load_image(source, exact=exact))
+                pictures = self._cache.get(source) if exact == self._exact else load_source(source, exact=exact)
             finally:
                 self._cache.release(source)
+            if left is not None and 1 < len(pictures) > left:
+                raise ImageLoadError(display_source(source), too_many(len(pictures), "pictures", left, "#pages=1-"))
+            loaded += pictures
         return loaded
 
     def close(self) -> None:

@@ -31,6 +31,7 @@ from dsvl_cli.errors import (
     UsageError,
 )
 from dsvl_cli.images import LoadedImage, load_images
+from dsvl_cli.images.selection import PICTURES_PER_QUESTION
 from dsvl_cli.render import stats_line
 from dsvl_cli.results import Result
 from dsvl_cli.settings import GenerationSettings
@@ -216,7 +217,8 @@ class ChatSession:
         if not sources:
             raise UsageError("usage: /image SRC... (a path, http(s) URL or data: URI)")
         check_chat_sources(sources)
-        images = self.load_images(sources, exact=self.exact_pixels)
+        room = PICTURES_PER_QUESTION - len(self.pending)  # a whole PDF past it is refused before rendering
+        images = self.load_images(sources, exact=self.exact_pixels, max_pictures=room)
         self.pending.extend(images)
         return Reply(f"attached {', '.join(i.source for i in images)} to your next question "
                      f"({_plural(len(self.pending), 'image')} attached)")

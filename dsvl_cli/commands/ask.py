@@ -84,10 +84,11 @@ def _answer(sources: list[str], prompt: str, opts: CommonOptions, thread=None, *
     from dsvl_cli.conversation import Conversation
     from dsvl_cli.errors import ContextLengthError
     from dsvl_cli.images import display_source, load_images
+    from dsvl_cli.images.selection import PICTURES_PER_QUESTION
     from dsvl_cli.render import context_cut, load_backend, note, print_json, print_stats, stream_answer
 
     env = opts.env
-    images = load_images(sources, stdin=env.stdin_bytes, exact=opts.exact_pixels)
+    images = load_images(sources, stdin=env.stdin_bytes, exact=opts.exact_pixels, max_pictures=PICTURES_PER_QUESTION)
     conversation = Conversation.single(prompt, images, system=opts.generation.system) if thread is None else \
         thread.follow_up(prompt, images, opts.generation.system)
     backend = load_backend(opts)

@@ -72,11 +72,13 @@ def _run(sources: list[str], opts: CommonOptions, *, thread=None, log: bool = Tr
     from dsvl_cli.chat.session import ChatSession, check_chat_sources
     from dsvl_cli.chat.ui import ChatUI
     from dsvl_cli.images import load_images
+    from dsvl_cli.images.selection import PICTURES_PER_QUESTION
     from dsvl_cli.render import load_backend
 
     check_chat_sources(sources)
     opts = thread.options(opts) if thread is not None else opts
-    first_images = load_images(sources, exact=opts.exact_pixels)  # validated before the model loads
+    first_images = load_images(sources, exact=opts.exact_pixels,  # validated before the model loads
+                               max_pictures=PICTURES_PER_QUESTION)
     backend = load_backend(opts, prefer_fast=True)
     session = ChatSession(backend, opts.generation, images=first_images, exact_pixels=opts.exact_pixels)
     if thread is not None:

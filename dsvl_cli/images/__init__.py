@@ -10,7 +10,12 @@ Limits, on purpose:
   by size (they are read lazily by Pillow); the pixel guard below protects memory for all sources.
 - PIL's decompression-bomb guard stays on; its warning is treated as an error too, so images past
   Image.MAX_IMAGE_PIXELS are refused. ImageFile.LOAD_TRUNCATED_IMAGES stays False.
-- Animated images (GIF, WebP, APNG) give their first frame. SVG is not rasterised.
+- Animated images (GIF, WebP, APNG) give their first frame, unless `#frames=N` asks for more.
+  SVG is not rasterised.
+- A PDF gives its pages, a video its frames (images/pictures.py, documents.py, video.py), so a
+  source may become several pictures: `load_source` returns them all, `load_images` all of every
+  source, `load_image` exactly one (a page or a frame named: `report.pdf#page=3`). Selections
+  (`#page=3`, `#pages=2-4`, `#frames=8`, `#t=12.5`) are images/selection.py's.
 - Transparency is composited on white; 16/32-bit and float images are scaled to 8 bits; EXIF
   orientation is applied. Colour profiles (ICC) are ignored.
 - `-` can be read once per process, so it may appear once among the sources of one question.
@@ -41,9 +46,10 @@ from urllib.parse import unquote_to_bytes
 from PIL import Image
 
 from dsvl_cli.errors import ImageLoadError
-from dsvl_cli.images.decode import decode_image
+from dsvl_cli.images import selection
 from dsvl_cli.images.guard import ImageGuard
 from dsvl_cli.images.limits import display_source, fmt_bytes, max_image_bytes, oserror_text, read_capped, too_big
+from dsvl_cli.images.pictures import Want, decode_pictures
 
 # `scheme://...` is always treated as a URL; a bare `scheme:` only when no such file exists.
 _URL_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -52,7 +58,9 @@ _SPACE_RE = re.compile(r"\s+")
 _URLSAFE = bytes.maketrans(b"-_", b"+/")
 _NON_FILE_SCHEMES = frozenset("file ftp sftp ssh javascript mailto about blob s3 gs hf".split())
 
-__all__ = ["LoadedImage", "display_source", "load_image", "load_images", "max_image_bytes", "prepare_for_threads"]
+__all__ = ["LoadedImage", "display_source", "load_image", "load_images", "load_source", "max_image_bytes",
+           "prepare_for_threads"]
+_MEDIA_TYPES = ("image/", "video/", "application/pdf")
 
 
 @dataclass(frozen=True)
@@ -62,24 +70,60 @@ class LoadedImage:
     load_s: float  # seconds spent reading/fetching + decoding
 
 
-def load_image(source: str, *, stdin: BinaryIO | None = None, exact: bool = False,
-               guard: ImageGuard | None = None) -> LoadedImage:
-    """Read, fetch or decode one image source; raise ImageLoadError with a one-line reason.
+def load_source(source: str, *, stdin: BinaryIO | None = None, exact: bool = False,
+                guard: ImageGuard | None = None, max_pictures: int | None = None) -> list[LoadedImage]:
+    """Read, fetch or decode one source: its picture, or its pages or frames; ImageLoadError with a
+    one-line reason otherwise.
 
     Images over ~4 MP are decoded at the size the model needs (images/decode.py); `exact`
     decodes every image in full, as the model card's way does (--exact-pixels). `guard`: the
     source comes from an untrusted client (the server): URLs go through its media policy, data:
-    URIs meet its caps, local files and stdin are refused (guard.py)."""
+    URIs meet its caps, local files and stdin are refused (guard.py). `max_pictures`: a document
+    or video with more pages or frames selected is refused before any is rendered."""
     start = time.perf_counter()
-    image = _resolve(source, stdin, exact) if guard is None else _resolve_guarded(source, guard)
-    return LoadedImage(source=source, image=image, load_s=time.perf_counter() - start)
+    target, sel = (source, None) if source == "-" or _exists(source) else selection.split(source)
+    if sel is not None and target == "-":
+        raise ImageLoadError(source, "a selection needs a named source, not stdin")
+    max_pictures = max_pictures if guard is None else min(guard.max_pictures, max_pictures or guard.max_pictures)
+    want = Want(name=target, selection=sel, max_pictures=max_pictures,
+                check=None if guard is None else (lambda: guard.check(display_source(source))))
+    pictures = _resolve(target, stdin, exact, want) if guard is None else _resolve_guarded(target, guard, want)
+    each = (time.perf_counter() - start) / len(pictures)
+    if len(pictures) == 1 and sel is None:
+        return [LoadedImage(source=source, image=pictures[0][1], load_s=each)]
+    return [LoadedImage(source=name, image=image, load_s=each) for name, image in pictures]
 
 
-def load_images(sources: Sequence[str], *, stdin: BinaryIO | None = None, exact: bool = False) -> list[LoadedImage]:
-    """Load every source in order; the first bad one raises. `-` may appear at most once."""
+def load_image(source: str, *, stdin: BinaryIO | None = None, exact: bool = False,
+               guard: ImageGuard | None = None) -> LoadedImage:
+    """Exactly one picture: an image, or one page or frame (`report.pdf#page=3`)."""
+    pictures = load_source(source, stdin=stdin, exact=exact, guard=guard)
+    if len(pictures) > 1:
+        example = "#t=SECONDS" if "#t=" in pictures[0].source else "#page=N"
+        raise ImageLoadError(display_source(source), f"holds {len(pictures)} pictures where one is expected; "
+                                                     f"name one ({example})")
+    return pictures[0]
+
+
+def load_images(sources: Sequence[str], *, stdin: BinaryIO | None = None, exact: bool = False,
+                max_pictures: int | None = None) -> list[LoadedImage]:
+    """Every picture of every source in order; the first bad one raises. `-` may appear at most
+    once. `max_pictures`: the most pictures one question holds (selection.PICTURES_PER_QUESTION
+    for the CLI); a document or video past what is left is refused before it is rendered."""
     if sum(1 for s in sources if s == "-") > 1:
         raise ImageLoadError("-", "stdin can only be read once")
-    return [load_image(s, stdin=stdin, exact=exact) for s in sources]
+    loaded: list[LoadedImage] = []
+    for source in sources:
+        left = None if max_pictures is None else max_pictures - len(loaded)
+        loaded += load_source(source, stdin=stdin, exact=exact, max_pictures=left)
+    return loaded
+
+
+def _exists(source: str) -> bool:
+    try:
+        return "#" in source and os.path.lexists(os.path.expanduser(source))
+    except (OSError, ValueError):
+        return False
 
 
 def prepare_for_threads(sources: Sequence[str]) -> None:
@@ -95,9 +139,9 @@ def prepare_for_threads(sources: Sequence[str]) -> None:
         import requests  # noqa: F401  (imports urllib3 and its optional SOCKS support, once)
 
 
-def _resolve(source: str, stdin: BinaryIO | None, exact: bool) -> Image.Image:
+def _resolve(source: str, stdin: BinaryIO | None, exact: bool, want: Want) -> list[tuple[str, Image.Image]]:
     if source == "-":
-        return _from_stdin(stdin, exact)
+        return _from_stdin(stdin, exact, want)
     if not source:
         raise ImageLoadError(source, "empty image source")
     url = _URL_RE.match(source)
@@ -106,18 +150,18 @@ def _resolve(source: str, stdin: BinaryIO | None, exact: bool) -> Image.Image:
         if scheme in ("http", "https"):
             from dsvl_cli.images.fetch import from_url
 
-            return from_url(source, exact)
+            return from_url(source, exact, want)
         raise _unsupported_scheme(source, scheme)
     scheme_match = _SCHEME_RE.match(source)
     if scheme_match and not os.path.lexists(os.path.expanduser(source)):
         scheme = scheme_match.group(1).lower()  # `a:b.png` on disk stays a path
         if scheme == "data":
-            return _from_data_uri(source, exact)
+            return _from_data_uri(source, want, exact)
         if scheme in ("http", "https"):
             raise ImageLoadError(source, f"malformed URL (expected {scheme}://host/...)")
         if scheme in _NON_FILE_SCHEMES:
             raise _unsupported_scheme(source, scheme)
-    return _from_path(source, exact)
+    return _from_path(source, exact, want)
 
 
 def _data_uri_bytes(uri: str, source: str) -> bytes:
@@ -129,8 +173,8 @@ def _data_uri_bytes(uri: str, source: str) -> bytes:
         raise ImageLoadError(source, "malformed data: URI (no ',' before the data)")
     params = [p.strip().lower() for p in uri[len("data:"):comma].split(";")]
     media_type = params[0] or "text/plain"
-    if not media_type.startswith("image/"):
-        raise ImageLoadError(source, f"data: URI media type is '{media_type}', not image/*")
+    if not media_type.startswith(_MEDIA_TYPES):
+        raise ImageLoadError(source, f"data: URI media type is '{media_type}', not image/*, video/* or application/pdf")
     if "base64" not in params[1:]:
         raise ImageLoadError(source, "data: URI is not base64-encoded (expected ';base64,')")
     text = uri[comma + 1:]
@@ -150,14 +194,14 @@ def _data_uri_bytes(uri: str, source: str) -> bytes:
         raise ImageLoadError(source, "data: URI has invalid base64 data") from None
 
 
-def _resolve_guarded(source: str, guard: ImageGuard) -> Image.Image:
+def _resolve_guarded(source: str, guard: ImageGuard, want: Want) -> list[tuple[str, Image.Image]]:
     url = _URL_RE.match(source)
     if url and url.group(1).lower() in ("http", "https"):
         from dsvl_cli.images.guarded import from_url_guarded
 
-        return from_url_guarded(source, guard)
+        return from_url_guarded(source, guard, want)
     if source[:5].lower() == "data:":
-        return _from_data_uri(source, guard=guard)
+        return _from_data_uri(source, want, guard=guard)
     raise ImageLoadError(source[:80], "only http(s) URLs and data: URIs are accepted here")
 
 
@@ -169,7 +213,7 @@ def _unsupported_scheme(source: str, scheme: str) -> ImageLoadError:
 # --- sources -----------------------------------------------------------------------------------
 
 
-def _from_path(source: str, exact: bool) -> Image.Image:
+def _from_path(source: str, exact: bool, want: Want) -> list[tuple[str, Image.Image]]:
     path = os.path.expanduser(source)
     try:
         st = os.stat(path)
@@ -186,15 +230,15 @@ def _from_path(source: str, exact: bool) -> Image.Image:
     if stat.S_ISFIFO(st.st_mode):  # a named pipe, or <(curl ...): read without blocking forever
         from dsvl_cli.images.pipes import read_pipe
 
-        return decode_image(source, io.BytesIO(read_pipe(source, path)), empty_reason="the pipe was empty",
-                            exact=exact)
+        return decode_pictures(source, io.BytesIO(read_pipe(source, path)), want, empty_reason="the pipe was empty",
+                               exact=exact)
     if not stat.S_ISREG(st.st_mode):  # a terminal, /dev/zero, a socket: nothing an image comes from
         raise ImageLoadError(source, f"not a regular file ({_file_kind(st.st_mode)})")
     if st.st_size == 0:
         raise ImageLoadError(source, "empty file")
     try:
         with open(path, "rb") as f:
-            return decode_image(source, f, empty_reason="empty file", exact=exact)
+            return decode_pictures(source, f, want, empty_reason="empty file", exact=exact)
     except PermissionError:
         raise ImageLoadError(source, "permission denied") from None
     except OSError as e:  # read errors outside decoding (decode errors are mapped in _decode)
@@ -209,7 +253,7 @@ def _file_kind(mode: int) -> str:
     return "a socket" if stat.S_ISSOCK(mode) else "a special file"
 
 
-def _from_stdin(stdin: BinaryIO | None, exact: bool) -> Image.Image:
+def _from_stdin(stdin: BinaryIO | None, exact: bool, want: Want) -> list[tuple[str, Image.Image]]:
     stream = stdin if stdin is not None else getattr(sys.stdin, "buffer", None)
     if stream is None:
         raise ImageLoadError("-", "no stdin available to read image bytes from")
@@ -220,19 +264,20 @@ def _from_stdin(stdin: BinaryIO | None, exact: bool) -> Image.Image:
         data = read_capped("-", stream)
     except OSError as e:
         raise ImageLoadError("-", f"cannot read stdin: {oserror_text(e)}") from None
-    return decode_image("-", io.BytesIO(data), empty_reason="no bytes on stdin", exact=exact)
+    return decode_pictures("-", io.BytesIO(data), want, empty_reason="no bytes on stdin", exact=exact)
 
 
-def _from_data_uri(uri: str, exact: bool = False, guard: ImageGuard | None = None) -> Image.Image:
+def _from_data_uri(uri: str, want: Want, exact: bool = False,
+                   guard: ImageGuard | None = None) -> list[tuple[str, Image.Image]]:
     source = display_source(uri)  # a multi-megabyte error line helps nobody
     data = _data_uri_bytes(uri, source)
     if guard is None:
         if len(data) > max_image_bytes():
             raise ImageLoadError(source, too_big())
-        return decode_image(source, io.BytesIO(data), empty_reason="data: URI has no image data", exact=exact)
+        return decode_pictures(source, io.BytesIO(data), want, empty_reason="data: URI has no image data", exact=exact)
     if len(data) > guard.max_bytes:
         raise ImageLoadError(source, f"larger than the server's {fmt_bytes(guard.max_bytes)} limit")
-    return decode_image(source, io.BytesIO(data), empty_reason="data: URI has no image data",
-                        max_pixels=guard.max_pixels, max_side=guard.max_side)
+    return decode_pictures(source, io.BytesIO(data), want, empty_reason="data: URI has no image data",
+                           max_pixels=guard.max_pixels, max_side=guard.max_side)
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from dsvl_cli import __version__
 from dsvl_cli.errors import ImageLoadError
-from dsvl_cli.images.decode import decode_image
+from dsvl_cli.images.pictures import Want, decode_pictures
 from dsvl_cli.images.guard import ImageGuard
 from dsvl_cli.images.limits import CHUNK, fmt_bytes, max_image_bytes, one_line, too_big
 
@@ -24,7 +24,7 @@ READ_TIMEOUT_S = 30.0
 MAX_REDIRECTS = 5
 
 
-def from_url(source: str, exact: bool = False) -> Image.Image:
+def from_url(source: str, exact: bool, want: Want) -> list[tuple[str, Image.Image]]:
     import requests  # only URL sources pay for importing requests
 
     cap = max_image_bytes()
@@ -37,7 +37,8 @@ def from_url(source: str, exact: bool = False) -> Image.Image:
                 body = _read_response(source, resp, cap)
     except requests.RequestException as e:
         raise ImageLoadError(source, _request_reason(e)) from None
-    return decode_image(source, io.BytesIO(body), empty_reason="URL returned an empty body", url=True, exact=exact)
+    return decode_pictures(source, io.BytesIO(body), want, empty_reason="URL returned an empty body", url=True,
+                           exact=exact)
 
 
 def _read_response(source: str, resp, cap: int, guard: ImageGuard | None = None) -> bytes:

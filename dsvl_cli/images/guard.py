@@ -107,8 +107,9 @@ class ImageGuard:
     """
 
     def __init__(self, policy: MediaPolicy, *, max_bytes: int, max_pixels: int, max_side: int | None,
-                 timeout_s: float):
+                 timeout_s: float, max_pictures: int = 64):
         self.policy = policy
+        self.max_pictures = max_pictures  # pages and frames one source may become
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self.max_side = max_side

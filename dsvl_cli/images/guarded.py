@@ -25,17 +25,17 @@ from urllib3.exceptions import NewConnectionError
 from dsvl_cli import __version__
 from dsvl_cli.errors import ImageLoadError
 from dsvl_cli.images import fetch
-from dsvl_cli.images.decode import decode_image
+from dsvl_cli.images.pictures import Want, decode_pictures
 from dsvl_cli.images.guard import Blocked, ImageGuard
 
 _REDIRECTS = (301, 302, 303, 307, 308)
 
 
-def from_url_guarded(source: str, guard: ImageGuard):
-    """The decoded picture at `source`, fetched and decoded under the guard."""
+def from_url_guarded(source: str, guard: ImageGuard, want: Want):
+    """The decoded pictures at `source`, fetched and decoded under the guard."""
     body = fetch_guarded(source, guard)
-    return decode_image(source, io.BytesIO(body), empty_reason="URL returned an empty body", url=True,
-                        max_pixels=guard.max_pixels, max_side=guard.max_side)
+    return decode_pictures(source, io.BytesIO(body), want, empty_reason="URL returned an empty body", url=True,
+                           max_pixels=guard.max_pixels, max_side=guard.max_side)
 
 
 def fetch_guarded(source: str, guard: ImageGuard) -> bytes:

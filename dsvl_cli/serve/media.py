@@ -26,7 +26,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from dsvl_cli.errors import ImageLoadError
-from dsvl_cli.images import LoadedImage, load_image
+from dsvl_cli.images import LoadedImage, load_source
 from dsvl_cli.images.guard import Blocked, ImageGuard, MediaPolicy
 from dsvl_cli.serve.limits import ServeLimits
 from dsvl_cli.serve.logs import escape
@@ -71,11 +71,12 @@ class MediaLoader:
     def _guard(self) -> ImageGuard:
         return ImageGuard(self.policy, max_bytes=self.limits.max_image_bytes,
                           max_pixels=self.limits.max_image_pixels, max_side=self.max_side,
-                          timeout_s=self.limits.fetch_timeout_s)
+                          timeout_s=self.limits.fetch_timeout_s, max_pictures=max(1, self.limits.max_images))
 
-    async def load(self, sources: list[str], is_disconnected) -> dict[str, LoadedImage]:
-        """Every source loaded (each once), or the first failure: ImageLoadError, or ClientGone
-        when `is_disconnected()` turns true first. Whatever is still loading is cancelled."""
+    async def load(self, sources: list[str], is_disconnected) -> dict[str, list[LoadedImage]]:
+        """Every source loaded (each once) as its pictures (a PDF's pages, a video's frames), or the
+        first failure: ImageLoadError, or ClientGone when `is_disconnected()` turns true first.
+        Whatever is still loading is cancelled."""
         if not sources:
             return {}
         loop = asyncio.get_running_loop()
@@ -113,10 +114,11 @@ class MediaLoader:
                                               "(the server's log says why)")
 
 
-def _load(source: str, guard: ImageGuard) -> LoadedImage:
+def _load(source: str, guard: ImageGuard) -> list[LoadedImage]:
     if guard.why is not None:  # cancelled while waiting for a thread
         raise ImageLoadError(source, guard.why)
-    return load_image(source, guard=guard)
+    guard.start()  # the deadline covers rendering pages and decoding frames too
+    return load_source(source, guard=guard)
 
 
 def _is_data(source: str) -> bool:

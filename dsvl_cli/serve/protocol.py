@@ -9,7 +9,9 @@ Mapping, on purpose:
   model's default.
 - A user message's `image_url` parts go before its text (DeepSeek-VL's template places them so);
   text parts are joined by newlines. `image_url` must be an http(s) URL or a data: URI: a client
-  may never make the server read its own files.
+  may never make the server read its own files. A `file` part (OpenAI's, a PDF as a data: URI) and
+  a `video_url` part (vLLM's) are sources too: their pages and frames are pictures, each counted
+  against --max-images (images/selection.py: `#page=3`, `#frames=8` select).
 - Sampling fields left out fall back to the server's own command-line defaults (greedy unless
   `dsvl serve -t` says otherwise), not to OpenAI's temperature 1.
 - `top_k` and `repetition_penalty` are accepted as extensions (as vLLM does).
@@ -32,7 +34,7 @@ import json
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -61,11 +63,20 @@ class ImageURL(BaseModel):
     detail: str | None = None
 
 
+class FileData(BaseModel):  # OpenAI's `file` part: a PDF sent inline (wire.file_source)
+    model_config = ConfigDict(extra="ignore")
+    file_data: str | None = None
+    file_id: str | None = None
+    filename: str | None = None
+
+
 class Part(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    type: Literal["text", "image_url"]
+    type: Literal["text", "image_url", "video_url", "file"]
     text: str | None = None
     image_url: ImageURL | None = None
+    video_url: ImageURL | None = None
+    file: FileData | None = None
 
     @model_validator(mode="after")
     def _has_payload(self) -> Part:
@@ -73,6 +84,10 @@ class Part(BaseModel):
             raise ValueError("a text part needs `text`")
         if self.type == "image_url" and self.image_url is None:
             raise ValueError("an image_url part needs `image_url.url`")
+        if self.type == "video_url" and self.video_url is None:
+            raise ValueError("a video_url part needs `video_url.url`")
+        if self.type == "file" and self.file is None:
+            raise ValueError("a file part needs `file`")  # without file_data: check_messages says why
         return self
 
 
@@ -157,8 +172,7 @@ def generation_settings(req: ChatRequest, defaults: GenerationSettings) -> Gener
 
 def image_sources(req: ChatRequest) -> list[str]:
     """Every distinct image URL in the request, in order of first use (each is loaded once)."""
-    urls = (part.image_url.url for m in req.messages if isinstance(m.content, list)
-            for part in m.content if part.type == "image_url")
+    urls = (url for m in req.messages for url in _split_content(m.content)[1])
     return list(dict.fromkeys(urls))
 
 
@@ -171,7 +185,10 @@ def check_messages(req: ChatRequest) -> int:
     """
     chars = 0
     for index, raw in enumerate(req.messages):
-        text, urls = _split_content(raw.content)
+        try:
+            text, urls = _split_content(raw.content)
+        except ValueError as exc:  # a file part without file_data (an upload's file_id)
+            raise UsageError(f"messages.{index}: {exc}") from None
         chars += len(text)
         check_text(text, f"messages.{index} ({raw.role})")
         if urls and raw.role != "user":
@@ -195,8 +212,17 @@ def build_conversation(req: ChatRequest, images: Mapping[str, LoadedImage]) -> C
         elif raw.role == "assistant":
             messages.append(Message("assistant", text))
         else:
-            messages.append(Message("user", text, [images[url] for url in urls]))
+            messages.append(Message("user", text, _pictures(images, urls)))
     return Conversation(messages, system="\n\n".join(systems) if systems else None)
+
+
+def _pictures(images: Mapping[str, Any], urls: list[str]) -> list:
+    """The pictures of a message's sources in order; a PDF or video source maps to several."""
+    out: list = []
+    for url in urls:
+        value = images[url]
+        out.extend(value if isinstance(value, list) else [value])
+    return out
 
 
 def _split_content(content: str | list[Part] | None) -> tuple[str, list[str]]:
