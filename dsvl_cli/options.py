@@ -194,13 +194,15 @@ def shared_options(command=None, *, exclude: tuple[str, ...] = ()):
         raw = {name: kwargs.pop(name) for name in names}
         try:
             if "server" in names:
-                _refuse_stray_key(raw, kwargs.pop(_CTX))
+                _refuse_stray_key(raw, kwargs[own_ctx] if own_ctx else kwargs.pop(_CTX))
             opts = build_common(raw)
         except DsvlError as err:
             fail(err, debug=raw.get("debug", False))
         return command(**kwargs, opts=opts)
 
-    if "server" in names:  # typer fills one Context per command: `dsvl serve` (no --server) keeps its own
+    # typer fills one Context per command: a command with its own (doctor, serve) lends it to the check
+    own_ctx = next((p.name for p in own if p.annotation is typer.Context), None)
+    if "server" in names and own_ctx is None:
         extra.append(inspect.Parameter(_CTX, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
     wrapper.__signature__ = signature.replace(parameters=own + extra)
     wrapper.__annotations__ = {p.name: p.annotation for p in own + extra}

@@ -16,7 +16,7 @@ def seen(monkeypatch):
     """The CommonOptions `dsvl ask` would answer with (the model is never loaded)."""
     got = []
 
-    def capture(sources, prompt, opts):
+    def capture(sources, prompt, opts, thread=None, **_):
         got.append(opts)
         return "stop"
 

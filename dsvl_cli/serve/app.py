@@ -177,11 +177,11 @@ class Intake:
         await loop.run_in_executor(self._pool, self.counter.check, standins)
         images = await self.media.load(sources, request.is_disconnected)
         conversation = chat_api.build_conversation(req, images)
-        await self._pictures_checked(conversation, images)
+        await self.pictures_checked(conversation, images)
         usage = bool(req.stream_options and req.stream_options.include_usage)
         return req.stream, usage, gen, conversation
 
-    async def _pictures_checked(self, conversation, images: dict) -> None:
+    async def pictures_checked(self, conversation, images: dict) -> None:
         """PDFs and videos became several pictures each: the caps again, on the distinct pictures."""
         pictures = sum(len(each) for each in images.values())
         if pictures > len(images):

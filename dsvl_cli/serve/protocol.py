@@ -212,11 +212,11 @@ def build_conversation(req: ChatRequest, images: Mapping[str, LoadedImage]) -> C
         elif raw.role == "assistant":
             messages.append(Message("assistant", text))
         else:
-            messages.append(Message("user", text, _pictures(images, urls)))
+            messages.append(Message("user", text, pictures_of(images, urls)))
     return Conversation(messages, system="\n\n".join(systems) if systems else None)
 
 
-def _pictures(images: Mapping[str, Any], urls: list[str]) -> list:
+def pictures_of(images: Mapping[str, Any], urls: list[str]) -> list:
     """The pictures of a message's sources in order; a PDF or video source maps to several."""
     out: list = []
     for url in urls:

@@ -114,7 +114,9 @@ async def _checked(intake, store: ResponseStore, request: Request, raw: bytearra
     await intake.offload(intake.counter.check, standins)
     images = await intake.media.load(sources, request.is_disconnected)
     messages = turn.build(images)
-    return Ask(req, gen, turn.systems, messages, _conversation(req, history, turn.systems, messages))
+    conversation = _conversation(req, history, turn.systems, messages)
+    await intake.pictures_checked(conversation, images)
+    return Ask(req, gen, turn.systems, messages, conversation)
 
 
 def _history(store: ResponseStore, previous_id: str | None) -> list[StoredResponse]:

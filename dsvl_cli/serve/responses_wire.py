@@ -37,7 +37,7 @@ from dsvl_cli import wire
 from dsvl_cli.conversation import Message, check_text
 from dsvl_cli.errors import ImageLoadError, UsageError
 from dsvl_cli.results import Result
-from dsvl_cli.serve.protocol import SEED_RANGE
+from dsvl_cli.serve.protocol import SEED_RANGE, pictures_of
 from dsvl_cli.settings import GenerationSettings
 
 ROLES = ("user", "system", "developer", "assistant")
@@ -101,7 +101,7 @@ class Turn:
 
     def build(self, images: Mapping[str, Any]) -> list[Message]:
         """The turn's messages; `images` maps each source to its picture (any stand-in to count tokens)."""
-        return [Message(role, text, [images[url] for url in urls]) for role, text, urls in self.messages]
+        return [Message(role, text, pictures_of(images, urls)) for role, text, urls in self.messages]
 
 
 def read_input(req: ResponsesRequest) -> Turn:
