@@ -186,8 +186,9 @@ def test_eight_concurrent_requests_are_all_answered(server):
 
 
 def test_waiting_requests_share_one_batch_stream_and_stop_alone(engine):
-    """Requests queued together run as one generate call: each streams its own text, greedy answers
-    equal single runs, and a job whose client went away stops alone."""
+    """Requests queued together decode side by side on the engine loop: each streams its own text,
+    greedy answers equal single runs, a job whose client went away stops alone, and a seeded sampled
+    answer is the one the same request gets alone."""
     import asyncio
 
     from dsvl_cli.conversation import Conversation
@@ -221,8 +222,21 @@ def test_waiting_requests_share_one_batch_stream_and_stop_alone(engine):
             worker.stop(5)
             return jobs, seen
 
+        async def alone(conversation, gen):
+            worker = Worker(engine, max_queue=8, max_batch=8)
+            job = worker.submit(conversation, gen)
+            worker.start()
+            items = []
+            while (item := await job.out.get()) is not END:
+                items.append(item)
+            worker.stop(5)
+            return job, items
+
         jobs, seen = asyncio.run(run_all())
-        assert [job.batch_size for job in jobs] == [4, 4, 4, 4, 1]
+        assert all(job.batch_size >= 4 for job in jobs), [job.batch_size for job in jobs]
+        lone_job, lone = asyncio.run(alone(conversations[1], gen.replace(temperature=0.7, seed=1)))
+        assert lone_job.batch_size == 1
+        assert lone[-1].token_ids == seen[4][-1].token_ids  # a seed answers the same however busy
         for k, items in enumerate(seen[:4]):
             result = items[-1]
             assert isinstance(result, Result), items
@@ -417,7 +431,8 @@ def test_chat_through_the_server_equals_local_chat(cli, server):
     assert len(remote_turns) == 3
     assert [t["answer"] for t in remote_turns] == [t["answer"] for t in local_turns]
     assert [t["turn"] for t in remote_turns] == [1, 2, 3]
-    assert local_turns[1]["stats"]["cached_tokens"] > 0 and remote_turns[1]["stats"]["cached_tokens"] == 0
+    for turn in remote_turns[1:]:  # the server's prefix cache holds the earlier turns, as a local chat does
+        assert turn["stats"]["cached_tokens"] * 2 >= turn["stats"]["prompt_tokens"], turn["stats"]
 
 
 def test_local_model_flags_are_refused_with_server(cli, server):

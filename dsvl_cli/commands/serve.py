@@ -18,11 +18,15 @@ Host = Annotated[str, _opt("--host", env="DSVL_HOST",
                            help="Address to listen on (0.0.0.0: every interface; set an API key).")]
 Port = Annotated[int, _opt("--port", env="DSVL_PORT", min=0, max=65535, help="Port to listen on (0: any free port).")]
 MaxQueue = Annotated[int, _opt("--max-queue", env="DSVL_MAX_QUEUE", min=0,
-                               help="Requests that may wait behind the running batch; more get 429.")]
+                               help="Requests that may wait for a free row; more get 429.")]
 BatchSize = Annotated[Optional[int], _opt(
     "--batch-size", env="DSVL_BATCH_SIZE", min=1,
-    help="Most waiting requests answered together in one generate call "
-         "[default: 8 on CPU, 16-32 on CUDA by free memory].")]
+    help="Most requests decoding at once (each joins at the next step and leaves when its answer ends) "
+         "[default: 16 on CPU, 32-64 on CUDA by free memory].")]
+CacheMemory = Annotated[Optional[str], _opt(
+    "--cache-memory", env="DSVL_CACHE_MEMORY",
+    help="Memory for the prefix cache (KV of recent prompts and answers, e.g. 2GiB) "
+         "[default: a fifth of free GPU memory; on CPU a tenth of free RAM, at most 2GiB].")]
 KeyFile = Annotated[Optional[Path], _opt("--api-key-file", env="DSVL_API_KEY_FILE",
                                          help="Read the API key from the first line of this file (not visible in ps).")]
 AllowPrivate = Annotated[bool, _opt("--allow-private-urls", env="DSVL_ALLOW_PRIVATE_URLS",
@@ -62,19 +66,21 @@ MaxConnections = Annotated[int, _opt("--max-connections", env="DSVL_MAX_CONNECTI
 # server from starting.
 @shared_options(exclude=("plain", "json", "stats", "server", "exact_pixels", "keep_alive", "schema",
                          "regex", "choices", "logprobs"))
-def serve(ctx: typer.Context, opts: CommonOptions, host: Host = "127.0.0.1", port: Port = 8000, max_queue: MaxQueue = 16,
+def serve(ctx: typer.Context, opts: CommonOptions, host: Host = "127.0.0.1", port: Port = 8000, max_queue: MaxQueue = 1024,
           batch_size: BatchSize = None, api_key_file: KeyFile = None, allow_private_urls: AllowPrivate = False,
           allowed_media_domains: MediaDomains = None, no_url_images: NoUrls = False,
           allowed_hosts: AllowedHosts = None, max_images: MaxImages = 8, max_image_pixels: MaxPixels = 4096 * 4096,
           max_image_bytes: MaxImageBytes = 10 * 1024 * 1024, max_body_bytes: MaxBody = 48 * 1024 * 1024,
           max_text_chars: MaxText = 64_000,
           fetch_timeout: FetchTimeout = 20.0, max_connections: MaxConnections = 512,
-          grace_period: Grace = 10.0, response_store_bytes: StoreBytes = 256 * 1024 * 1024) -> None:
+          grace_period: Grace = 10.0, response_store_bytes: StoreBytes = 256 * 1024 * 1024,
+          cache_memory: CacheMemory = None) -> None:
     """Keep the model warm behind an OpenAI-compatible API (Chat Completions, Responses, streaming, images).
 
     Generation options set the defaults for requests that leave them out. With --api-key,
     DSVL_API_KEY or --api-key-file every request needs `Authorization: Bearer KEY`. Requests that
-    wait together with the same generation settings are answered in one batch. Image URLs are
+    arrive while others run join them at the next decode step; prompts and pictures seen before are
+    reused from the prefix and image caches; GET /metrics reports it all. Image URLs are
     fetched from public addresses only, unless told otherwise (README: Security).
 
     \b
@@ -88,6 +94,7 @@ def serve(ctx: typer.Context, opts: CommonOptions, host: Host = "127.0.0.1", por
     from dsvl_cli.render import load_backend, note
     from dsvl_cli.serve import config
     from dsvl_cli.serve.limits import ServeLimits
+    from dsvl_cli.setup.fit import parse_size
 
     source = ctx.get_parameter_source
     with guarded(opts.debug):
@@ -97,6 +104,7 @@ def serve(ctx: typer.Context, opts: CommonOptions, host: Host = "127.0.0.1", por
                              max_image_pixels=max_image_pixels, max_text_chars=max_text_chars,
                              fetch_timeout_s=fetch_timeout)
         policy = config.media_policy(allow_private_urls, allowed_media_domains, no_url_images)
+        cache_bytes = parse_size(cache_memory, "--cache-memory") if cache_memory is not None else None
         try:
             from dsvl_cli.serve import app as server
         except ImportError as exc:
@@ -107,7 +115,7 @@ def serve(ctx: typer.Context, opts: CommonOptions, host: Host = "127.0.0.1", por
         app = server.create_app(engine, defaults=opts.generation, api_key=key, max_queue=max_queue,
                                 max_batch=batch_size, limits=limits, policy=policy,
                                 allowed_hosts=config.allowed_hosts(host, allowed_hosts),
-                                response_store_bytes=response_store_bytes)
+                                response_store_bytes=response_store_bytes, cache_bytes=cache_bytes)
         console = opts.env.stderr_console()
         shown_host = f"[{host}]" if ":" in host else host
         url = f"http://{shown_host}:{sock.getsockname()[1]}"

@@ -51,6 +51,11 @@ class AnswerText:
         delta, self.emitted = text[len(self.emitted):safe], text[:safe]
         return delta
 
+    @property
+    def stopped(self) -> bool:
+        """A stop string is in the text decoded so far (the answer ends there)."""
+        return bool(self.stops) and cut_at_stop(self._text, self.stops)[1]
+
     def finish(self) -> tuple[str, bool, str]:
         """(answer, stopped, rest): the whole answer decoded once and cut at the first stop string,
         whether one was found, and the part of it not shown yet."""

@@ -213,6 +213,16 @@ class LocalEngine(Backend):
         turn = streaming.prepare(self, conversation, gen, cache)
         yield from streaming.run(self, turn, stop_event)
 
+    def warm_loop(self, *, max_rows: int, max_waiting: int, cache_bytes: int | None = None):
+        """The continuous-batching loop over this engine (engine/loop.py), not started; `cache_bytes`:
+        the prefix cache's bound (default: from free memory, loop.default_budgets)."""
+        from dsvl_cli.engine.loop import EngineLoop, default_budgets
+
+        budgets = default_budgets(self.device)
+        if cache_bytes is not None:
+            budgets["cache_bytes"] = cache_bytes
+        return EngineLoop(self, max_rows=max_rows, max_waiting=max_waiting, **budgets)
+
     def generate_batch(self, items: list, gen: GenerationSettings, **kwargs) -> list:
         """Several single-turn questions in one call (engine/batched.py)."""
         from dsvl_cli.engine.batched import generate_batch

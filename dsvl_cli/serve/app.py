@@ -5,18 +5,20 @@ shell loops (`dsvl ask --server`) and for any OpenAI client. The wire format liv
 the Responses API (`/v1/responses`) in responses.py, on the same intake and worker (jobs.py).
 
 Limits, on purpose:
-- One `generate` at a time: a single worker thread owns the engine (scheduler.py) and takes
-  requests in arrival order; requests waiting together with the same generation settings run as
-  one batch (up to `max_batch`). At most `max_queue` requests wait behind the running batch; past
-  that the answer is 429 with Retry-After.
+- One warm engine loop owns the model (engine/loop.py, through scheduler.py): requests join the
+  running rows at the next decode step (up to `max_batch` rows, and as many as the KV memory
+  holds) and leave the moment their answer ends. At most `max_queue` requests (1024 by default)
+  wait for a free row; past that the answer is 429 with Retry-After.
 - Before any expensive work a request passes the gate (gate.py: Host, key, JSON only, body cap and
   timeout) and the cheap caps (limits.py: text, image count, prompt tokens); the body is parsed and
   tokens are counted on a helper thread, never on the event loop.
 - Images are fetched and decoded on their own threads under the media policy (media.py: public
   addresses only by default, a total deadline per fetch, cancelled when the client goes away); a
   text-only request never waits for them. Local paths in `image_url` are refused.
-- No KV reuse across requests: image placeholders are the same tokens for every picture, so a
-  prefix cache shared between clients could reuse another image's KV; `cached_tokens` is 0.
+- KV reuse across requests: the prefix cache is keyed by the tokens and by the content hash of
+  every picture in them (engine/prefix_cache.py), so one picture's KV never answers for another of
+  the same size; `cached_tokens` says how much of a prompt it held. Vision features are kept by
+  the hash of the preprocessed pixels (engine/features.py). GET /metrics shows both (metrics.py).
 - A client that disconnects stops its generation (the engine's stop_event); one that disconnects
   while queued is skipped. On SIGINT/SIGTERM uvicorn stops accepting and lets in-flight requests
   finish for up to the grace period (GRACE_S, `--grace-period`); then `Drain` cuts the rest:
@@ -51,6 +53,8 @@ from dsvl_cli.serve.media import ClientGone, MediaLoader
 from dsvl_cli.serve.drain import Drain
 from dsvl_cli.serve.jobs import Run, Runs
 from dsvl_cli.serve.response_store import STORE_BYTES, ResponseStore
+from dsvl_cli.engine.loop import MAX_WAITING
+from dsvl_cli.serve import metrics
 from dsvl_cli.serve.scheduler import Worker
 from dsvl_cli.serve.transport import GRACE_S, bind, configure_logging, make_server
 from dsvl_cli.settings import GenerationSettings
@@ -65,17 +69,20 @@ log = logging.getLogger("dsvl.serve")
 # -- the app -------------------------------------------------------------------------------------------
 
 def create_app(engine, *, defaults: GenerationSettings | None = None, api_key: str | None = None,
-               max_queue: int = 16, max_batch: int | None = None, max_body_bytes: int | None = None,
+               max_queue: int = MAX_WAITING, max_batch: int | None = None, max_body_bytes: int | None = None,
                limits: ServeLimits | None = None, policy: MediaPolicy | None = None,
                allowed_hosts: frozenset[str] | None = None, image_max_side: int | None = None,
-               response_store_bytes: int = STORE_BYTES) -> FastAPI:
+               response_store_bytes: int = STORE_BYTES, cache_bytes: int | None = None) -> FastAPI:
     """The ASGI app over a loaded engine (or anything with its `stream`, `name`, `random_weights`).
 
-    `max_batch`: most requests in one generate call (default: batch's default for the device).
+    `max_batch`: most rows decoding at once (default: twice batch's default for the device).
+    `cache_bytes`: the prefix cache's bound (--cache-memory; default from free memory).
     `allowed_hosts`: the Host names answered (None: any). `policy`: what image URLs may be fetched.
     `response_store_bytes`: the memory kept for stored responses (`previous_response_id`, responses.py)."""
     limits = limits or ServeLimits()
-    worker = Worker(engine, max_queue, max_batch or engine.default_batch_size)
+    options = {"cache_bytes": cache_bytes} if cache_bytes is not None else {}
+    worker = Worker(engine, max_queue, max_batch or 2 * engine.default_batch_size, **options)
+    scrape = metrics.registry_for(worker.meters, engine.name)
     media = MediaLoader(policy or MediaPolicy(), limits, image_max_side or image_side(engine))
     intake = Intake(engine, defaults or GenerationSettings(), api_key, limits, media,
                     max_body_bytes or limits.body_bytes())
@@ -101,6 +108,11 @@ def create_app(engine, *, defaults: GenerationSettings | None = None, api_key: s
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "model": engine.name}
+
+    @app.get("/metrics")
+    async def prometheus(request: Request) -> Response:
+        gate.check_key(request, api_key)
+        return Response(metrics.render(scrape), media_type=metrics.CONTENT_TYPE)
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict:

@@ -112,7 +112,7 @@ def footprint(config: dict) -> Footprint:
                      context_length=text.max_position_embeddings, hybrid=kind == "deepseek_vl_hybrid")
 
 
-def parse_size(text: str) -> int:
+def parse_size(text: str, flag: str = "--gpu-memory") -> int:
     """`24GiB`, `24G`, `80GB`, `512MiB` or bytes -> bytes (G and GB count as GiB, as GPU specs mean)."""
     import re
 
@@ -120,6 +120,6 @@ def parse_size(text: str) -> int:
 
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
     if not match:
-        raise UsageError(f"--gpu-memory {text!r}: use a size such as 24GiB, 80G or 16000MiB")
+        raise UsageError(f"{flag} {text!r}: use a size such as 24GiB, 80G or 16000MiB")
     scale = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[match.group(2).upper()]
     return int(float(match.group(1)) * scale)
