@@ -411,7 +411,10 @@ def test_serve_logprobs_in_openai_shape_streamed_and_not(client, engine):
     with_text = [c for c in chunks if c.choices and c.choices[0].delta.content]
     assert len(with_text) > 1 and all(c.choices[0].logprobs.content for c in with_text)  # each piece, its tokens
     streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
-    assert [e.model_dump() for e in streamed] == [e.model_dump() for e in content]
+    # the second request reuses the first one's KV (prefix cache): equal up to float rounding
+    assert [e.token for e in streamed] == [e.token for e in content]
+    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in content], abs=1e-5)
+    assert [[t.token for t in e.top_logprobs] for e in streamed] == [[t.token for t in e.top_logprobs] for e in content]
     plain = client.chat.completions.create(model="tiny-random", messages=_data_messages(), max_tokens=4)
     assert plain.choices[0].logprobs is None
 
@@ -434,6 +437,20 @@ def test_serve_bad_choice_and_logprobs_requests_are_400(server, body, message):
     assert message in response.json()["error"]["message"]
 
 
+def assert_same_logprobs(got, want) -> bool:
+    """Equal tokens, log-probabilities equal up to float rounding: the server may have the prompt's
+    KV from its prefix cache, computed in another batch shape than a fresh prefill."""
+    assert (got is None) == (want is None)
+    if want is None:
+        return True
+    entries = lambda data: data["content"] if isinstance(data, dict) else data  # noqa: E731
+    got, want = entries(got), entries(want)
+    assert [e["token"] for e in got] == [e["token"] for e in want]
+    assert [e["logprob"] for e in got] == pytest.approx([e["logprob"] for e in want], abs=1e-5)
+    assert [[t["token"] for t in e["top_logprobs"]] for e in got] == [[t["token"] for t in e["top_logprobs"]] for e in want]
+    return True
+
+
 def test_ask_and_batch_through_the_server_give_the_local_output(cli, server, tmp_path):
     image = str(EXAMPLES / "shapes.png")
     for flags in (["--choices", "yes,no,maybe"], ["--logprobs", "3", "-n", "6"]):
@@ -443,8 +460,8 @@ def test_ask_and_batch_through_the_server_give_the_local_output(cli, server, tmp
         got = json.loads(remote.stdout)
         assert set(got) == set(local)
         assert got["answer"] == local["answer"]
-        for key in ("scores", "logprobs"):
-            assert json.dumps(got.get(key)) == json.dumps(local.get(key)), key
+        assert json.dumps(got.get("scores")) == json.dumps(local.get("scores"))
+        assert_same_logprobs(got.get("logprobs"), local.get("logprobs"))
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text(json.dumps({"id": 1, "image": image, "prompt": PROMPT, "choices": ["yes", "no"]}) + "\n"
                     + json.dumps({"id": 2, "prompt": "Hi", "logprobs": 1}) + "\n")
@@ -457,7 +474,7 @@ def test_ask_and_batch_through_the_server_give_the_local_output(cli, server, tmp
 
     want, got = by_id(local.stdout), by_id(remote.stdout)
     assert got[1]["scores"] == want[1]["scores"] and got[1]["answer"] == want[1]["answer"]
-    assert got[2]["logprobs"] == want[2]["logprobs"] and got[2]["answer"] == want[2]["answer"]
+    assert_same_logprobs(got[2]["logprobs"], want[2]["logprobs"]) and got[2]["answer"] == want[2]["answer"]
 
 
 def test_keep_alive_gives_the_local_choices_and_logprobs_output(cli, engine):

@@ -185,6 +185,7 @@ class EngineLoop:
                 continue
             if row.finish is not None:
                 self._retire_alone(row)
+            self._update_meters()
 
     def _prefill(self, request: Request) -> Row:
         import torch
@@ -276,6 +277,7 @@ class EngineLoop:
         keep = [k for k, row in enumerate(self.rows) if row.finish is None]
         self.rows = [self.rows[k] for k in keep]
         self._kv.keep(keep)
+        self._update_meters()
 
     def _retire_alone(self, row: Row) -> None:
         """A row that ended at its first token (EOS, max_new_tokens 1): it never joined the batch."""
