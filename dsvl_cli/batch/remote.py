@@ -1,4 +1,5 @@
-"""`dsvl batch --server URL`: the same records, answered by a running `dsvl serve`.
+"""`dsvl batch --server URL`: the same records, answered by a running `dsvl serve` (and local
+`dsvl batch`, answered by the engine's own warm loop the same way: engine/warm.py).
 
 Why several requests at once: the server answers requests that wait together in one batched
 `generate` call, so up to `concurrency` streamed requests are kept open (--batch-size; by default
@@ -72,6 +73,9 @@ def run_remote(engine, records: list[Record], writer, summary, *, concurrency: i
     from dsvl_cli.batch.output import OutputClosed, error_record, result_record
     from dsvl_cli.conversation import Conversation
 
+    from dsvl_cli.images import prepare_for_threads
+
+    prepare_for_threads([s for r in records for s in r.images])  # the HTTP stack, before the threads start
     images = _Images(records, exact=exact)
     lock = threading.Lock()  # one writer, one summary, several threads
     fatal: list[ModelError] = []
@@ -104,6 +108,9 @@ def run_remote(engine, records: list[Record], writer, summary, *, concurrency: i
                 return
             except DsvlError as err:
                 write(record, error_record(record, err.kind, err.message), failed=True)
+                return
+            except Exception as exc:  # a bug: this record's error, never a record lost without a trace
+                write(record, error_record(record, "generation_error", f"{type(exc).__name__}: {exc}"), failed=True)
                 return
             if result.finish_reason != "interrupted":  # cut short: left for --resume
                 obj, failed = result_record(record, result)

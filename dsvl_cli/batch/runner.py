@@ -255,9 +255,27 @@ def _answer(todo: list, writer: Writer, summary: Summary, stop: threading.Event,
 
         run_remote(engine, records, writer, summary, concurrency=batch_size or in_flight(engine), stop=stop,
                    exact=opts.exact_pixels)
-    else:
+    elif getattr(engine, "fast", None) is None:  # the warm loop: records join and leave at every step
+        _run_warm(engine, records, writer, summary, rows=batch_size or 2 * engine.default_batch_size, stop=stop,
+                  exact=opts.exact_pixels)
+    else:  # the CUDA fast path: static batches through one compiled decode step
         run_records(engine, records, writer, summary, batch_size=batch_size or engine.default_batch_size, stop=stop,
                     exact=opts.exact_pixels)
+
+
+def _run_warm(engine, records: list[Record], writer: Writer, summary: Summary, *, rows: int,
+              stop: threading.Event, exact: bool) -> None:
+    """Records through the engine's warm loop, `rows` decoding at once and as many waiting (batch/remote.py
+    keeps them open, as it does against a server; engine/warm.py)."""
+    from dsvl_cli.batch.remote import run_remote
+    from dsvl_cli.engine.warm import WarmBackend
+
+    loop = engine.warm_loop(max_rows=rows, max_waiting=2 * rows)  # never more than the records kept open
+    loop.start()
+    try:
+        run_remote(WarmBackend(engine, loop), records, writer, summary, concurrency=2 * rows, stop=stop, exact=exact)
+    finally:
+        loop.close(5)
 
 
 def _stopped_by(signum: int | None, writer: Writer | None) -> str:

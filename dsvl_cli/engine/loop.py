@@ -42,15 +42,19 @@ from dsvl_cli.engine.meters import Meters
 from dsvl_cli.engine.prefix_cache import PrefixCache
 from dsvl_cli.engine.rows import END, Request, Row
 from dsvl_cli.errors import DsvlError, GenerationError
-from dsvl_cli.results import Chunk
+from dsvl_cli.results import Chunk, Result
 
 MAX_WAITING = 1024  # requests queued behind the running rows before the server answers 429
 PREFILLS_PER_STEP = 4  # admitted between two decode steps (each prefill stalls the running rows)
 log = logging.getLogger("dsvl.engine")
 
 
-class QueueFull(Exception):
-    """More requests waiting than the loop admits (the server answers 429)."""
+class QueueFull(GenerationError):
+    """More requests waiting than the loop admits (the server answers 429; a caller that keeps its
+    own bound, as batch does, never sees it: and if it did, it is an error, never a lost record)."""
+
+    def __init__(self, bound: int):
+        super().__init__(f"{bound} requests are already waiting for the engine")
 
 
 def _oom_types() -> tuple:
@@ -94,7 +98,7 @@ class EngineLoop:
     def stream(self, conversation, gen, *, stop_event: threading.Event | None = None) -> Iterator[Chunk]:
         """One request from a plain thread: TextChunks, then its Result (its error is raised)."""
         items: queue.Queue = queue.Queue()
-        request = self.submit(Request(conversation, gen, items.put, stop_event or threading.Event()))
+        request = self.submit(Request(conversation, gen, items.put, outer=stop_event))
         try:
             while (item := items.get()) is not END:
                 if isinstance(item, BaseException):
@@ -141,7 +145,7 @@ class EngineLoop:
             if not self._waiting or len(self.rows) >= self.max_rows:
                 return None
             request = self._waiting[0]
-            if self.rows and not request.stop.is_set() and not self._fits(request):
+            if self.rows and not request.cancelled and not self._fits(request):
                 return None
             self._waiting.popleft()
             self.meters.waiting = len(self._waiting)
@@ -158,8 +162,10 @@ class EngineLoop:
             request = self._next_waiting()
             if request is None:
                 return
-            if request.stop.is_set():
-                request.end(GenerationError("cancelled before it started"))
+            if request.cancelled:  # a caller's shared stop (Ctrl-C in batch): interrupted, left for --resume
+                outer = request.outer is not None and request.outer.is_set()
+                request.end(Result(answer="", finish_reason="interrupted") if outer
+                            else GenerationError("cancelled before it started"))
                 continue
             self.meters.requests_total += 1
             if scoring.wanted(request.gen):
@@ -232,7 +238,7 @@ class EngineLoop:
         import torch
 
         for row in self.rows:
-            if row.request.stop.is_set():
+            if row.request.cancelled:
                 row.interrupt()
         self._retire()
         if not self.rows:

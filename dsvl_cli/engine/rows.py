@@ -41,6 +41,11 @@ class Request:
     stop: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
     shared: int = 0  # most rows it ran beside (itself included); 0 until it runs
+    outer: threading.Event | None = None  # the caller's own stop too (a batch's Ctrl-C, shared by many)
+
+    @property
+    def cancelled(self) -> bool:
+        return self.stop.is_set() or (self.outer is not None and self.outer.is_set())
 
     def end(self, item) -> None:
         self.sink(item)
