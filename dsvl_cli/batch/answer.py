@@ -20,9 +20,8 @@ def plan_batches(engine, records: list[Record], batch_size: int) -> list[list[Re
     Similar lengths together keep padding small; the same images next to each other let their
     features be shared while still cached.
     """
-    per_image = int(engine.processor.num_image_tokens)
-    texts = [(r.system or "") + r.prompt for r in records]
-    lengths = [len(ids) for ids in engine.tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    per_image = engine.image_tokens
+    lengths = engine.text_tokens([(r.system or "") + r.prompt for r in records])
     groups: dict = {}
     for record, length in zip(records, lengths):
         estimate = length + per_image * len(record.images)

@@ -1,13 +1,14 @@
 """The Backend protocol: what ask, chat, batch and serve may ask of an engine, declared up front.
 
 Modelled on simonw/llm's `Model` (`execute` plus capability attributes such as `supports_tools`):
-a backend says what it can do in class attributes, and callers read those instead of probing with
-`hasattr`/`isinstance`. The local engine (engine/local.py), the HTTP client engine
-(engine/remote.py) and test fakes all subclass `Backend`.
+a backend says what it can do in attributes, and callers read those instead of probing with
+`hasattr`/`isinstance`. A `typing.Protocol`: the local engine (engine/local.py), the HTTP client
+engine (engine/remote.py), the warm loop's face (engine/warm.py) and test fakes subclass it
+explicitly to inherit `run` and the defaults; anything with the same attributes type-checks.
 
 Capabilities:
 - `context_length`: tokens the model can attend to, or None when unknown (a remote server).
-- `supports_kv_reuse`: `stream(..., cache=new_cache())` keeps the KV of earlier turns.
+- `new_cache()`: a per-conversation KV cache for `stream(..., cache=...)` (None: no reuse here).
 - `supports_batching`: `generate_batch(items, gen)` answers several questions in one call.
 - `counts_tokens`: `count_tokens(conversation)` gives the prompt's length in tokens.
 - `default_batch_size`: how many questions to put in one batch on this backend.
@@ -25,18 +26,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from dsvl_cli.conversation import Conversation
 from dsvl_cli.results import Chunk, Result, last_result
 from dsvl_cli.settings import GenerationSettings
 
 
-class Backend:
+class Backend(Protocol):
     name: str = "unknown"
     random_weights: bool = False  # tiny-random: its answers are noise, say so where they are shown
     context_length: int | None = None
-    supports_kv_reuse: bool = False
     supports_batching: bool = False
     counts_tokens: bool = False
     default_batch_size: int = 1

@@ -25,7 +25,6 @@ PIXEL_MEMO_SIZE = 16  # pictures whose preprocessed tensors are kept (a 1024 px 
 
 
 class LocalEngine(Backend):
-    supports_kv_reuse = True
     supports_batching = True
     counts_tokens = True
 
@@ -157,6 +156,15 @@ class LocalEngine(Backend):
         per_image = int(self.processor.num_image_tokens)
         positions = [i for i, tok in enumerate(ids) if tok == self.image_token_id]
         return [(positions[k], positions[k] + per_image) for k in range(0, len(positions), per_image)]
+
+    @property
+    def image_tokens(self) -> int:
+        """Tokens one picture takes in the prompt."""
+        return int(self.processor.num_image_tokens)
+
+    def text_tokens(self, texts: list[str]) -> list[int]:
+        """How many tokens each text is, without special tokens (for planning, not for generating)."""
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
 
     @property
     def image_side(self) -> int:

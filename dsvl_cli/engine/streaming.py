@@ -24,6 +24,7 @@ from typing import Any
 from dsvl_cli.conversation import Conversation
 from dsvl_cli.engine.core import Generation
 from dsvl_cli.engine.detokenize import AnswerText
+from dsvl_cli.engine.prefix_cache import Entry, reusable
 from dsvl_cli.errors import GenerationError
 from dsvl_cli.results import Chunk, Result, TextChunk
 from dsvl_cli.settings import GenerationSettings
@@ -33,7 +34,8 @@ _DONE = object()
 
 @dataclass
 class PromptCache:
-    """The KV cache left by the previous turn and the token ids it holds.
+    """The KV cache left by the previous turn and the token ids it holds: a local chat's own one-entry
+    prefix cache (engine/prefix_cache.py decides how much of it a new prompt may reuse).
 
     The next prompt reuses only the longest common token prefix (re-rendered history differs from
     generated tokens: the template adds "Assistant: " and strips text), never cutting into an image.
@@ -228,20 +230,11 @@ def _cache_fits(engine, kv, needed: int) -> bool:
 
 
 def reusable_prefix(engine, ids: list[int], cache: PromptCache, images: list[Any]) -> int:
-    """How many leading tokens of `ids` can keep their cached KV: never cutting an image, and
-    never past an image whose placeholders match but whose picture differs (see PromptCache)."""
-    common = 0
-    for old, new in zip(cache.token_ids, ids):
-        if old != new:
-            break
-        common += 1
-    keep = min(common, len(ids) - 1)  # at least one token must be prefilled to get logits
-    for k, (start, end) in enumerate(engine.image_spans(ids)):
-        same = k < len(cache.images) and k < len(images) and cache.images[k] is images[k]
-        if start < keep and (keep < end or not same):
-            keep = start
-            break
-    return keep
+    """How many leading tokens of `ids` can keep their cached KV: the prefix cache's rule
+    (engine/prefix_cache.py: never cutting an image, never past an image whose placeholders match
+    but whose picture differs), with this chat's one entry and its pictures named by identity."""
+    entry = Entry(tuple(cache.token_ids), tuple(str(id(picture)) for picture in cache.images), [], 0)
+    return reusable(ids, engine.image_spans(ids), [str(id(picture)) for picture in images], entry)
 
 
 def _join(worker: threading.Thread) -> None:
