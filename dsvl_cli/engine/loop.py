@@ -40,7 +40,7 @@ from dsvl_cli.engine.features import ImageFeatureCache
 from dsvl_cli.engine.kv import RowsKV, cache_of
 from dsvl_cli.engine.meters import Meters
 from dsvl_cli.engine.prefix_cache import PrefixCache
-from dsvl_cli.engine.rows import END, Request, Row
+from dsvl_cli.engine.rows import END, Request, Row, choose_all
 from dsvl_cli.errors import DsvlError, GenerationError
 from dsvl_cli.results import Chunk, Result
 
@@ -260,8 +260,8 @@ class EngineLoop:
                 return
         self._kv.stepped(mask)
         logits = out.logits[:, -1].to(copy=True, dtype=torch.float32)
-        for k, row in enumerate(self.rows):
-            row.push(row.choose(logits[k:k + 1]))
+        for row, token in zip(self.rows, choose_all(self.rows, logits)):
+            row.push(token)
         self.meters.generation_tokens_total += len(self.rows)
         self._retire()
 

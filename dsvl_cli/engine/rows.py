@@ -28,6 +28,9 @@ from dsvl_cli.engine.detokenize import AnswerText
 from dsvl_cli.results import Result, TextChunk
 
 END = object()  # a request's last item
+# transformers' processors that read only the scores (never the ids, the length or a state of their own)
+STATELESS = frozenset({"SuppressTokensLogitsProcessor", "TemperatureLogitsWarper", "TopKLogitsWarper",
+                       "TopPLogitsWarper", "MinPLogitsWarper"})
 
 
 @dataclass(eq=False)
@@ -73,6 +76,9 @@ class Row:
         self.digests = digests
         self.seq = ids  # (1, L + generated): what the processors see
         self.processors, self.sampling = logits_processors(engine, plan, ids)
+        # rows whose processors read nothing but the logits, with equal settings, are processed together
+        self.batchable = all(type(p).__name__ in STATELESS for p in self.processors)
+        self.group = (self.sampling, tuple((type(p).__name__, _settings(p)) for p in self.processors))
         self.generator = None
         if self.sampling and request.gen.seed is not None:
             self.generator = torch.Generator(device=ids.device).manual_seed(int(request.gen.seed))
@@ -102,7 +108,9 @@ class Row:
         """The next token from this row's (1, V) logits."""
         import torch
 
-        scores = self.processors(self.seq, logits)
+        scores = logits
+        for processor in self.processors:  # all take (input_ids, scores): no per-call signature check
+            scores = processor(self.seq, scores)
         if self.sampling:
             probs = torch.nn.functional.softmax(scores, dim=-1)
             token = int(torch.multinomial(probs, num_samples=1, generator=self.generator)[0, 0])
@@ -119,7 +127,8 @@ class Row:
 
         now = time.perf_counter()
         self.first_at, self.last_at = self.first_at or now, now
-        self.seq = torch.cat([self.seq, self.seq.new_tensor([[token]])], dim=1)
+        if not self.batchable:  # only per-row processors read the row's ids
+            self.seq = torch.cat([self.seq, self.seq.new_tensor([[token]])], dim=1)
         delta = self.text.add([token])
         if delta:
             entries = self.plan.logprob_entries(0, self.text.ids, self._shown)
@@ -149,3 +158,36 @@ class Row:
         result = self.plan.conclude(Result(answer=answer, finish_reason=reason, stats=stats, token_ids=ids))
         self.request.end(result)
         return result
+
+
+def _settings(processor) -> str:
+    return repr(sorted((k, v.tolist() if hasattr(v, "tolist") else v) for k, v in vars(processor).items()))
+
+
+def choose_all(rows: list[Row], logits) -> list[int]:
+    """Each row's next token from the step's (B, V) logits: rows that can share their processors
+    (STATELESS, equal settings) are processed as one (B', V) block, the others one by one."""
+    import torch
+
+    tokens: list[int | None] = [None] * len(rows)
+    groups: dict = {}
+    for k, row in enumerate(rows):
+        if row.batchable:
+            groups.setdefault(row.group, []).append(k)
+        else:
+            tokens[k] = row.choose(logits[k:k + 1])
+    for members in groups.values():
+        index = torch.tensor(members, device=logits.device)
+        scores = logits.index_select(0, index)
+        last = torch.tensor([[rows[k].last] for k in members], device=logits.device)
+        for processor in rows[members[0]].processors:
+            scores = processor(last, scores)
+        if rows[members[0]].sampling:
+            probs = torch.nn.functional.softmax(scores, dim=-1)
+            picked = [int(torch.multinomial(probs[j:j + 1], 1, generator=rows[k].generator)[0, 0])
+                      for j, k in enumerate(members)]
+        else:
+            picked = torch.argmax(scores, dim=-1).tolist()
+        for k, token in zip(members, picked):
+            tokens[k] = token
+    return tokens
