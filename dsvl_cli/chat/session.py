@@ -23,13 +23,7 @@ from dsvl_cli.chat import files as chat_files
 from dsvl_cli.chat.turns import Reply, Totals, Turn
 from dsvl_cli.conversation import Conversation, Message, check_text
 from dsvl_cli.engine.backend import Backend
-from dsvl_cli.errors import (
-    ContextLengthError,
-    DsvlError,
-    ExitCode,
-    ImageLoadError,
-    UsageError,
-)
+from dsvl_cli.errors import ContextLengthError, DsvlError, ExitCode, ImageLoadError, UsageError
 from dsvl_cli.images import LoadedImage, load_images
 from dsvl_cli.images.selection import PICTURES_PER_QUESTION
 from dsvl_cli.render import stats_line
