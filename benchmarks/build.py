@@ -42,7 +42,7 @@ def _image_processor_class(name: str):
 
 def _configs(entry: dict, tokenizer):
     """(config, model class, processor) for one shapes-file entry, ids remapped to `tokenizer`."""
-    from dsvl_cli.engine import tiny_random
+    from dsvl_cli.models import tiny_random
 
     hybrid = "high_res_vision_config" in entry
     config_cls, model_cls, processor_cls = tiny_random.architecture(hybrid)
@@ -82,7 +82,7 @@ def build(shape: str, device: str, dtype, workdir: Path, shapes_file: Path) -> t
     import torch
 
     from dsvl_cli.engine import runtime
-    from dsvl_cli.engine import tiny_random
+    from dsvl_cli.models import tiny_random
 
     started = time.perf_counter()
     runtime.quiet_transformers()

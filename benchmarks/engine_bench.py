@@ -48,7 +48,8 @@ IMAGE = REPO / "examples" / "shapes.png"
 def no_eos_copy(name: str, into: Path) -> Path:
     """The tiny model's folder, copied, with generation_config's EOS removed."""
     sys.path.insert(0, str(REPO))
-    from dsvl_cli.engine import runtime, tiny_random
+    from dsvl_cli.engine import runtime
+    from dsvl_cli.models import tiny_random
 
     source = tiny_random.ensure_built(name, runtime.dsvl_home())
     target = into / f"{name}-no-eos"

@@ -12,7 +12,7 @@ HUB_ALIASES = {
     "7b": "deepseek-community/deepseek-vl-7b-chat",
     "1.3b": "deepseek-community/deepseek-vl-1.3b-chat",
 }
-# Built offline on first use into DSVL_HOME (engine/tiny_random.py has their shapes): noise answers.
+# Built offline on first use into DSVL_HOME (models/tiny_random.py has their shapes): noise answers.
 RANDOM_MODELS = {
     "tiny-random": "7B's architecture (SigLIP + SAM), tiny shapes",
     "tiny-random-1.3b": "1.3B's architecture (SigLIP only), tiny shapes",

@@ -14,7 +14,7 @@ import typer
 
 from dsvl_cli import catalog
 from dsvl_cli.screen.environment import Environment
-from dsvl_cli.setup.completion import complete_model
+from dsvl_cli.models.completion import complete_model
 from dsvl_cli.errors import UsageError
 from dsvl_cli.settings import (
     DEFAULT_MODEL,

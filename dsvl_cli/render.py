@@ -9,6 +9,7 @@ are terminals, comes from an `Environment` (environment.py), never from `sys` di
 from __future__ import annotations
 
 import json
+import sys
 from contextlib import contextmanager
 from typing import TextIO
 
@@ -116,6 +117,10 @@ def status(console: Console, message: str):
         yield
 
 
+# how `--keep-alive` starts its private server (serve/private.py); the engine is handed it
+KEEP_ALIVE_SERVER = [sys.executable, "-m", "dsvl_cli.serve.private"]
+
+
 def load_backend(opts, *, prefer_fast: bool = False):
     """`engine.open_backend` with a spinner on a terminal, and the random-weights note."""
     from dsvl_cli.engine import open_backend
@@ -124,7 +129,8 @@ def load_backend(opts, *, prefer_fast: bool = False):
     with status(console, f"Loading {opts.server or opts.model.model}…"):
         backend = open_backend(opts.model, server=opts.server, api_key=opts.api_key,
                                requested_model=opts.requested_model, on_note=lambda text: note(console, text),
-                               prefer_fast=prefer_fast, verbose=opts.debug, keep_alive=opts.keep_alive)
+                               prefer_fast=prefer_fast, verbose=opts.debug, keep_alive=opts.keep_alive,
+                               server_command=KEEP_ALIVE_SERVER)
     if backend.random_weights:
         note(console, RANDOM_WEIGHTS_NOTE.format(name=backend.name))
     return backend

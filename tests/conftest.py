@@ -39,7 +39,7 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.fixture(scope="session")
 def tiny_folder() -> Path:
     from dsvl_cli.engine import runtime
-    from dsvl_cli.engine import tiny_random
+    from dsvl_cli.models import tiny_random
 
     return tiny_random.ensure_built("tiny-random", runtime.dsvl_home())
 
@@ -47,7 +47,7 @@ def tiny_folder() -> Path:
 @pytest.fixture(scope="session")
 def tiny13_folder() -> Path:
     from dsvl_cli.engine import runtime
-    from dsvl_cli.engine import tiny_random
+    from dsvl_cli.models import tiny_random
 
     return tiny_random.ensure_built("tiny-random-1.3b", runtime.dsvl_home())
 

@@ -37,8 +37,8 @@ def test_folder_of_images_to_parquet_and_resume(cli, tmp_path):
     out = tmp_path / "out.parquet"
     result = cli(["batch", str(pics), "--prompt", "What?", "-o", str(out), *TINY])
     assert result.exit_code == 0, result.output
-    rows = pq.read_table(out).to_pylist()
-    assert [r["id"] for r in rows] == ["a.png", "c.png", "more/b.JPG"]  # sorted paths, text files skipped
+    rows = sorted(pq.read_table(out).to_pylist(), key=lambda r: r["id"])  # rows in completion order
+    assert [r["id"] for r in rows] == ["a.png", "c.png", "more/b.JPG"]  # relative paths, text files skipped
     assert [r["answer"] for r in rows] == [ref[k]["answer"] for k in (1, 2, 3)]
     assert [json.loads(r["record"])["image"] for r in rows] == [str(pics / n) for n in ("a.png", "c.png", "more/b.JPG")]
     assert all(r["generated_tokens"] > 0 and r["error_type"] is None for r in rows)

@@ -110,7 +110,9 @@ def test_chat_and_batch_use_it_and_a_killed_server_is_replaced(cli, tmp_path):
     local_turns, kept_turns = ([json.loads(line) for line in r.stdout.splitlines()] for r in (local, kept))
     assert [t["answer"] for t in kept_turns] == [t["answer"] for t in local_turns] and len(kept_turns) == 3
 
-    engine = KeepAliveEngine(ModelSettings(model="tiny-random"), 60)
+    from dsvl_cli.render import KEEP_ALIVE_SERVER
+
+    engine = KeepAliveEngine(ModelSettings(model="tiny-random"), 60, KEEP_ALIVE_SERVER)
     [row] = _ps(cli)
     assert engine.pid == row["pid"] and row["requests"] == 3
     os.kill(row["pid"], signal.SIGKILL)  # a crash: the socket file stays behind

@@ -210,7 +210,7 @@ def test_completion_of_model_names_and_image_paths(cli, hf_cache, tmp_path, monk
         (pictures / name).mkdir() if name == "cats" else (pictures / name).write_bytes(b"x")
     monkeypatch.chdir(pictures)
     assert sorted(_complete(cli, "dsvl ask ca")) == ["cat.JPG", "cat.png", "cats/"]
-    from dsvl_cli.setup.completion import complete_image
+    from dsvl_cli.models.completion import complete_image
 
     assert sorted(complete_image(f"{pictures}/ca")) == sorted(f"{pictures}/{n}" for n in ("cat.JPG", "cat.png", "cats/"))
     assert complete_image("https://example.com/ca") == []

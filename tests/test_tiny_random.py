@@ -15,7 +15,7 @@ def _digest(folder: Path) -> dict[str, str]:
 
 
 def test_build_is_deterministic(tmp_path, tiny_folder):
-    from dsvl_cli.engine import tiny_random
+    from dsvl_cli.models import tiny_random
 
     again = tmp_path / "again"
     again.mkdir()

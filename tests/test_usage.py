@@ -62,7 +62,7 @@ def test_revision_with_a_model_built_here_is_refused(cli):
 
 
 def test_random_model_names_match_the_builder():
-    from dsvl_cli.engine import tiny_random
+    from dsvl_cli.models import tiny_random
     from dsvl_cli.settings import RANDOM_MODELS
 
     assert set(RANDOM_MODELS) == set(tiny_random.SPECS)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from dsvl_cli.options import CommonOptions, shared_options
-from dsvl_cli.setup.completion import complete_image
+from dsvl_cli.models.completion import complete_image
 
 
 @shared_options(exclude=("logprobs",))

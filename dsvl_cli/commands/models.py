@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from dsvl_cli.setup.completion import complete_model
+from dsvl_cli.models.completion import complete_model
 
 COLUMNS = ("NAME", "ALIAS", "REVISION", "SIZE", "LAST USED", "KIND", "DEFAULT")
 

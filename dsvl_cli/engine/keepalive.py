@@ -38,7 +38,7 @@ MAX_SOCKET_PATH = 103  # sun_path is 104 bytes on macOS, 108 on Linux, NUL inclu
 PROBE_CONNECT_S = 1.0  # a live server accepts at once; a missing or dead one is refused at once
 PROBE_READ_S = 3.0  # a live server answers its status in milliseconds; past this it may be hung
 HUNG_S = 10.0  # the second chance a live server of ours gets before it is replaced
-SERVER_MODULE = "dsvl_cli.serve.private"
+MARK = "--dsvl-keep-alive-server"  # on every keep-alive server's command line (ps, stop)
 
 
 def run_dir(create: bool = True) -> Path:
@@ -189,7 +189,7 @@ def is_ours(pid: int, key: str) -> bool:
                                      timeout=5).stdout
         except (OSError, subprocess.SubprocessError):
             return False
-    return SERVER_MODULE in cmdline and key in cmdline
+    return MARK in cmdline and key in cmdline
 
 
 def wait_gone(pid: int, timeout: float) -> bool:

@@ -41,8 +41,9 @@ from dsvl_cli.settings import ModelSettings
 _ERRORS = {cls.kind: cls for cls in (UsageError, ModelError, GenerationError, ContextLengthError)}
 
 
-def ensure_server(settings: ModelSettings, keep_alive: float) -> tuple[Paths, dict]:
-    """The answering server for `settings` (started if needed) and its status."""
+def ensure_server(settings: ModelSettings, keep_alive: float, command: list[str]) -> tuple[Paths, dict]:
+    """The answering server for `settings` (started if needed, with `command`: how the front end
+    runs its server program; the engine never names a front end) and its status."""
     paths = Paths.for_key(keepalive.server_key(settings))
     status = keepalive.probe(paths, touch=True, keep_alive=keep_alive)
     if status is not None:
@@ -56,7 +57,7 @@ def ensure_server(settings: ModelSettings, keep_alive: float) -> tuple[Paths, di
         status = _clear_stale(paths, keep_alive)
         if status is not None:
             return paths, status
-        _start(paths, settings, keep_alive)
+        _start(paths, settings, keep_alive, command)
         status = keepalive.probe(paths, touch=True, keep_alive=keep_alive)
     if status is None:
         raise ModelError(f"the keep-alive server for {settings.model} started but does not answer "
@@ -88,7 +89,7 @@ def _clear_stale(paths: Paths, keep_alive: float) -> dict | None:
     return None
 
 
-def _start(paths: Paths, settings: ModelSettings, keep_alive: float) -> None:
+def _start(paths: Paths, settings: ModelSettings, keep_alive: float, command: list[str]) -> None:
     """Start the server process and wait for its first line: ready, or the error that stopped it."""
     try:
         cwd = os.getcwd()
@@ -103,8 +104,7 @@ def _start(paths: Paths, settings: ModelSettings, keep_alive: float) -> None:
         log = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             launcher = subprocess.Popen(
-                [sys.executable, "-m", keepalive.SERVER_MODULE, "--status-fd", str(write_end),
-                 json.dumps(spec)],
+                [*command, keepalive.MARK, "--status-fd", str(write_end), json.dumps(spec)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(write_end,), close_fds=True,
                 start_new_session=True, cwd=paths.socket.parent, env=_server_env())
         finally:
@@ -170,9 +170,9 @@ class KeepAliveEngine(RemoteEngine):
     png_level = 1  # a local socket: encoding time matters, size hardly
     send_max_side = None  # the server must see the pixels a local run would (no downscale on the way)
 
-    def __init__(self, settings: ModelSettings, keep_alive: float):
-        self.settings, self.keep_alive = settings, keep_alive
-        self.paths, self.status = ensure_server(settings, keep_alive)
+    def __init__(self, settings: ModelSettings, keep_alive: float, command: list[str]):
+        self.settings, self.keep_alive, self.command = settings, keep_alive, command
+        self.paths, self.status = ensure_server(settings, keep_alive, command)
         super().__init__(f"http://{unix_http.HOST}")
         self.name = settings.model  # as the user named it, as a local run reports it
 
@@ -189,7 +189,7 @@ class KeepAliveEngine(RemoteEngine):
             return super()._send(method, path, **kwargs)
         except requests.ConnectionError:
             pass
-        self.paths, self.status = ensure_server(self.settings, self.keep_alive)
+        self.paths, self.status = ensure_server(self.settings, self.keep_alive, self.command)
         try:
             return super()._send(method, path, **kwargs)
         except requests.ConnectionError as exc:

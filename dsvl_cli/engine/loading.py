@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dsvl_cli import catalog
-from dsvl_cli.engine import tiny_random
+from dsvl_cli.models import tiny_random
 from dsvl_cli.engine.runtime import dsvl_home, pick_device, pick_dtype, quiet_transformers
 from dsvl_cli.errors import ModelError, UsageError
 from dsvl_cli.models import hub

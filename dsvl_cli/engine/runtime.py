@@ -5,6 +5,8 @@ torch and transformers are imported inside the functions only.
 
 from __future__ import annotations
 
+from dsvl_cli.models.quiet import quiet_transformers  # noqa: F401  (the loader's, re-exported)
+
 import os
 from pathlib import Path
 
@@ -17,17 +19,6 @@ def dsvl_home() -> Path:
         return Path(os.environ["DSVL_HOME"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "dsvl"
-
-
-def quiet_transformers() -> None:
-    """Local loads are fast: no per-weight progress bar, and warnings only at error level.
-
-    `--debug` leaves transformers' own logging as it is.
-    """
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
 
 
 def pick_device(requested: str) -> str:

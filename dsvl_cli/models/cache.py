@@ -84,7 +84,7 @@ def folder_bytes(folder: Path) -> int:
 
 def built_models(home: Path) -> list[LocalModel]:
     """The tiny-random models built in `home` (DSVL_HOME)."""
-    from dsvl_cli.engine import tiny_random
+    from dsvl_cli.models import tiny_random
 
     found = []
     for name, spec in tiny_random.SPECS.items():

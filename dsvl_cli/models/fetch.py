@@ -41,7 +41,7 @@ def pull(name: str, revision: str | None = None, *, home: Path, offline: bool = 
     if name in catalog.RANDOM_MODELS:
         if revision:
             raise UsageError(f"--revision {revision}: model {name} is built here, it has no revisions")
-        from dsvl_cli.engine import tiny_random
+        from dsvl_cli.models import tiny_random
 
         folder = tiny_random.ensure_built(name, home)
         return Pulled(name, folder, cache.folder_bytes(folder), random_weights=True)

@@ -289,6 +289,7 @@ def _cleanup(paths: keepalive.Paths, inode: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dsvl_cli.serve.private", description=__doc__.splitlines()[0])
+    parser.add_argument(keepalive.MARK, action="store_true", help="names this process as a keep-alive server")
     parser.add_argument("--status-fd", type=int, required=True)
     parser.add_argument("spec")
     args = parser.parse_args(argv)

@@ -121,7 +121,7 @@ _BYTE_OF = {ch: b for b, ch in _bytes_to_unicode().items()}
 
 
 def chat_template() -> str:
-    return resources.files("dsvl_cli.engine").joinpath("chat_template.jinja").read_text(encoding="utf-8")
+    return resources.files("dsvl_cli.models").joinpath("chat_template.jinja").read_text(encoding="utf-8")
 
 
 def _text_config(spec: TinySpec, vocab: int, ids: dict) -> dict:
@@ -186,7 +186,7 @@ def build(folder: Path, spec: TinySpec) -> None:
     """Write a complete model folder (config, safetensors, tokenizer, processor, template)."""
     import torch
 
-    from dsvl_cli.engine.runtime import quiet_transformers
+    from dsvl_cli.models.quiet import quiet_transformers
 
     quiet_transformers()
     tokenizer = build_tokenizer()
