@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 from dsvl_cli.engine.kv import Pairs, nbytes
 
@@ -27,24 +28,33 @@ class Entry:
     digests: tuple[str, ...]  # one per picture placeholder run in `ids`, in order
     pairs: Pairs  # per layer (keys, values), (1, heads, len(ids), head_dim)
     nbytes: int
+    array: Any = None  # `ids` as a numpy array, for the comparisons of every lookup
+
+    def __post_init__(self) -> None:
+        import numpy as np
+
+        if self.array is None:
+            self.array = np.asarray(self.ids, dtype=np.int64)
 
     def slices(self, keep: int) -> Pairs:
         return [(k[:, :, :keep], v[:, :, :keep]) for k, v in self.pairs]
 
 
 def common_prefix(a, b) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+    """Leading elements `a` and `b` share (token id sequences; numpy compares them in one pass)."""
+    import numpy as np
+
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    differ = np.asarray(a[:n]) != np.asarray(b[:n])
+    return int(differ.argmax()) if differ.any() else n
 
 
 def reusable(ids: list[int], spans: list[tuple[int, int]], digests: list[str], entry: Entry) -> int:
     """Leading tokens of `ids` whose KV `entry` holds: at least one token is left to prefill (its
     logits start the answer); never inside a picture's run, never past a picture that differs."""
-    keep = min(common_prefix(entry.ids, ids), len(ids) - 1)
+    keep = min(common_prefix(entry.array, ids), len(ids) - 1)
     for k, (start, end) in enumerate(spans):
         if start >= keep:
             break
@@ -66,9 +76,11 @@ class PrefixCache:
 
     def lookup(self, ids: list[int], spans: list[tuple[int, int]], digests: list[str]) -> tuple[Entry | None, int]:
         """The entry sharing the longest usable prefix with `ids`, and that prefix's length (0: none)."""
-        best, keep = None, 0
+        import numpy as np
+
+        best, keep, query = None, 0, np.asarray(ids, dtype=np.int64)
         for entry in self._entries.values():
-            n = reusable(ids, spans, digests, entry)
+            n = reusable(query, spans, digests, entry)
             if n > keep:
                 best, keep = entry, n
         if best is not None:
@@ -80,9 +92,11 @@ class PrefixCache:
         size = nbytes(pairs)
         if not ids or size > self.max_bytes:
             return
-        key = tuple(ids)
+        import numpy as np
+
+        key, query = tuple(ids), np.asarray(ids, dtype=np.int64)
         for entry in list(self._entries.values()):
-            shared = common_prefix(entry.ids, key)
+            shared = common_prefix(entry.array, query)
             if shared == len(key) and entry.digests[:len(digests)] == tuple(digests):
                 self._entries.move_to_end(id(entry))  # already held, inside a longer entry
                 return
