@@ -180,7 +180,13 @@ def memory(server: Server) -> dict:
         buffer = io.BytesIO()
         Image.effect_noise((640, 480), 40 + k).convert("RGB").save(buffer, "PNG")
         ask(server.url, 8, f"Picture {k}", picture_uri(buffer.getvalue()))
-    return {"peak_rss_mib": round(server.peak_rss() / 2**20, 1)}
+    got = {"peak_rss_mib": round(server.peak_rss() / 2**20, 1)}
+    metrics = httpx.get(server.url + "/metrics", timeout=30)
+    if metrics.status_code == 200:  # the engine loop's own count of what its caches hold
+        for line in metrics.text.splitlines():
+            if line.startswith(("dsvl_kv_cache_bytes", "dsvl_prefix_cache_bytes")):
+                got[line.split("{")[0]] = float(line.split()[-1])
+    return got
 
 
 def run_cases(server: Server, code: Path) -> dict:
