@@ -12,6 +12,7 @@ import pytest
 
 from conftest import EXAMPLES
 from test_scores import reference_label
+from test_serve import image_url  # noqa: F401 (a fixture)
 
 INPUT = "A picture from the test suite."
 QUESTIONS = [
@@ -114,3 +115,127 @@ def test_labels_are_the_choices_definition_and_typed_values_are_told_apart(quest
     assert questions[2].labels == ("true", "false", '"true"')  # a string reading as a boolean: JSON for all
     assert questions[3].values == questions[3].labels == ("calm", "some", "busy")
     assert "- circle: round" in questions[1].prompt() and '{"scale":"calm to busy"}' in questions[3].instructions
+
+
+# -- dsvl serve, through the openai package -----------------------------------------------------------
+
+KEY = "test-key"
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    from test_serve import _start
+
+    from dsvl_cli.images.guard import MediaPolicy
+    from dsvl_cli.serve.app import create_app
+
+    url, stop = _start(create_app(engine, api_key=KEY, policy=MediaPolicy(allow_private=True)))
+    yield url
+    stop()
+
+
+@pytest.fixture
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server + "/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+def _api_input(url: str, text: str = INPUT) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "input_image", "image_url": url}, {"type": "input_text", "text": text}]}]
+
+
+def test_openai_client_decisions_equal_the_reference(client, expected):
+    from test_serve import _data_uri
+
+    decision = client.decisions.create(model="tiny-random", input=_api_input(_data_uri()), questions=QUESTIONS)
+    answers = [a.model_dump() for a in decision.answers]
+    assert_answers(answers, expected)
+    typed = decision.answers[2].probabilities  # typed values survive the client's pydantic models
+    assert typed[0].value is True and typed[1].value is False and typed[2].value == "true"
+    assert decision.model == "tiny-random"
+    assert decision.usage.output_tokens == 0 and decision.usage.input_tokens_details.cached_tokens == 0
+    assert decision.usage.input_tokens == decision.usage.total_tokens > 0
+
+
+def test_an_image_url_in_the_input_gives_the_same_answers(client, expected, image_url):
+    decision = client.decisions.create(model="default", input=_api_input(image_url), questions=QUESTIONS)
+    assert_answers([a.model_dump() for a in decision.answers], expected)
+
+
+def test_concurrent_requests_each_get_the_reference(client, expected, server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from test_serve import _data_uri
+
+    chat = {"model": "default", "messages": [{"role": "user", "content": "Say something."}], "max_tokens": 4}
+
+    def one(k: int):
+        if k % 3 == 2:  # chat requests in between: decisions never join their batch
+            return client.chat.completions.create(**chat)
+        return client.decisions.create(model="default", input=_api_input(_data_uri()), questions=QUESTIONS)
+
+    with ThreadPoolExecutor(6) as pool:
+        outs = list(pool.map(one, range(9)))
+    for k, out in enumerate(outs):
+        if k % 3 == 2:
+            assert out.choices[0].message.content is not None
+        else:
+            assert_answers([a.model_dump() for a in out.answers], expected)
+
+
+PREDICATE = {"type": "predicate", "instructions": "There is a square."}
+BAD = [
+    ([], "ask at least one question"),
+    ([PREDICATE] * 401, "at most 400"),
+    ([{"type": "choice", "instructions": "Which?", "choices": [{"value": "a"}]}], "at least 2 choices"),
+    ([{"type": "choice", "instructions": "Which?", "choices": [{"value": f"v{k}"} for k in range(256)]}],
+     "at most 255"),
+    ([{"type": "choice", "instructions": "Which?", "choices": [{"value": "a"}, {"value": "b"}, {"value": "a"}]}],
+     "questions.0.choices.2.value: 'a' is given twice"),
+    ([{"type": "choice", "instructions": "Which?", "choices": [{"value": 1}, {"value": 2}]}],
+     "must be a string or a boolean"),
+    ([{"type": "score", "instructions": "How?", "levels": [{"label": "only"}]}], "at least 2 levels"),
+    ([PREDICATE, {"type": "rating", "instructions": "How?"}], "questions.1.type: unknown question type 'rating'"),
+    ([{"type": "predicate", "instructions": [{"type": "input_image", "image_url": "data:,"}]}],
+     "pictures in a question are not supported"),
+]
+
+
+@pytest.mark.parametrize("questions,message", BAD, ids=[m for _, m in BAD])
+def test_bad_questions_are_400s_in_openais_shape(client, questions, message):
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.decisions.create(model="default", input="A square.", questions=questions)
+    error = caught.value.body
+    assert caught.value.status_code == 400 and message in error["message"], error
+    assert error["type"] == "invalid_request_error"
+
+
+def test_bad_inputs_and_models_are_refused_and_the_server_goes_on(client, server):
+    import openai
+    import requests
+
+    for input_, message in ([{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}],
+                            "items of type 'function_call' are not supported"), (
+            [{"role": "user", "content": [{"type": "input_image", "image_url": "/etc/passwd"}]}], "image_url must be"), (
+            [{"role": "user", "content": [{"type": "input_json", "data": "not an object"}]}], "input_json part needs"):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.decisions.create(model="default", input=input_, questions=[PREDICATE])
+        assert message in caught.value.body["message"]
+    with pytest.raises(openai.NotFoundError):
+        client.decisions.create(model="gpt-6-luna", input="x", questions=[PREDICATE])
+    missing = requests.post(server + "/v1/decisions", json={"input": "x"}, headers={"Authorization": f"Bearer {KEY}"})
+    assert missing.status_code == 400 and "questions: required" in missing.json()["error"]["message"]
+    unauthorised = requests.post(server + "/v1/decisions", json={"input": "x", "questions": [PREDICATE]})
+    assert unauthorised.status_code == 401
+    ok = client.decisions.create(model="default", input="A square.", questions=[PREDICATE])
+    assert ok.answers[0].type == "predicate" and 0 < ok.answers[0].probability < 1
+
+
+def test_a_question_past_the_context_is_refused_and_the_others_answered(engine, client):
+    long = {"type": "predicate", "name": "long", "instructions": "word " * (engine.context_length + 10)}
+    decision = client.decisions.create(model="default", input="A square.", questions=[PREDICATE, long])
+    assert decision.answers[0].type == "predicate" and decision.answers[1].type == "refusal"
+    assert decision.answers[1].name == "long"
