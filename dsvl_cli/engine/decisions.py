@@ -28,6 +28,7 @@ from collections.abc import Iterator
 
 from dsvl_cli.conversation import Conversation
 from dsvl_cli.decide.questions import Question, answer, refusal
+from dsvl_cli.decide.wire import summary
 from dsvl_cli.errors import ContextLengthError, GenerationError
 from dsvl_cli.results import Chunk, Result, Stats, TextChunk
 from dsvl_cli.settings import GenerationSettings
@@ -86,26 +87,6 @@ def decide(engine, conversation: Conversation, questions: tuple[Question, ...]) 
     tokens = shared + sum(len(p) - shared for p in prompts)
     stats = Stats(prompt_tokens=tokens, image_s=image_s, ttft_s=done - started, total_s=done - started)
     return Result(answer=summary(answers), finish_reason="stop", stats=stats, answers=answers)
-
-
-def summary(answers: list[dict]) -> str:
-    """One line per answer: what a plain renderer shows (the table and --json say more)."""
-    lines = []
-    for k, a in enumerate(answers):
-        who = a["name"] if a["name"] is not None else str(k + 1)
-        if a["type"] == "predicate":
-            lines.append(f"{who}: {a['probability']:.4f}")
-        elif a["type"] == "choice":
-            lines.append(f"{who}: {_text(a['choice'])} ({a['confidence']:.4f})")
-        elif a["type"] == "score":
-            lines.append(f"{who}: {a['score']:.4f} ({a['confidence']:.4f})")
-        else:
-            lines.append(f"{who}: refused")
-    return "\n".join(lines)
-
-
-def _text(value) -> str:
-    return ("true" if value else "false") if isinstance(value, bool) else value
 
 
 def _ids(engine, conversation: Conversation) -> list[int]:

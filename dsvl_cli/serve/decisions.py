@@ -30,8 +30,8 @@ from pydantic import BaseModel, ConfigDict
 
 from dsvl_cli.conversation import Conversation, check_text
 from dsvl_cli.decide.questions import parse_questions
+from dsvl_cli.decide.wire import body
 from dsvl_cli.errors import UsageError
-from dsvl_cli.results import Result
 from dsvl_cli.serve import protocol
 from dsvl_cli.serve.jobs import Runs
 from dsvl_cli.serve.responses_wire import Turn, image_url
@@ -64,16 +64,6 @@ def register(app: FastAPI, model: str, intake, runs: Runs) -> None:
         result = await run.result()
         request.state.dsvl_tokens = (result.stats.prompt_tokens, 0)
         return body(model, result)
-
-
-def body(model: str, result: Result) -> dict:
-    """The Decision object (openai's types/decision.py), dsvl's stats as an extra field."""
-    tokens = result.stats.prompt_tokens
-    return {"object": "decision", "model": model, "answers": result.answers or [],
-            "usage": {"input_tokens": tokens,
-                      "input_tokens_details": {"cached_tokens": result.stats.cached_tokens, "cache_write_tokens": 0},
-                      "output_tokens": 0, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": tokens},
-            "stats": result.stats.to_dict()}
 
 
 async def _checked(intake, request: Request, raw: bytearray):
