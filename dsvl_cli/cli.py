@@ -97,7 +97,7 @@ def _version(value: bool) -> None:
 
 
 # Commands whose shared options take defaults from the config file (setup/config.py).
-CONFIGURED = ("ask", "chat", "batch", "serve", "doctor")
+CONFIGURED = ("ask", "decide", "chat", "batch", "serve", "doctor")
 
 
 @app.callback()
@@ -121,9 +121,11 @@ def _register() -> None:
     """One line per command; each command module imports nothing heavy at import time. The short
     help is written out: click cuts a docstring's first sentence with "..." in `dsvl --help`."""
     from dsvl_cli.catalog import epilog
-    from dsvl_cli.commands import ask, batch, chat, config, doctor, logs, models, ps, serve, stop
+    from dsvl_cli.commands import ask, batch, chat, config, decide, doctor, logs, models, ps, serve, stop
 
     app.command("ask", no_args_is_help=True, epilog=epilog(), short_help="Ask one question about images.")(ask.ask)
+    app.command("decide", no_args_is_help=True, epilog=epilog(),
+                short_help="Typed questions about images, answered with probabilities.")(decide.decide)
     app.command("chat", epilog=epilog(exit_codes=False), short_help="Chat about images (a REPL or a script).")(chat.chat)
     app.command("serve", epilog=epilog(exit_codes=False), short_help="Serve the model over an OpenAI-style API.")(serve.serve)
     app.command("batch", epilog=epilog(exit_codes=False), short_help="Answer many questions: JSONL in, JSONL out.")(batch.batch)

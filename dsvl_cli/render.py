@@ -105,6 +105,25 @@ def print_json(obj: dict, stream: TextIO, *, terminal: bool = False) -> None:
     stream.flush()
 
 
+def print_decision(answers: list[dict], env: Environment) -> None:
+    """Typed answers: a table on a terminal, tab-separated lines in a pipe (decide/wire.py's rows)."""
+    from dsvl_cli.decide.wire import rows, summary
+
+    if not env.stdout_isatty:
+        env.stdout.write(summary(answers) + "\n")
+        env.stdout.flush()
+        return
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("question", "type", "answer", "confidence", "probabilities"):
+        table.add_column(column, justify="right" if column == "confidence" else "left")
+    for row in rows(answers):
+        table.add_row(*(Text(visible(cell)) for cell in row))  # text, never markup; controls shown visibly
+    Console(file=env.stdout, force_terminal=True, no_color=env.no_color or None, highlight=False).print(table)
+
+
 @contextmanager
 def status(console: Console, message: str):
     """A spinner on a terminal; nothing at all in a pipe (stderr stays clean for logs)."""

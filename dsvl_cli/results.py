@@ -60,6 +60,7 @@ class Result:
     json_answer: bool = False
     scores: list[dict] | None = None  # --choices: [{label, probability, logprob}], most probable first
     logprobs: list[dict] | None = None  # --logprobs: OpenAI's logprobs.content entries, one per token
+    answers: list[dict] | None = None  # decisions: the API's answer objects, in question order
 
     def to_dict(self) -> dict:
         out = {"answer": self.answer, "finish_reason": self.finish_reason, "stats": self.stats.to_dict()}
@@ -69,6 +70,8 @@ class Result:
             out["scores"] = self.scores
         if self.logprobs is not None:
             out["logprobs"] = {"content": self.logprobs}
+        if self.answers is not None:
+            out["answers"] = self.answers
         return out
 
 

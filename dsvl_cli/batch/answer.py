@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 from dsvl_cli.batch.inputs import Record
 from dsvl_cli.batch.output import error_record, result_record
+from dsvl_cli.engine import decisions
 from dsvl_cli.errors import DsvlError
 from dsvl_cli.structured.grammar import shared_settings
 
@@ -54,6 +55,9 @@ def answer_batch(engine, batch: list[Record], prepared: dict, features, *,
         images = [prepared[s] for s in record.images]
         conversation = Conversation.single(record.prompt, [p.loaded for p in images], record.system)
         ready.append((record, BatchItem(conversation, images, answer_format=record.gen.answer_format)))
+    if ready and decisions.wanted(batch[0].gen):  # typed questions: one shared prefill per record
+        yield from _decide(engine, ready, stop)
+        ready = []
     if ready and not (stop is not None and stop.is_set()):
         gen = shared_settings(batch[0].gen.replace(system=None))
         results = generate_batch(engine, [item for _, item in ready], gen, features=features, stop_event=stop)
@@ -65,3 +69,16 @@ def answer_batch(engine, batch: list[Record], prepared: dict, features, *,
                 yield record, obj, failed, result.stats.generated_tokens
     for source in (s for r in batch for s in r.images):
         features.release(source)
+
+
+def _decide(engine, ready: list, stop: threading.Event | None) -> Iterator[tuple[Record, dict, bool, int]]:
+    """Records of typed questions (each its own request: engine/decisions.py), in order, until `stop`."""
+    for record, item in ready:
+        if stop is not None and stop.is_set():
+            return  # left for --resume
+        try:
+            result = engine.run(item.conversation, record.gen)
+        except DsvlError as err:
+            yield record, error_record(record, err.kind, err.message), True, 0
+            continue
+        yield record, result_record(record, result)[0], False, 0

@@ -6,7 +6,9 @@ Formats, detected per file from its first non-blank line:
   "logprobs": N}` per line, or the OpenAI batch-file shape (`custom_id` plus `body.messages` whose
   content parts are `text` and `image_url`; `body.response_format`, `logprobs`/`top_logprobs` and
   vLLM's `structured_outputs`/`guided_*` too). Both shapes may be mixed in one file. A record's
-  `schema`, `regex` or `choices` replaces the command's --schema/--regex/--choices.
+  `schema`, `regex` or `choices` replaces the command's --schema/--regex/--choices. A record with
+  `questions` (a list in OpenAI's Decisions API shape, as `dsvl decide --questions`) asks them about
+  its images and its optional prompt (the input) and gets `answers`; bad questions: an error record.
 - TSV (the line has a tab): `image<TAB>prompt`; an empty image field means no image.
 - Plain lines: one image source per line, the question from `--prompt`.
 A folder of images, a Parquet file or an `s3://`-style address is read by batch/sources.py.
@@ -37,7 +39,7 @@ _INT_OPTIONS = ("max_new_tokens", "top_k", "seed")
 _FLOAT_OPTIONS = ("temperature", "top_p", "repetition_penalty")
 _FORMAT_KEYS = ("schema", "regex", "choices")  # a record's own --schema (an object, or the CLI's forms) / --regex / --choices
 _RECORD_KEYS = {"id", "custom_id", "image", "images", "prompt", "system", "stop", *_INT_OPTIONS, *_FLOAT_OPTIONS,
-                *_FORMAT_KEYS, "logprobs"}
+                *_FORMAT_KEYS, "logprobs", "questions"}
 
 
 @dataclass
@@ -189,6 +191,8 @@ def _from_plain_json(data: dict, number: int, id_: Any, base: GenerationSettings
     if not isinstance(images, list) or not all(isinstance(s, str) for s in images):
         raise _BadLine("invalid_record", "image must be a string and images a list of strings")
     question = data.get("prompt", prompt)
+    if data.get("questions") is not None:
+        return _decisions_record(data, number, id_, images, question, base)
     if not isinstance(question, str) or not question.strip():
         raise _BadLine("invalid_record", "missing prompt" if question is None else "prompt must be a non-empty string")
     system = data.get("system", base.system)
@@ -204,6 +208,27 @@ def _from_plain_json(data: dict, number: int, id_: Any, base: GenerationSettings
             raise _BadLine("invalid_record", "logprobs must be an integer (top alternatives per token, 0-20)")
         options["logprobs"] = value
     return Record(id_, number, check_text(question), _sources(images), system, _settings(base, options, system))
+
+
+def _decisions_record(data: dict, number: int, id_: Any, images: list[str], text: Any,
+                      base: GenerationSettings) -> Record:
+    """A record of typed questions: its images and optional prompt are the input (dsvl decide's)."""
+    from dsvl_cli.decide.questions import parse_questions
+    from dsvl_cli.structured.spec import decisions_format
+
+    clash = [k for k in (*_FORMAT_KEYS, "logprobs") if data.get(k) is not None]
+    if clash:
+        raise _BadLine("invalid_record", f"questions are answered with probabilities: give no {clash[0]} with them")
+    if text is not None and not isinstance(text, str):
+        raise _BadLine("invalid_record", "prompt must be a string")
+    if not images and not (text or "").strip():
+        raise _BadLine("invalid_record", "questions need an input: an image or a prompt")
+    system = data.get("system", base.system)
+    if system is not None and not isinstance(system, str):
+        raise _BadLine("invalid_record", "system must be a string")
+    questions = parse_questions(data["questions"])
+    gen = base.replace(system=system, answer_format=decisions_format(questions), logprobs=None)
+    return Record(id_, number, check_text(text or ""), _sources(images), system, gen)
 
 
 def _record_format(data: dict):

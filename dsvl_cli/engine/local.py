@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from dsvl_cli.conversation import IMAGE_TOKEN, Conversation
-from dsvl_cli.engine import loading, runtime, scoring, streaming
+from dsvl_cli.engine import decisions, loading, runtime, scoring, streaming
 from dsvl_cli.engine.backend import Backend
 from dsvl_cli.engine.preprocess import pixels as preprocess_pixels
 from dsvl_cli.images.cache import SourceCache
@@ -215,6 +215,9 @@ class LocalEngine(Backend):
 
         Ctrl-C (KeyboardInterrupt) or `stop_event` stops generation; the Result then has
         finish_reason "interrupted" and the partial answer."""
+        if decisions.wanted(gen):  # typed questions: options scored from one shared prefill
+            yield from decisions.stream(self, conversation, gen)
+            return
         if scoring.wanted(gen):  # --choices: the labels are scored, nothing is generated
             yield from scoring.stream(self, conversation, gen, remember=cache is not None)
             return

@@ -17,6 +17,7 @@ Limits, on purpose:
 - --schema / --regex / --choices travel as `response_format` / vLLM's `structured_outputs`
   (wire.py), --logprobs as OpenAI's `logprobs`/`top_logprobs`; the scores and logprob entries are
   read back and `data` is parsed here from the answer's text, so the --json output is a local run's.
+- Typed questions (dsvl decide) go as one `POST /v1/decisions` (remote_decisions.py).
 - Result.token_ids is empty (the API sends text, not token ids). Against a server other than
   dsvl's, stats hold what `usage` and the client's own clock can tell.
 - The request names the model `-m` gave, or "default" (whatever the server has loaded) when `-m`
@@ -98,6 +99,13 @@ class RemoteEngine(Backend):
     def stream(self, conversation: Conversation, gen: GenerationSettings, *, cache=None,
                stop_event: threading.Event | None = None) -> Iterator[Chunk]:
         """Yield TextChunks as the server sends them, then one Result (see LocalEngine.stream)."""
+        if gen.answer_format is not None and gen.answer_format.kind == "decisions":  # POST /v1/decisions
+            from dsvl_cli.engine.remote_decisions import decide
+
+            result = decide(self, conversation, gen)
+            yield TextChunk(result.answer)
+            yield result
+            return
         started = time.perf_counter()
         response = self._request("POST", "/v1/chat/completions", json=self.request_body(conversation, gen),
                                  stream=True)

@@ -2,7 +2,8 @@
 
 Why: loading the model costs seconds (tiny-random) to minutes (7B); a server keeps it loaded for
 shell loops (`dsvl ask --server`) and for any OpenAI client. The wire format lives in protocol.py;
-the Responses API (`/v1/responses`) in responses.py, on the same intake and worker (jobs.py).
+the Responses API (`/v1/responses`) in responses.py, the Decisions API (`/v1/decisions`: typed
+questions answered with probabilities) in decisions.py, on the same intake and worker (jobs.py).
 
 Limits, on purpose:
 - One warm engine loop owns the model (engine/loop.py, through scheduler.py): requests join the
@@ -44,7 +45,7 @@ from starlette.exceptions import HTTPException
 from dsvl_cli.errors import DsvlError
 from dsvl_cli.images.guard import MediaPolicy
 from dsvl_cli.results import Result, TextChunk
-from dsvl_cli.serve import gate, responses
+from dsvl_cli.serve import decisions, gate, responses
 from dsvl_cli.serve import protocol as chat_api
 from dsvl_cli.serve.gate import ApiError, ClientClosed, from_dsvl
 from dsvl_cli.serve.limits import PromptCounter, ServeLimits, image_side
@@ -136,6 +137,7 @@ def create_app(engine, *, defaults: GenerationSettings | None = None, api_key: s
         return chat_api.completion(cid, engine.name, result)
 
     responses.register(app, engine.name, intake, runs, ResponseStore(response_store_bytes))
+    decisions.register(app, engine.name, intake, runs)
     return app
 
 

@@ -148,7 +148,7 @@ def _content(content: Any, role: str, where: str) -> tuple[str, list[str]]:
                 raise UsageError(f"{at}: a {kind} part needs `text`")
             texts.append(value)
         elif kind == "input_image" and role == "user":
-            urls.append(_image_url(part, at))
+            urls.append(image_url(part, at))
         elif kind == "input_image":
             raise UsageError(f"{at}: a {role} message cannot hold images")
         else:
@@ -157,7 +157,7 @@ def _content(content: Any, role: str, where: str) -> tuple[str, list[str]]:
     return "\n".join(texts), urls
 
 
-def _image_url(part: dict, at: str) -> str:
+def image_url(part: dict, at: str) -> str:
     url = part.get("image_url")
     if isinstance(url, dict):  # the chat API's shape, as some clients send it
         url = url.get("url")

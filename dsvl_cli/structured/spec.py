@@ -19,7 +19,7 @@ from pathlib import Path
 
 from dsvl_cli.errors import UsageError, load_json
 
-KINDS = ("json_schema", "regex", "choices")
+KINDS = ("json_schema", "regex", "choices", "decisions")
 _SHORT_TYPES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}
 _FIELD = re.compile(r"^(?P<name>[A-Za-z_][\w-]*)(?:\s+(?P<type>\w+))?\s*(?::\s*(?P<desc>.*))?$")
 
@@ -33,6 +33,10 @@ class AnswerFormat:
     schema: str | None = None
     regex: str | None = None
     choices: tuple[str, ...] = ()
+    # decisions (dsvl decide, POST /v1/decisions): the checked questions (decide/questions.py) and a
+    # key of the request's own, so that two requests never share a batch (they are scored, not generated)
+    questions: tuple = ()
+    request: str = ""
     source: str = field(default="", compare=False)  # as the user gave it: named in errors, not part
     # of the format's identity (the same schema from two files compiles once and batches together)
 
@@ -50,6 +54,8 @@ class AnswerFormat:
             return f"schema {_short(self.source)}"
         if self.kind == "regex":
             return f"regex {self.regex!r}"
+        if self.kind == "decisions":
+            return f"{len(self.questions)} questions"
         return f"choices {', '.join(self.choices)}"
 
     def to_dict(self) -> dict:
@@ -58,7 +64,16 @@ class AnswerFormat:
             return {"type": "json_schema", "schema": self.schema_dict}
         if self.kind == "regex":
             return {"type": "regex", "regex": self.regex}
+        if self.kind == "decisions":
+            return {"type": "decisions", "questions": [q.to_api() for q in self.questions]}
         return {"type": "choices", "choices": list(self.choices)}
+
+
+def decisions_format(questions: tuple) -> AnswerFormat:
+    """The format that asks `questions` (decide/questions.py) about the input instead of generating."""
+    import uuid
+
+    return AnswerFormat("decisions", questions=tuple(questions), request=uuid.uuid4().hex)
 
 
 def _short(text: str) -> str:

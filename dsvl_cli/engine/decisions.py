@@ -1,0 +1,155 @@
+"""Typed questions about one input, answered from option probabilities (dsvl decide, POST /v1/decisions).
+
+What is computed (decide/questions.py and README, "Decisions"): for each question, its prompt is
+the input's conversation with one more user message (`Question.prompt`), rendered through the chat
+template; each option's log-probability is that of `" " + label` + EOS after it (scoring.label_rows,
+the `--choices` definition); the probabilities are their softmax over the question's options.
+
+How, with one prefill: every question's prompt is tokenized whole; the longest token prefix they
+all share (the input, its pictures included) runs through the model once, with the pixels. Then
+each (question, option) becomes one row: the question's own tokens after the shared prefix, then
+the option's, and rows go SCORE_ROWS at a time through ONE forward pass on the prefix's KV,
+repeated per row, right-padded, positions continuing the prefix's (the cache is cut back to the
+prefix between groups). A row's log-probability is read at its option's tokens only. So ten
+questions cost one prefill of the picture plus a few short forwards, not ten prefills.
+
+A question whose prompt and longest option do not fit the context gets a refusal (the others are
+answered); a shared prefix that alone fills it is a ContextLengthError for the request.
+
+Limits: no KV reuse across requests or from a chat's earlier turns (nothing here reads a prefix
+cache; `cached_tokens` is 0); no `generate`, no fast path. Stats: `prompt_tokens` counts the shared
+prefix once plus each question's own tokens (`usage.input_tokens`); generated_tokens is 0.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from dsvl_cli.conversation import Conversation
+from dsvl_cli.decide.questions import Question, answer, refusal
+from dsvl_cli.decide.wire import summary
+from dsvl_cli.errors import ContextLengthError, GenerationError
+from dsvl_cli.results import Chunk, Result, Stats, TextChunk
+from dsvl_cli.settings import GenerationSettings
+from dsvl_cli.engine.scoring import SCORE_ROWS, label_rows
+
+
+def wanted(gen: GenerationSettings) -> bool:
+    """Whether `gen` asks typed questions instead of a generated answer."""
+    return gen.answer_format is not None and gen.answer_format.kind == "decisions"
+
+
+def asked(conversation: Conversation, question: Question) -> Conversation:
+    """The conversation that asks `question` about the input: the input, then the question as a user turn."""
+    out = conversation.copy()
+    out.add_user(question.prompt())
+    return out
+
+
+def stream(engine, conversation: Conversation, gen: GenerationSettings) -> Iterator[Chunk]:
+    """One TextChunk (a line per answer, for plain renderers), then the Result with `answers`."""
+    result = decide(engine, conversation, gen.answer_format.questions)
+    yield TextChunk(result.answer)
+    yield result
+
+
+def decide(engine, conversation: Conversation, questions: tuple[Question, ...]) -> Result:
+    from dsvl_cli.engine.streaming import encode_timed
+    import torch
+
+    prompts = [_ids(engine, asked(conversation, q)) for q in questions]
+    options = [label_rows(engine.tokenizer, q.labels, int(engine.tokenizer.eos_token_id)) for q in questions]
+    shared = _shared_length(engine, prompts)
+    if shared >= engine.context_length:
+        raise ContextLengthError(f"the input is {shared} tokens, past the model's context length of "
+                                 f"{engine.context_length}; shorten the text or use fewer images")
+    fits = [len(p) + max(len(r) for r in rows) <= engine.context_length for p, rows in zip(prompts, options)]
+    inputs, started, image_s = encode_timed(engine, asked(conversation, questions[0]), remember=False)
+    prefix = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+    prefix["input_ids"] = inputs["input_ids"][:, :shared]
+    prefix["attention_mask"] = inputs["attention_mask"][:, :shared]
+    rows, owners = [], []
+    for k, (prompt, opts) in enumerate(zip(prompts, options)):
+        if fits[k]:
+            rows += [(prompt[shared:], tail) for tail in opts]
+            owners += [k] * len(opts)
+    try:
+        logprobs = _row_logprobs(engine.model, prefix, rows) if rows else []
+    except torch.OutOfMemoryError:
+        raise GenerationError(f"out of memory on {engine.device} while scoring {len(rows)} options; "
+                              "try fewer questions or images") from None
+    per_question: list[list[float]] = [[] for _ in questions]
+    for k, lp in zip(owners, logprobs):
+        per_question[k].append(lp)
+    answers = [answer(q, per_question[k]) if fits[k] else refusal(q) for k, q in enumerate(questions)]
+    done = time.perf_counter()
+    tokens = shared + sum(len(p) - shared for p in prompts)
+    stats = Stats(prompt_tokens=tokens, image_s=image_s, ttft_s=done - started, total_s=done - started)
+    return Result(answer=summary(answers), finish_reason="stop", stats=stats, answers=answers)
+
+
+def _ids(engine, conversation: Conversation) -> list[int]:
+    """The prompt's token ids, pictures expanded to their image tokens (as engine.encode tokenizes it)."""
+    text = engine.expand_placeholders(engine.render(conversation))
+    return engine.tokenizer(text)["input_ids"]
+
+
+def _shared_length(engine, prompts: list[list[int]]) -> int:
+    """The longest token prefix of every prompt, leaving each at least one token of its own (the
+    row's first option token is read from its last prompt token's logits), and never ending inside
+    a picture's run of image tokens (those need the picture's pixels in the same forward)."""
+    shortest = min(len(p) for p in prompts)
+    n = 0
+    while n < shortest - 1 and all(p[n] == prompts[0][n] for p in prompts):
+        n += 1
+    for start, end in engine.image_spans(prompts[0]):
+        if start < n < end:
+            n = start
+    if any(start >= n for start, _ in engine.image_spans(prompts[0])):
+        raise GenerationError("a picture lies after the input shared by the questions; put pictures in the input")
+    return n
+
+
+def _row_logprobs(model, prefix: dict, rows: list[tuple[list[int], list[int]]]) -> list[float]:
+    """Sum of log-probabilities of each row's option tokens after the prefix and the row's own
+    context: one prefill of the prefix (pixels included), then one forward per SCORE_ROWS rows."""
+    import torch
+    from transformers import DynamicCache
+
+    with torch.inference_mode():
+        cache = DynamicCache(config=model.config)
+        cache = model(**prefix, cache=cache, use_cache=True, logits_to_keep=1).cache
+        sums: list[float] = []
+        for start in range(0, len(rows), SCORE_ROWS):
+            sums += _group(model, cache, prefix["attention_mask"], rows[start:start + SCORE_ROWS])
+    return sums
+
+
+def _group(model, cache, prefix_mask, rows: list[tuple[list[int], list[int]]]) -> list[float]:
+    """One forward over `rows` (context + option, all but the last token, right-padded) on the
+    prefix's cache repeated for them; targets are the next tokens, counted at the option only."""
+    import torch
+
+    device = prefix_mask.device
+    n, width = len(rows), max(len(ctx) + len(opt) for ctx, opt in rows) - 1
+    ids = torch.zeros((n, width), dtype=torch.long, device=device)
+    targets = torch.zeros((n, width), dtype=torch.long, device=device)
+    present = torch.zeros((n, width), dtype=torch.bool, device=device)  # a real token (attention)
+    counted = torch.zeros((n, width), dtype=torch.bool, device=device)  # its next token is an option's
+    for k, (ctx, opt) in enumerate(rows):
+        row = ctx + opt
+        m = len(row) - 1
+        ids[k, :m] = torch.tensor(row[:-1], device=device)
+        targets[k, :m] = torch.tensor(row[1:], device=device)
+        present[k, :m] = True
+        counted[k, len(ctx) - 1:m] = True
+    mask = torch.cat([prefix_mask.expand(n, -1), present.long()], dim=1)  # (n, P + width)
+    positions = (int(prefix_mask.sum()) + torch.arange(width, device=device)).expand(n, -1)
+    cache.batch_repeat_interleave(n)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+                   use_cache=True).logits  # (n, width, vocab)
+    cache.crop(-width)
+    cache.batch_select_indices(torch.tensor([0], device=device))
+    logprobs = torch.log_softmax(logits.float(), dim=-1).gather(2, targets[..., None])[..., 0]  # (n, width)
+    return (logprobs * counted).sum(dim=1).tolist()

@@ -1,0 +1,155 @@
+"""`POST /v1/decisions`: OpenAI's Decisions API (typed questions about one input, answered with probabilities).
+
+The shapes are those of the openai package's `types/decision_create_params.py` and
+`types/decision.py`: `input` (a string, or messages) and 1-400 `questions` (predicate, choice,
+score); the answer object holds `answers` in question order, `model` and `usage`
+(`output_tokens` 0: nothing is generated), plus dsvl's `stats` as an extra field. How each
+probability is read: decide/questions.py and engine/decisions.py (README, "Decisions").
+
+Same path as the chat API: the same gate and caps (app.Intake: key, JSON, body cap, text with
+the questions' text counted, pictures, the input's tokens before any picture is fetched), the same
+media policy for `input_image` (media.py), the same seam to the worker (jobs.Runs). Each request
+runs alone on the worker (its format carries its own key, so it never joins a batch): the input is
+prefilled once for all of its questions.
+
+Input mapping: a string is one user message. Messages (`type: "message"` or none) with role user
+(content `input_text`, `input_image`, `input_json` parts: the JSON written compact, as text),
+system / developer (`input_text`: they make the system prompt, joined by blank lines, as
+/v1/responses), assistant (`output_text`, `refusal`). Function and custom tool calls and their
+outputs are a 400 (this server calls no tools). The questions follow the input as user turns.
+`prompt_cache_key`, `prompt_cache_options`, `safety_identifier` are accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import FastAPI, Request
+from pydantic import BaseModel, ConfigDict
+
+from dsvl_cli.conversation import Conversation, check_text
+from dsvl_cli.decide.questions import parse_questions
+from dsvl_cli.decide.wire import body
+from dsvl_cli.errors import UsageError
+from dsvl_cli.serve import protocol
+from dsvl_cli.serve.jobs import Runs
+from dsvl_cli.serve.responses_wire import Turn, image_url
+from dsvl_cli.structured.spec import decisions_format
+
+ROLES = ("user", "system", "developer", "assistant")
+TEXT_PARTS = {"user": ("input_text", "input_json"), "system": ("input_text",), "developer": ("input_text",),
+              "assistant": ("output_text", "refusal")}
+MAX_JSON_BYTES = 256 * 1024  # one input_json part, written compact (the API's own limit)
+
+
+class DecisionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    model: str | None = None
+    input: Any = None  # required; read_input checks it
+    questions: Any = None  # required; decide/questions.py checks them
+
+
+def register(app: FastAPI, model: str, intake, runs: Runs) -> None:
+    """The route on `app` (intake: app.Intake, the chat API's own)."""
+
+    async def check(request: Request, raw: bytearray):
+        return await _checked(intake, request, raw)
+
+    @app.post("/v1/decisions")
+    async def create_decision(request: Request) -> dict:
+        conversation, gen = await intake.read(request, check)
+        run = await runs.start(conversation, gen, request)
+        del conversation
+        result = await run.result()
+        request.state.dsvl_tokens = (result.stats.prompt_tokens, 0)
+        return body(model, result)
+
+
+async def _checked(intake, request: Request, raw: bytearray):
+    """The chat API's checks in its order (app.Intake._checked), on a Decisions body."""
+    intake.limits.check_json_shape(raw)
+    req = await intake.offload(protocol.parse_request, raw, DecisionRequest)  # empties raw
+    protocol.check_model(req.model, intake.engine.name, intake.names)
+    if req.questions is None:
+        raise UsageError("questions: required (a list of 1-400 questions)")
+    questions = parse_questions(req.questions)
+    turn = read_input(req.input)
+    intake.limits.check_text(turn.chars + sum(q.chars for q in questions))
+    sources = turn.sources()
+    intake.limits.check_images(len(sources))
+    intake.media.precheck(sources)
+    standins = _conversation(turn, {source: None for source in sources})
+    await intake.offload(intake.counter.check, standins)
+    images = await intake.media.load(sources, request.is_disconnected)
+    conversation = _conversation(turn, images)
+    await intake.pictures_checked(conversation, images)
+    return conversation, intake.defaults.replace(answer_format=decisions_format(questions))
+
+
+def _conversation(turn: Turn, images) -> Conversation:
+    return Conversation(turn.build(images), system="\n\n".join(turn.systems) if turn.systems else None)
+
+
+def read_input(value: Any) -> Turn:
+    """Every input item checked before anything is loaded (UsageError / ImageLoadError name it)."""
+    if isinstance(value, str):
+        return Turn(messages=[("user", check_text(value, "input"), [])])
+    if not isinstance(value, list) or not value:
+        raise UsageError("input: required: a string or a list of at least one message")
+    turn = Turn()
+    for index, item in enumerate(value):
+        where = f"input.{index}"
+        if not isinstance(item, dict):
+            raise UsageError(f"{where}: an input item is an object (a message)")
+        kind = item.get("type", "message")
+        if kind != "message":
+            raise UsageError(f"{where}: items of type {kind!r} are not supported (this server calls no tools; "
+                             "send messages)")
+        role = item.get("role")
+        if role not in ROLES:
+            raise UsageError(f"{where}.role: must be one of {', '.join(ROLES)}")
+        text, urls = _content(item.get("content"), role, where)
+        check_text(text, f"{where} ({role})")
+        if role in ("system", "developer"):
+            turn.systems.append(text)
+        else:
+            turn.messages.append((role, text, urls))
+    if not turn.messages:
+        raise UsageError("input: give at least one user or assistant message (the questions are about it)")
+    return turn
+
+
+def _content(content: Any, role: str, where: str) -> tuple[str, list[str]]:
+    """(text, image URLs) of one message's content; images go before the text in the prompt."""
+    if isinstance(content, str):
+        return content, []
+    if not isinstance(content, list):
+        raise UsageError(f"{where}.content: must be a string or a list of content parts")
+    texts, urls = [], []
+    for k, part in enumerate(content):
+        at = f"{where}.content.{k}"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "input_json" and role == "user":
+            texts.append(_json_text(part.get("data"), at))
+        elif kind in TEXT_PARTS[role]:
+            value = part.get("refusal" if kind == "refusal" else "text")
+            if not isinstance(value, str):
+                raise UsageError(f"{at}: a {kind} part needs `{'refusal' if kind == 'refusal' else 'text'}`")
+            texts.append(value)
+        elif kind == "input_image" and role == "user":
+            urls.append(image_url(part, at))
+        else:
+            allowed = (*TEXT_PARTS[role], *(("input_image",) if role == "user" else ()))
+            raise UsageError(f"{at}: unsupported content type {kind!r} in a {role} message "
+                             f"(supported: {', '.join(allowed)})")
+    return "\n".join(texts), urls
+
+
+def _json_text(data: Any, at: str) -> str:
+    if not isinstance(data, (dict, list)) or (isinstance(data, list) and not all(isinstance(d, dict) for d in data)):
+        raise UsageError(f"{at}: an input_json part needs `data`: an object or a list of objects")
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    if len(text.encode()) > MAX_JSON_BYTES:
+        raise UsageError(f"{at}: the JSON is {len(text.encode())} bytes written compact; at most {MAX_JSON_BYTES}")
+    return text
