@@ -13,7 +13,8 @@ for DeepSeek-VL's picture features). One thread owns the model. Each turn of the
 3. **retire** each row that ended (EOS, length, a stop string, its stop event): its Result goes out
    at once, its KV into the prefix cache, and its row out of the batch.
 
-`--choices` requests are scored (engine/scoring.py) on this thread between steps: one prefill each.
+`--choices` and decisions requests are scored (engine/scoring.py, engine/decisions.py) on this
+thread between steps: one prefill each, nothing generated.
 
 Out of memory in a decode step: the prefix and feature caches are dropped and the step runs again;
 still out of memory, the newest row is preempted (back to the front of the queue when it has shown
@@ -34,7 +35,7 @@ import traceback
 from collections import deque
 from collections.abc import Iterator
 
-from dsvl_cli.engine import features as pictures_of, scoring
+from dsvl_cli.engine import decisions, features as pictures_of, scoring
 from dsvl_cli.engine.core import Generation
 from dsvl_cli.engine.features import ImageFeatureCache
 from dsvl_cli.engine.kv import RowsKV, cache_of
@@ -168,7 +169,7 @@ class EngineLoop:
                             else GenerationError("cancelled before it started"))
                 continue
             self.meters.requests_total += 1
-            if scoring.wanted(request.gen):
+            if scoring.wanted(request.gen) or decisions.wanted(request.gen):  # nothing to generate
                 self._score(request)
                 continue
             try:
@@ -295,7 +296,7 @@ class EngineLoop:
 
     def _score(self, request: Request) -> None:
         try:
-            for item in scoring.stream(self.engine, request.conversation, request.gen):
+            for item in self.engine.stream(request.conversation, request.gen):  # its scoring branch
                 request.sink(item)
             request.sink(END)
         except DsvlError as err:
