@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from dsvl_cli.options import CommonOptions, shared_options
-from dsvl_cli.setup.completion import complete_image
+from dsvl_cli.models.completion import complete_image
 
 # Sampling and answer-format options mean nothing here: nothing is generated.
 NOT_HERE = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "schema", "regex",
