@@ -104,7 +104,10 @@ def test_help_and_readme_name_the_same_aliases_variables_and_exit_codes(cli):
     for code in catalog.EXIT_CODES:
         assert f"| {code} |" in readme and f"  {code} " in ask_help, code
     assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in readme
-    assert "Python >= 3.10" in readme and "venv" in readme
+    import tomllib
+
+    floor = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"].removeprefix(">=")
+    assert f"Python >= {floor}" in readme and "venv" in readme  # the floor pyproject declares (and CI tests)
 
 
 def test_top_level_help_is_not_cut_and_chat_takes_several_images(cli):
