@@ -62,11 +62,11 @@ def no_eos_copy(name: str, into: Path) -> Path:
 
 
 class Server:
-    def __init__(self, code: Path, folder: Path, label: str):
+    def __init__(self, code: Path, folder, label: str, extra: list[str] = ()):
         self.label = label
         env = {**os.environ, "PYTHONPATH": str(code), "HF_HUB_OFFLINE": "1"}
         self.proc = subprocess.Popen([sys.executable, "-m", "dsvl_cli", "serve", "-m", str(folder), "--device", "cpu",
-                                      "--port", "0"], cwd=code, env=env, stderr=subprocess.PIPE, text=True)
+                                      "--port", "0", *extra], cwd=code, env=env, stderr=subprocess.PIPE, text=True)
         self.url = None
         while self.url is None:
             line = self.proc.stderr.readline()

@@ -239,3 +239,111 @@ def test_a_question_past_the_context_is_refused_and_the_others_answered(engine, 
     decision = client.decisions.create(model="default", input="A square.", questions=[PREDICATE, long])
     assert decision.answers[0].type == "predicate" and decision.answers[1].type == "refusal"
     assert decision.answers[1].name == "long"
+
+
+def test_a_second_request_with_the_same_input_reuses_its_kv_and_gives_the_same_answers(engine, client):
+    """The input's prefill is kept in the warm engine's prefix cache: the next request about the same
+    picture reads it back (cached_tokens) and its probabilities do not move."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from dsvl_cli.engine import decisions
+    from dsvl_cli.images import load_image
+
+    picture = Image.new("RGB", (96, 64), (10, 200, 30))  # a picture no other test sends
+    picture.paste((250, 240, 0), (20, 10, 60, 40))
+    png = io.BytesIO()
+    picture.save(png, format="PNG")
+    uri = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
+    text = "The same picture, asked twice."
+    first = client.decisions.create(model="default", input=_api_input(uri, text), questions=QUESTIONS)
+    again = client.decisions.create(model="default", input=_api_input(uri, text), questions=QUESTIONS[:2])
+    [(start, end)] = engine.image_spans(decisions._ids(engine, _input_conversation(load_image(uri))))
+    # the first may reuse the system prompt before the picture (an earlier request's); never the picture
+    assert first.usage.input_tokens_details.cached_tokens <= start
+    cached = again.usage.input_tokens_details.cached_tokens
+    assert end < cached < again.usage.input_tokens  # the picture and the text, not the questions
+    for a, b in zip(first.answers[:2], again.answers):
+        assert answer_probabilities(b.model_dump()) == pytest.approx(answer_probabilities(a.model_dump()), abs=1e-4)
+
+
+# -- dsvl decide, batch ------------------------------------------------------------------------------
+
+def _decide_args(questions_file) -> list[str]:
+    return ["decide", str(EXAMPLES / "shapes.png"), INPUT, "--questions", str(questions_file)]
+
+
+@pytest.fixture
+def questions_file(tmp_path):
+    path = tmp_path / "questions.json"
+    path.write_text(json.dumps(QUESTIONS))
+    return path
+
+
+def test_dsvl_decide_json_is_the_decision_object_with_the_reference_probabilities(cli, questions_file, expected):
+    out = cli([*_decide_args(questions_file), "-m", "tiny-random", "--json"])
+    assert out.exit_code == 0, out.output
+    decision = json.loads(out.stdout)
+    assert decision["object"] == "decision" and decision["usage"]["output_tokens"] == 0
+    assert_answers(decision["answers"], expected)
+
+
+def test_dsvl_decide_in_a_pipe_prints_one_tab_separated_line_per_question(cli, questions_file, expected):
+    flags = ["-p", "The picture is mostly white.", "-c", "Which colour is most common? = red, green, blue"]
+    out = cli([*_decide_args(questions_file), "-m", "tiny-random", *flags])
+    assert out.exit_code == 0, out.output
+    lines = [line.split("\t") for line in out.stdout.splitlines()]
+    assert [line[:2] for line in lines] == [["red", "predicate"], ["shape", "choice"], ["3", "choice"],
+                                            ["busy", "score"], ["5", "predicate"], ["6", "choice"]]
+    assert lines[0][4] == f"P(true)={expected[0][0]:.4f}"
+    best = max(range(3), key=lambda k: expected[1][k])
+    assert lines[1][2] == ["circle", "square", "a long thin line"][best]
+    assert lines[3][2] == f"{sum(k * p for k, p in enumerate(expected[3])):.4f}"
+    assert lines[5][4].startswith("red=") and " green=" in lines[5][4] and " blue=" in lines[5][4]
+
+
+def test_dsvl_decide_through_the_server_and_keep_alive_gives_the_local_answers(cli, server, questions_file, expected):
+    from dsvl_cli.engine import keepalive
+
+    remote = cli([*_decide_args(questions_file), "--json", "--server", server, "--api-key", KEY])
+    assert remote.exit_code == 0, remote.output
+    assert_answers(json.loads(remote.stdout)["answers"], expected)
+    try:
+        kept = cli([*_decide_args(questions_file), "-m", "tiny-random", "--json", "--keep-alive", "60s"])
+        assert kept.exit_code == 0, kept.output
+        assert_answers(json.loads(kept.stdout)["answers"], expected)
+    finally:
+        stopped = keepalive.stop(None, True)
+        assert all(keepalive.wait_gone(row["pid"], 20) for row in stopped)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["-c", "Which one? = a"], "at least 2 choices"),
+    (["--score", "no equals sign"], "write 'QUESTION = a, b, c'"),
+    ([], "no questions"),
+])
+def test_dsvl_decide_bad_questions_exit_2_with_one_line_before_the_model_loads(cli, flags, message):
+    out = cli(["decide", str(EXAMPLES / "shapes.png"), "-m", "no-such-model-anywhere", *flags])
+    assert out.exit_code == 2 and message in out.stderr and "Traceback" not in out.output, out.output
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_batch_records_with_questions_get_the_reference_answers_and_bad_ones_error_records(cli, tmp_path, expected):
+    shapes = str(EXAMPLES / "shapes.png")
+    lines = [{"id": "q", "image": shapes, "prompt": INPUT, "questions": QUESTIONS},
+             {"id": "plain", "image": shapes, "prompt": "Describe."},
+             {"id": "bad", "image": shapes, "questions": [{"type": "choice", "instructions": "?", "choices": [{"value": "a"}]}]},
+             {"id": "clash", "prompt": "x", "questions": [PREDICATE], "choices": ["a", "b"]},
+             {"id": "q2", "image": shapes, "prompt": INPUT, "questions": QUESTIONS}]
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    result = cli(["batch", str(jobs), "-m", "tiny-random", "-n", "4"])
+    assert result.exit_code == 1, result.output  # some records failed, the others were answered
+    records = {r["id"]: r for r in map(json.loads, result.stdout.splitlines())}
+    assert set(records) == {r["id"] for r in lines}
+    for key in ("q", "q2"):
+        assert_answers(records[key]["answers"], expected)
+    assert "at least 2 choices" in records["bad"]["error"]["message"]
+    assert "error" in records["clash"] and "answers" not in records["plain"] and records["plain"]["answer"]

@@ -6,7 +6,9 @@ template; each option's log-probability is that of `" " + label` + EOS after it 
 the `--choices` definition); the probabilities are their softmax over the question's options.
 
 How, with one prefill: every question's prompt is tokenized whole; the longest token prefix they
-all share (the input, its pictures included) runs through the model once, with the pixels. Then
+all share (the input, its pictures included) runs through the model once (engine/prefill.py: on the
+warm engine loop, what its prefix cache holds of that input is reused, the pictures' features come
+from its image-feature cache, and the input's KV is kept for the next request or chat turn). Then
 each (question, option) becomes one row: the question's own tokens after the shared prefix, then
 the option's, and rows go SCORE_ROWS at a time through ONE forward pass on the prefix's KV,
 repeated per row, right-padded, positions continuing the prefix's (the cache is cut back to the
@@ -16,8 +18,8 @@ questions cost one prefill of the picture plus a few short forwards, not ten pre
 A question whose prompt and longest option do not fit the context gets a refusal (the others are
 answered); a shared prefix that alone fills it is a ContextLengthError for the request.
 
-Limits: no KV reuse across requests or from a chat's earlier turns (nothing here reads a prefix
-cache; `cached_tokens` is 0); no `generate`, no fast path. Stats: `prompt_tokens` counts the shared
+`cached_tokens`: the input's tokens whose KV came from the prefix cache (0 outside the loop, where
+nothing is kept: a one-shot `dsvl decide`). No `generate`, no fast path. Stats: `prompt_tokens` counts the shared
 prefix once plus each question's own tokens (`usage.input_tokens`); generated_tokens is 0.
 """
 
@@ -32,6 +34,11 @@ from dsvl_cli.decide.wire import summary
 from dsvl_cli.errors import ContextLengthError, GenerationError
 from dsvl_cli.results import Chunk, Result, Stats, TextChunk
 from dsvl_cli.settings import GenerationSettings
+from dsvl_cli.engine import features as pictures_of
+from dsvl_cli.engine.features import ImageFeatureCache
+from dsvl_cli.engine.kv import pairs_of
+from dsvl_cli.engine.prefill import prefill
+from dsvl_cli.engine.prefix_cache import PrefixCache
 from dsvl_cli.engine.scoring import SCORE_ROWS, label_rows
 
 
@@ -47,17 +54,24 @@ def asked(conversation: Conversation, question: Question) -> Conversation:
     return out
 
 
-def stream(engine, conversation: Conversation, gen: GenerationSettings) -> Iterator[Chunk]:
-    """One TextChunk (a line per answer, for plain renderers), then the Result with `answers`."""
-    result = decide(engine, conversation, gen.answer_format.questions)
+def stream(engine, conversation: Conversation, gen: GenerationSettings, **caches) -> Iterator[Chunk]:
+    """One TextChunk (a line per answer, for plain renderers), then the Result with `answers`
+    (`caches`: decide's `prefix` and `features`)."""
+    result = decide(engine, conversation, gen.answer_format.questions, **caches)
     yield TextChunk(result.answer)
     yield result
 
 
-def decide(engine, conversation: Conversation, questions: tuple[Question, ...]) -> Result:
-    from dsvl_cli.engine.streaming import encode_timed
+def decide(engine, conversation: Conversation, questions: tuple[Question, ...], *,
+           prefix: PrefixCache | None = None, features: ImageFeatureCache | None = None) -> Result:
+    """Answer `questions` about `conversation`. `prefix` and `features`: the warm engine loop's
+    caches (engine/loop.py), so that the input's KV and its pictures' features are reused by later
+    requests and chat turns with the same input, and kept for them; without them, nothing is kept."""
     import torch
 
+    started = time.perf_counter()
+    prefix = prefix if prefix is not None else PrefixCache(0)
+    features = features if features is not None else ImageFeatureCache(0)
     prompts = [_ids(engine, asked(conversation, q)) for q in questions]
     options = [label_rows(engine.tokenizer, q.labels, int(engine.tokenizer.eos_token_id)) for q in questions]
     shared = _shared_length(engine, prompts)
@@ -65,18 +79,22 @@ def decide(engine, conversation: Conversation, questions: tuple[Question, ...]) 
         raise ContextLengthError(f"the input is {shared} tokens, past the model's context length of "
                                  f"{engine.context_length}; shorten the text or use fewer images")
     fits = [len(p) + max(len(r) for r in rows) <= engine.context_length for p, rows in zip(prompts, options)]
-    inputs, started, image_s = encode_timed(engine, asked(conversation, questions[0]), remember=False)
-    prefix = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-    prefix["input_ids"] = inputs["input_ids"][:, :shared]
-    prefix["attention_mask"] = inputs["attention_mask"][:, :shared]
     rows, owners = [], []
     for k, (prompt, opts) in enumerate(zip(prompts, options)):
         if fits[k]:
             rows += [(prompt[shared:], tail) for tail in opts]
             owners += [k] * len(opts)
+    pictures = [pictures_of.prepare(engine, loaded.image) for loaded in conversation.images]
+    image_s = sum(p.prep_s for p in pictures) + sum(i.load_s for i in conversation.images)
     try:
-        logprobs = _row_logprobs(engine.model, prefix, rows) if rows else []
+        with torch.inference_mode():
+            out, cached = prefill(engine, prompts[0][:shared], pictures, prefix, features)
+            prefix.insert(prompts[0][:shared], [p.digest for p in pictures], pairs_of(out.cache))
+            cache = out.cache
+            logprobs = _row_logprobs(engine.model, cache, shared, rows) if rows else []
     except torch.OutOfMemoryError:
+        prefix.clear()
+        features.clear()
         raise GenerationError(f"out of memory on {engine.device} while scoring {len(rows)} options; "
                               "try fewer questions or images") from None
     per_question: list[list[float]] = [[] for _ in questions]
@@ -85,7 +103,8 @@ def decide(engine, conversation: Conversation, questions: tuple[Question, ...]) 
     answers = [answer(q, per_question[k]) if fits[k] else refusal(q) for k, q in enumerate(questions)]
     done = time.perf_counter()
     tokens = shared + sum(len(p) - shared for p in prompts)
-    stats = Stats(prompt_tokens=tokens, image_s=image_s, ttft_s=done - started, total_s=done - started)
+    stats = Stats(prompt_tokens=tokens, cached_tokens=cached, image_s=image_s, ttft_s=done - started,
+                  total_s=done - started)
     return Result(answer=summary(answers), finish_reason="stop", stats=stats, answers=answers)
 
 
@@ -111,18 +130,15 @@ def _shared_length(engine, prompts: list[list[int]]) -> int:
     return n
 
 
-def _row_logprobs(model, prefix: dict, rows: list[tuple[list[int], list[int]]]) -> list[float]:
-    """Sum of log-probabilities of each row's option tokens after the prefix and the row's own
-    context: one prefill of the prefix (pixels included), then one forward per SCORE_ROWS rows."""
+def _row_logprobs(model, cache, prefix_length: int, rows: list[tuple[list[int], list[int]]]) -> list[float]:
+    """Sum of log-probabilities of each row's option tokens after the prefix (`cache`, cut back to
+    it after each group) and the row's own context: one forward per SCORE_ROWS rows."""
     import torch
-    from transformers import DynamicCache
 
-    with torch.inference_mode():
-        cache = DynamicCache(config=model.config)
-        cache = model(**prefix, cache=cache, use_cache=True, logits_to_keep=1).cache
-        sums: list[float] = []
-        for start in range(0, len(rows), SCORE_ROWS):
-            sums += _group(model, cache, prefix["attention_mask"], rows[start:start + SCORE_ROWS])
+    mask = torch.ones((1, prefix_length), dtype=torch.long, device=model.device)
+    sums: list[float] = []
+    for start in range(0, len(rows), SCORE_ROWS):
+        sums += _group(model, cache, mask, rows[start:start + SCORE_ROWS])
     return sums
 
 

@@ -38,8 +38,9 @@ from collections.abc import Iterator
 from dsvl_cli.engine import decisions, features as pictures_of, scoring
 from dsvl_cli.engine.core import Generation
 from dsvl_cli.engine.features import ImageFeatureCache
-from dsvl_cli.engine.kv import RowsKV, cache_of
+from dsvl_cli.engine.kv import RowsKV
 from dsvl_cli.engine.meters import Meters
+from dsvl_cli.engine.prefill import prefill
 from dsvl_cli.engine.prefix_cache import PrefixCache
 from dsvl_cli.engine.rows import END, Request, Row, choose_all
 from dsvl_cli.errors import DsvlError, GenerationError
@@ -207,20 +208,8 @@ class EngineLoop:
                                formats=[request.gen.answer_format])
         digests = [p.digest for p in prepared]
         row = Row(engine, request, plan, ids, digests, image_s)
-        spans = engine.image_spans(row.prompt_ids)
-        entry, keep = self.prefix.lookup(row.prompt_ids, spans, digests)
-        config = engine.model.config
-        cache = cache_of(config, entry.slices(keep)) if entry is not None else _empty_cache(config)
-        later = [k for k, (start, _) in enumerate(spans) if start >= keep]
-        inputs = {"input_ids": ids[:, keep:], "attention_mask": torch.ones_like(ids),
-                  "position_ids": torch.arange(keep, ids.shape[1], device=ids.device)[None]}
-        if later:
-            from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-            feats = self.features.features(engine.model, [prepared[k] for k in later])
-            inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=feats)}
         with torch.inference_mode():
-            out = engine.model(**inputs, cache=cache, use_cache=True, logits_to_keep=1)
+            out, keep = prefill(engine, row.prompt_ids, prepared, self.prefix, self.features)
         row.cached = keep
         self.meters.prompt_tokens_total += len(row.prompt_ids)
         self.meters.prompt_tokens_cached_total += keep
@@ -296,7 +285,15 @@ class EngineLoop:
 
     def _score(self, request: Request) -> None:
         try:
-            for item in self.engine.stream(request.conversation, request.gen):  # its scoring branch
+            if decisions.wanted(request.gen):  # the input's KV and pictures from (and into) the caches
+                items = decisions.stream(self.engine, request.conversation, request.gen,
+                                         prefix=self.prefix, features=self.features)
+            else:
+                items = self.engine.stream(request.conversation, request.gen)  # its scoring branch
+            for item in items:
+                if isinstance(item, Result):
+                    self.meters.prompt_tokens_total += item.stats.prompt_tokens
+                    self.meters.prompt_tokens_cached_total += item.stats.cached_tokens or 0
                 request.sink(item)
             request.sink(END)
         except DsvlError as err:
@@ -346,12 +343,6 @@ def default_budgets(device: str) -> dict[str, int]:
     available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     return {"cache_bytes": min(2 * 2**30, available // 10), "feature_bytes": 256 * 2**20,
             "kv_budget": available * 2 // 5}
-
-
-def _empty_cache(config):
-    from transformers import DynamicCache
-
-    return DynamicCache(config=config)
 
 
 def kv_bytes_per_token(model) -> int:
