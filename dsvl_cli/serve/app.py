@@ -252,19 +252,23 @@ async def _sse(run: Run, cid: str, model: str, include_usage: bool, request: Req
     sent = 0  # logprob entries sent with content chunks; the finish chunk carries the rest
     try:
         yield event(chat_api.chunk(cid, model, {"role": "assistant", "content": ""}))
-        async for item in run.items():
-            if isinstance(item, TextChunk):
-                sent += len(item.logprobs or ())
-                yield event(chat_api.chunk(cid, model, {"content": item.text}, logprobs=item.logprobs))
-            elif isinstance(item, Result):
-                _note_tokens(request, item)
-                rest = item.logprobs[sent:] if item.logprobs is not None else None
-                yield event(chat_api.final_chunk(cid, model, item, rest))
-                if include_usage:
-                    yield event(chat_api.usage_chunk(cid, model, item))
-            elif isinstance(item, BaseException):  # after the headers: report it in the stream
-                err = from_dsvl(item) if isinstance(item, DsvlError) else ApiError(500, str(item), "server_error")
-                yield event(chat_api.error_body(err.message, err.type, err.code))
+        async for batch in run.batches():  # what arrived together goes out in one write
+            parts = []
+            for item in batch:
+                if isinstance(item, TextChunk):
+                    sent += len(item.logprobs or ())
+                    parts.append(event(chat_api.chunk(cid, model, {"content": item.text}, logprobs=item.logprobs)))
+                elif isinstance(item, Result):
+                    _note_tokens(request, item)
+                    rest = item.logprobs[sent:] if item.logprobs is not None else None
+                    parts.append(event(chat_api.final_chunk(cid, model, item, rest)))
+                    if include_usage:
+                        parts.append(event(chat_api.usage_chunk(cid, model, item)))
+                elif isinstance(item, BaseException):  # after the headers: report it in the stream
+                    err = from_dsvl(item) if isinstance(item, DsvlError) else ApiError(500, str(item), "server_error")
+                    parts.append(event(chat_api.error_body(err.message, err.type, err.code)))
+            if parts:
+                yield "".join(parts)
         if run.cut:
             yield event(chat_api.error_body("the server is shutting down; the answer was cut short",
                                             "server_error", "server_shutdown"))

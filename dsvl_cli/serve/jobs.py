@@ -43,6 +43,10 @@ class Run:
 
     async def next(self):
         """The job's next item; while waiting, notice a client that went away (and stop its job)."""
+        if not self.job.out.empty():  # already handed over: no wait, no timer
+            item = self.job.out.get_nowait()
+            self.done = item is END
+            return item
         while True:
             try:
                 item = await asyncio.wait_for(self.job.out.get(), timeout=POLL_S)
@@ -57,11 +61,25 @@ class Run:
     async def items(self) -> AsyncIterator:
         """Every item from the first to the end, as the worker sends them (a stream's reader: the
         client leaving cancels the reader, and `close` in its `finally` stops the job)."""
-        item = self.first
-        while item is not END:
-            yield item
-            item = await self.job.out.get()
-        self.done = True
+        async for batch in self.batches():
+            for item in batch:
+                yield item
+
+    async def batches(self) -> AsyncIterator[list]:
+        """The same items, as lists of what had arrived by the time the reader came back: a stream
+        writes each list as one write, not one per token."""
+        out, batch = self.job.out, [self.first]
+        while True:
+            while not out.empty():
+                batch.append(out.get_nowait())
+            end = next((k for k, item in enumerate(batch) if item is END), None)
+            if end is not None:
+                self.done = True
+                if end:
+                    yield batch[:end]
+                return
+            yield batch
+            batch = [await out.get()]
 
     async def result(self) -> Result:
         """The Result, after the whole answer (a non-streamed reply); raises the job's error."""

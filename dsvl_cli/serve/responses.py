@@ -167,24 +167,27 @@ async def _events(run: Run, shell: Shell, ask: Ask, store: ResponseStore, reques
     try:
         for event in events.opening():
             yield sse(event)
-        async for item in run.items():
-            if isinstance(item, TextChunk):
-                pieces.append(item.text)
-                yield sse(events.delta(item.text))
-                continue
-            if isinstance(item, Result):
-                request.state.dsvl_tokens = (item.stats.prompt_tokens, item.stats.generated_tokens)
-                body = shell.body("failed", item, error=SHUTDOWN) if run.cut else shell.body(status_of(item), item)
-                if not run.cut:
-                    _keep(store, ask, body, item)
-            elif isinstance(item, BaseException):  # after the headers: the stream says it
-                err = from_dsvl(item) if isinstance(item, DsvlError) else ApiError(500, str(item), "server_error")
-                body = shell.body("failed", text="".join(pieces),
-                                  error={"code": err.code or err.type, "message": err.message})
-            else:
-                continue
-            for event in events.closing(body):
-                yield sse(event)
+        async for batch in run.batches():  # what arrived together goes out in one write
+            parts = []
+            for item in batch:
+                if isinstance(item, TextChunk):
+                    pieces.append(item.text)
+                    parts.append(sse(events.delta(item.text)))
+                    continue
+                if isinstance(item, Result):
+                    request.state.dsvl_tokens = (item.stats.prompt_tokens, item.stats.generated_tokens)
+                    body = shell.body("failed", item, error=SHUTDOWN) if run.cut else shell.body(status_of(item), item)
+                    if not run.cut:
+                        _keep(store, ask, body, item)
+                elif isinstance(item, BaseException):  # after the headers: the stream says it
+                    err = from_dsvl(item) if isinstance(item, DsvlError) else ApiError(500, str(item), "server_error")
+                    body = shell.body("failed", text="".join(pieces),
+                                      error={"code": err.code or err.type, "message": err.message})
+                else:
+                    continue
+                parts += [sse(event) for event in events.closing(body)]
+            if parts:
+                yield "".join(parts)
     finally:
         if not run.done:  # cancelled before the end: the client went away (or shutdown)
             request.state.dsvl_client_gone = True

@@ -1,0 +1,129 @@
+"""The per-token path (issue 31): what the engine loop's thread hands the server's event loop, and
+how the stream writes it, without a model; the loop's precomputed suppress mask against
+transformers' processor. (Token-for-token equality with plain `generate`, streamed and not, is
+tests/test_serve.py's and tests/test_engine_loop.py's.)"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from dsvl_cli.results import Result, TextChunk
+from dsvl_cli.settings import GenerationSettings
+
+
+def _job(loop):
+    from dsvl_cli.serve.scheduler import Job
+
+    return Job(conversation=None, gen=GenerationSettings(), loop=loop)
+
+
+def test_what_accumulates_while_the_event_loop_is_busy_goes_over_in_one_wake_up():
+    from dsvl_cli.serve.scheduler import END
+
+    loop = asyncio.new_event_loop()
+    wake_ups = []
+    real = loop.call_soon_threadsafe
+
+    def counted(*args):
+        wake_ups.append(args)
+        return real(*args)
+
+    loop.call_soon_threadsafe = counted
+    job = _job(loop)
+    items = [TextChunk(f"t{k} ") for k in range(100)] + [Result(answer="done", finish_reason="stop")]
+    emitter = threading.Thread(target=lambda: [job.emit(item) for item in [*items, END, END]])
+    emitter.start()  # the event loop is not running: everything piles up behind one hand-over
+    emitter.join()
+
+    async def read():
+        got = []
+        while (item := await job.out.get()) is not END:
+            got.append(item)
+        return got, job.out.empty()
+
+    try:
+        got, empty = loop.run_until_complete(read())
+    finally:
+        loop.close()
+    assert got == items and empty  # in order, END once
+    assert len(wake_ups) == 1
+
+
+def test_a_wake_up_is_scheduled_again_once_the_last_one_was_taken():
+    from dsvl_cli.serve.scheduler import END
+
+    loop = asyncio.new_event_loop()
+    job = _job(loop)
+
+    async def one_by_one():
+        got = []
+        for k in range(5):  # the emitter waits for each item to be read before the next
+            await loop.run_in_executor(None, job.emit, TextChunk(str(k)))
+            got.append(await asyncio.wait_for(job.out.get(), 10))
+        await loop.run_in_executor(None, job.emit, END)
+        assert await asyncio.wait_for(job.out.get(), 10) is END
+        return [c.text for c in got]
+
+    try:
+        assert loop.run_until_complete(one_by_one()) == ["0", "1", "2", "3", "4"]
+    finally:
+        loop.close()
+
+
+def test_a_stream_reads_what_has_arrived_as_one_batch_and_ends_at_end():
+    from dsvl_cli.serve.drain import Drain
+    from dsvl_cli.serve.jobs import Run
+    from dsvl_cli.serve.scheduler import END
+
+    async def scenario():
+        job = _job(asyncio.get_running_loop())
+        run = Run(job, request=None, drain=Drain())
+        first, *rest = [TextChunk(f"{k}") for k in range(6)]
+        for item in rest[:3]:
+            job.out.put_nowait(item)
+        run.first = first
+        batches = []
+        async for batch in run.batches():
+            batches.append([c.text for c in batch])
+            if len(batches) == 1:  # more arrives while the first batch is written
+                for item in [*rest[3:], END]:
+                    job.out.put_nowait(item)
+        return batches, run.done
+
+    batches, done = asyncio.run(scenario())
+    assert batches == [["0", "1", "2", "3"], ["4", "5"]] and done
+
+
+def test_the_loops_suppress_mask_gives_transformers_scores():
+    import torch
+    from transformers import SuppressTokensLogitsProcessor
+
+    from dsvl_cli.engine.rows import SuppressedTokens
+
+    tokens = [3, 7, 8, 40, 99]
+    ours, theirs = SuppressedTokens(torch.tensor(tokens)), SuppressTokensLogitsProcessor(tokens)
+    ids = torch.zeros((4, 3), dtype=torch.long)
+    for _ in range(3):  # the mask is built once and reused
+        scores = torch.randn(4, 100)
+        assert torch.equal(ours(ids, scores.clone()), theirs(ids, scores.clone()))
+    assert ours(ids, torch.randn(2, 120)).isinf().sum() == 2 * len(tokens)  # another vocabulary size: rebuilt
+
+
+@pytest.mark.parametrize("sampling", [False, True])
+def test_rows_of_the_loop_use_the_precomputed_mask(engine, sampling):
+    """A row built for the model's suppressed tokens gets SuppressedTokens, never transformers' own."""
+    from dsvl_cli.engine.core import Generation
+    from dsvl_cli.engine.rows import SuppressedTokens, logits_processors
+
+    suppressed = getattr(engine.model.generation_config, "suppress_tokens", None)
+    assert suppressed, "tiny-random suppresses its image tokens"
+    gen = GenerationSettings(max_new_tokens=4, temperature=0.7 if sampling else 0.0, seed=1)
+    ids = engine.tokenizer("Hello", return_tensors="pt")["input_ids"]
+    plan = Generation.plan(engine, gen, prompt_tokens=int(ids.shape[1]))
+    processors, _ = logits_processors(engine, plan, ids)
+    names = [type(p).__name__ for p in processors]
+    assert "SuppressedTokens" in names and "SuppressTokensLogitsProcessor" not in names
+    assert any(isinstance(p, SuppressedTokens) for p in processors)
