@@ -94,7 +94,18 @@ def test_a_stream_reads_what_has_arrived_as_one_batch_and_ends_at_end():
         return batches, run.done
 
     batches, done = asyncio.run(scenario())
-    assert batches == [["0", "1", "2", "3"], ["4", "5"]] and done
+    assert batches == [["0123"], ["45"]] and done  # adjacent text: one chunk, one JSON object
+
+
+def test_adjacent_text_chunks_join_with_their_logprobs_and_other_items_stay_apart():
+    from dsvl_cli.serve.jobs import joined
+
+    a, b = TextChunk("a", logprobs=[{"token": "a"}]), TextChunk("b", logprobs=[{"token": "b"}])
+    result = Result(answer="ab", finish_reason="stop")
+    got = joined([a, b, result, TextChunk("c"), TextChunk("d")])
+    assert [type(x).__name__ for x in got] == ["TextChunk", "Result", "TextChunk"]
+    assert got[0].text == "ab" and got[0].logprobs == [{"token": "a"}, {"token": "b"}]
+    assert got[1] is result and got[2].text == "cd" and got[2].logprobs is None
 
 
 def test_the_loops_suppress_mask_gives_transformers_scores():

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from starlette.requests import Request
 
 from dsvl_cli.errors import GenerationError
-from dsvl_cli.results import Result
+from dsvl_cli.results import Result, TextChunk
 from dsvl_cli.serve.drain import Drain
 from dsvl_cli.serve.gate import ApiError, ClientClosed
 from dsvl_cli.serve.scheduler import END, QueueFull, Worker
@@ -66,8 +66,9 @@ class Run:
                 yield item
 
     async def batches(self) -> AsyncIterator[list]:
-        """The same items, as lists of what had arrived by the time the reader came back: a stream
-        writes each list as one write, not one per token."""
+        """The same items, as lists of what had arrived by the time the reader came back, adjacent
+        TextChunks joined into one: a stream writes each list as one write with one chunk of text,
+        not one write and one JSON object per token."""
         out, batch = self.job.out, [self.first]
         while True:
             while not out.empty():
@@ -76,9 +77,9 @@ class Run:
             if end is not None:
                 self.done = True
                 if end:
-                    yield batch[:end]
+                    yield joined(batch[:end])
                 return
-            yield batch
+            yield joined(batch)
             batch = [await out.get()]
 
     async def result(self) -> Result:
@@ -127,3 +128,17 @@ class Runs:
             run.close()
             raise
         return run
+
+
+def joined(items: list) -> list:
+    """`items` with each run of adjacent TextChunks as one TextChunk (texts and logprobs in order)."""
+    out: list = []
+    for item in items:
+        if isinstance(item, TextChunk) and out and isinstance(out[-1], TextChunk):
+            last = out[-1]
+            logprobs = None if last.logprobs is None and item.logprobs is None else \
+                [*(last.logprobs or ()), *(item.logprobs or ())]
+            out[-1] = TextChunk(last.text + item.text, logprobs=logprobs)
+        else:
+            out.append(item)
+    return out
