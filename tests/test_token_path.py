@@ -138,3 +138,44 @@ def test_rows_of_the_loop_use_the_precomputed_mask(engine, sampling):
     names = [type(p).__name__ for p in processors]
     assert "SuppressedTokens" in names and "SuppressTokensLogitsProcessor" not in names
     assert any(isinstance(p, SuppressedTokens) for p in processors)
+
+
+def test_greedy_plans_suppress_with_the_mask_built_once_and_sampling_and_logprobs_keep_transformers_place(engine):
+    from dsvl_cli.engine.core import Generation
+    from dsvl_cli.engine.suppress import SuppressedTokens
+
+    def plan(**settings):
+        return Generation.plan(engine, GenerationSettings(max_new_tokens=4, **settings), prompt_tokens=10)
+
+    greedy = plan()
+    assert greedy.kwargs["suppress_tokens"] is None  # transformers builds none of its own
+    [ours] = [p for p in greedy.logits_processors if isinstance(p, SuppressedTokens)]
+    assert ours.suppress_tokens.tolist() == list(engine.model.generation_config.suppress_tokens)
+    sampled = plan(temperature=0.8, seed=3)
+    assert "suppress_tokens" not in sampled.kwargs and not sampled.logits_processors
+    recorded = plan(logprobs=2)
+    assert not any(isinstance(p, SuppressedTokens) for p in recorded.logits_processors)
+
+
+def test_a_greedy_answer_with_the_precomputed_mask_is_plain_generates(engine, reference):
+    """The greedy ask path now suppresses after transformers' processors: still generate's tokens,
+    with a repetition penalty too (the one processor that rescales scores)."""
+    import torch
+    from conftest import EXAMPLES, reference_generate
+
+    from dsvl_cli.conversation import Conversation
+    from dsvl_cli.images import load_image
+
+    model, processor = reference
+    image = load_image(str(EXAMPLES / "shapes.png"))
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe it."}]}]
+    want = reference_generate(model, processor, messages, [image.image], 24)
+    got = engine.run(Conversation.single("Describe it.", [image]), GenerationSettings(max_new_tokens=24))
+    assert got.token_ids == want
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(text=prompt, images=[image.image], return_tensors="pt")
+    with torch.inference_mode():
+        penalised = model.generate(**inputs, max_new_tokens=24, do_sample=False, repetition_penalty=1.3)
+    got = engine.run(Conversation.single("Describe it.", [image]),
+                     GenerationSettings(max_new_tokens=24, repetition_penalty=1.3))
+    assert got.token_ids == penalised[0, inputs["input_ids"].shape[1]:].tolist()

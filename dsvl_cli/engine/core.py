@@ -67,6 +67,8 @@ class Generation:
         plan = cls(engine, gen, prompt_tokens, rows, kwargs, started or time.perf_counter(), formats=formats)
         if gen.logprobs is not None:
             plan.record_logprobs()  # first: the recorder sees the raw logits
+        elif not kwargs["do_sample"]:
+            plan.suppress_once()
         mask = engine.grammars.mask(formats) if any(is_grammar(f) for f in formats) else None
         if mask is not None:
             plan.logits_processors.append(mask)
@@ -98,6 +100,18 @@ class Generation:
             self.kwargs["suppress_tokens"] = None
             moved.append(SuppressTokensLogitsProcessor(suppressed, device=self.engine.model.device))
         self.logits_processors[:0] = moved
+
+    def suppress_once(self) -> None:
+        """Greedy: the model's suppressed tokens through engine/suppress.py's mask built once (its
+        docstring says why the place in the list does not matter for greedy decoding)."""
+        suppressed = getattr(self.engine.model.generation_config, "suppress_tokens", None)
+        if suppressed:
+            import torch
+
+            from dsvl_cli.engine.suppress import SuppressedTokens
+
+            self.kwargs["suppress_tokens"] = None
+            self.logits_processors.append(SuppressedTokens(torch.tensor(list(suppressed), device=self.engine.model.device)))
 
     def logprob_entries(self, row: int, ids: list[int], start: int = 0) -> list[dict] | None:
         """OpenAI `logprobs.content` entries of `row`'s tokens `ids[start:]` (None: not recorded)."""

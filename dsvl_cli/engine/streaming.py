@@ -107,12 +107,16 @@ class _StopOnEvent:
 
     def __init__(self, *events: threading.Event | None) -> None:
         self.events = [e for e in events if e is not None]
+        self._go = None  # the all-False answer, made once (generate asks at every step)
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
-        stop = any(e.is_set() for e in self.events)
-        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+        if any(e.is_set() for e in self.events):
+            return torch.ones((input_ids.shape[0],), dtype=torch.bool, device=input_ids.device)
+        if self._go is None or self._go.shape[0] != input_ids.shape[0] or self._go.device != input_ids.device:
+            self._go = torch.zeros((input_ids.shape[0],), dtype=torch.bool, device=input_ids.device)
+        return self._go
 
 
 def encode_timed(engine, conversation: Conversation, *, remember: bool) -> tuple[dict, float, float]:
