@@ -167,6 +167,7 @@ def read_items(path: Path, asked: list[Question], method: str) -> dict[int, dict
     if not path.exists():
         return {}
     lookup = {(json.dumps(q.row.index), q.rotation): q for q in asked}
+    indexes = {json.dumps(q.row.index) for q in asked}
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
     except OSError as exc:
@@ -183,6 +184,10 @@ def read_items(path: Path, asked: list[Question], method: str) -> dict[int, dict
             raise UsageError(f"{path}: line {number} is not a dsvl eval item record; --resume needs the -o FILE "
                              "an earlier dsvl eval wrote")
         q = lookup.get((json.dumps(obj["index"]), obj.get("rotation")))
+        if q is None and json.dumps(obj["index"]) in indexes:
+            raise UsageError(f"{path}: line {number} (index {obj['index']}) was written "
+                             f"{'with' if 'rotation' in obj else 'without'} --circular; resume with the same options, "
+                             "or write to a new -o FILE")
         if q is None:
             continue  # a row past --limit, or one an earlier --limit reached: kept, not counted
         if obj.get("prompt") != q.prompt or obj.get("method") != method:
