@@ -364,3 +364,22 @@ def test_terminal_table_and_pipe_lines(tsv):
             assert "66.7%" in text and "20.0%-90.0%" in text and "ece 0.1000" in text
         else:
             assert "overall\t3\t2\t0.6667\t0.2000\t0.9000\n" in text and "errors\t1\n" in text
+
+
+def test_server_gives_the_local_runs_items(cli, tsv, tmp_path, engine):
+    from dsvl_cli.serve.app import create_app
+    from test_serve import _start
+
+    local_out, remote_out = tmp_path / "local.jsonl", tmp_path / "remote.jsonl"
+    local = json.loads(_run(cli, [str(tsv), "-o", str(local_out), "--json"]).stdout)
+    url, stop = _start(create_app(engine))
+    try:
+        remote = cli(["eval", str(tsv), "-o", str(remote_out), "--json", "--server", url])
+    finally:
+        stop()
+    assert remote.exit_code == 0, remote.stderr
+    assert json.loads(remote.stdout)["n"] == local["n"]
+    mine = {i["index"]: i for i in _items(local_out)}
+    for item in _items(remote_out):
+        assert item["prompt"] == mine[item["index"]]["prompt"] and item["prediction"] == mine[item["index"]]["prediction"]
+        assert item["probabilities"] == pytest.approx(mine[item["index"]]["probabilities"], abs=1e-5)
