@@ -383,3 +383,12 @@ def test_server_gives_the_local_runs_items(cli, tsv, tmp_path, engine):
     for item in _items(remote_out):
         assert item["prompt"] == mine[item["index"]]["prompt"] and item["prediction"] == mine[item["index"]]["prediction"]
         assert item["probabilities"] == pytest.approx(mine[item["index"]]["probabilities"], abs=1e-5)
+
+
+def test_the_example_benchmark_reads_cleanly():
+    from conftest import EXAMPLES
+    from dsvl_cli.eval.files import read_rows
+
+    rows = read_rows(EXAMPLES / "mcq.jsonl")
+    assert len(rows) == 7 and all(r.problem is None for r in rows)
+    assert rows[4].answer == "B" and rows[6].yes_no and all(Path(r.images[0]).is_file() for r in rows)
