@@ -82,9 +82,10 @@ def dsvl(args: list[str]) -> tuple[float, str, str]:
 def eval_run(tsv: Path, flags: list[str], model: str) -> dict:
     load = os.getloadavg()[0]
     wall, out, err = dsvl(["eval", str(tsv), "-m", model, "--json", *flags])
-    found = re.search(r"(\d+) questions asked in ([\d.]+)s", err)
+    found = re.search(r"(\d+) questions asked in [\d.]+s · ([\d.]+) questions/s", err)
     summary = json.loads(out)
-    return {"questions": int(found.group(1)), "run_s": float(found.group(2)), "wall_s": round(wall, 2),
+    questions = int(found.group(1))  # the seconds from the rate: the line rounds them to 0.1 s
+    return {"questions": questions, "run_s": round(questions / float(found.group(2)), 3), "wall_s": round(wall, 2),
             "load": round(load, 2), "accuracy": round(summary["accuracy"], 4), "unparsed": summary.get("unparsed")}
 
 
@@ -103,8 +104,9 @@ def batch_jobs(tsv_records: list[dict], folder: Path) -> Path:
 def batch_run(jobs: Path, model: str) -> dict:
     load = os.getloadavg()[0]
     wall, _, err = dsvl(["batch", str(jobs), "-m", model, "-o", str(jobs.with_name("answers.jsonl"))])
-    found = re.search(r"(\d+) done.* in ([\d.]+)s", err)
-    return {"questions": int(found.group(1)), "run_s": float(found.group(2)), "wall_s": round(wall, 2),
+    found = re.search(r"(\d+) done.* · ([\d.]+) records/s", err)
+    questions = int(found.group(1))
+    return {"questions": questions, "run_s": round(questions / float(found.group(2)), 3), "wall_s": round(wall, 2),
             "load": round(load, 2)}
 
 

@@ -286,13 +286,15 @@ def test_generate_method_reads_letters_and_counts_the_unparsable(cli, tsv, tmp_p
 def test_a_broken_image_is_an_error_the_run_goes_on_exit_1(cli, tmp_path):
     rows = _tsv_rows(4)
     rows[2]["image"] = base64.b64encode(b"not a picture at all").decode()
+    rows[3]["question"] = "Which <image_placeholder> is it?"  # would break the picture count: refused, alone
     out = tmp_path / "items.jsonl"
     result = _run(cli, [str(_write_tsv(tmp_path / "b.tsv", rows)), "-o", str(out), "--json"])
     assert result.exit_code == 1
     summary, items = json.loads(result.stdout), {i["index"]: i for i in _items(out)}
-    assert summary["errors"] == 1 and summary["n"] == 3 and len(items) == 4
+    assert summary["errors"] == 2 and summary["n"] == 2 and len(items) == 4
     assert items[102]["error"]["type"] == "image_error" and "prediction" not in items[102]
-    assert summary["accuracy"] == pytest.approx(sum(i.get("correct", False) for i in items.values()) / 3)
+    assert "<image_placeholder>" in items[103]["error"]["message"]
+    assert summary["accuracy"] == pytest.approx(sum(i.get("correct", False) for i in items.values()) / 2)
     assert "Traceback" not in result.stderr
 
 

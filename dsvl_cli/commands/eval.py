@@ -16,8 +16,8 @@ NOT_HERE = ("plain", "stats", "schema", "regex", "choices", "logprobs", "max_new
 
 @shared_options(exclude=NOT_HERE)
 def eval_(
-    file: Annotated[Path, typer.Argument(
-        metavar="FILE", dir_okay=False, show_default=False,
+    file: Annotated[str, typer.Argument(
+        metavar="FILE", show_default=False,
         help="A VLMEvalKit multiple-choice TSV (e.g. ~/LMUData/MMBench_DEV_EN.tsv) or JSONL records "
         "{image, question, options, answer, category}.")],
     method: Annotated[str, typer.Option(
@@ -70,7 +70,8 @@ def eval_(
     from dsvl_cli.render import note, print_json
 
     with guarded(opts.debug):
-        plan = Plan(file, method, circular, limit, output, resume, batch_size, max_new_tokens)
+        path = Path(file).expanduser()
+        plan = Plan(path, method, circular, limit, output, resume, batch_size, max_new_tokens)
         plan.check()
         report.check_plot(plot, method)
         outcome = evaluate(plan, opts)
@@ -80,7 +81,7 @@ def eval_(
             report.print_summary(outcome.summary, opts.env)
         if plot is not None:
             scored = [i for i in outcome.items.values() if i.get("probabilities")]
-            report.plot(plot, scored, f"{file.name} · {outcome.summary['model']}")
+            report.plot(plot, scored, f"{path.name} · {outcome.summary['model']}")
         note(opts.env.stderr_console(), _line(outcome), style="dim")
     if outcome.stopped_by == "terminated":
         raise typer.Exit(128 + signal.SIGTERM)

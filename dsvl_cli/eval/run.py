@@ -25,7 +25,7 @@ from pathlib import Path
 
 from dsvl_cli.batch.inputs import BadRecord, Record
 from dsvl_cli.batch.output import Summary, Writer, open_output
-from dsvl_cli.errors import UsageError, load_json
+from dsvl_cli.errors import DsvlError, UsageError, load_json
 from dsvl_cli.eval import extract, metrics
 from dsvl_cli.eval.files import read_rows
 from dsvl_cli.eval.prompt import Question, questions
@@ -101,10 +101,15 @@ def evaluate(plan: Plan, opts) -> Outcome:
 
 
 def _record(q: Question, plan: Plan, opts) -> Record | BadRecord:
+    from dsvl_cli.conversation import check_text
     from dsvl_cli.structured.spec import choices_format
 
     if q.row.problem is not None:
         return BadRecord(q.key, q.row.line, "invalid_row", q.row.problem)
+    try:
+        check_text(q.prompt, f"row {q.row.index}'s question")  # the image placeholder would break the count
+    except DsvlError as err:
+        return BadRecord(q.key, q.row.line, err.kind, err.message)
     if plan.method == "likelihood":
         gen = opts.generation.replace(answer_format=choices_format(list(q.labels)))
     else:
