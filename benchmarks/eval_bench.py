@@ -1,7 +1,7 @@
 """`dsvl eval`: rows per second on tiny-random at a real picture size, likelihood against generate.
 
     python benchmarks/eval_bench.py [--rows 48] [--size 640x480] [--model tiny-random] [--repeat 3]
-                                    [--out FILE.json]
+                                    [--threads N] [--out FILE.json]
 
 Builds a VLMEvalKit-style TSV (index, base64 JPEG photo-like pictures, question, hint, A-D, answer,
 category) and runs, each one `dsvl eval` process (wall time includes start-up and model load; the
@@ -14,6 +14,9 @@ rate is the run's own, from its summary line on stderr: questions over the secon
   `"choices": ["A", "B", "C", "D"]` (the machinery eval rides on, without eval's reading and records).
 The cases run --repeat times, interleaved (a noisy neighbour on a shared machine hurts all alike);
 each reports the median and the best run, and the load average at every run's start.
+--threads N sets OMP_NUM_THREADS for the dsvl processes (torch's intra-op threads; default: torch's
+own, one per core): on a 2-core machine shared with other jobs, 2 threads made runs vary 30x with
+the neighbours' load, 1 thread did not (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -70,9 +73,12 @@ def make_tsv(path: Path, rows: int, size: tuple[int, int]) -> list[dict]:
     return records
 
 
+ENV = dict(os.environ)  # the dsvl processes' environment (--threads sets OMP_NUM_THREADS in it)
+
+
 def dsvl(args: list[str]) -> tuple[float, str, str]:
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "dsvl_cli", *args], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "dsvl_cli", *args], capture_output=True, text=True, env=ENV)
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"dsvl {' '.join(args[:3])} ... failed ({done.returncode}): {done.stderr[-1500:]}")
@@ -126,10 +132,14 @@ def main() -> None:
     ap.add_argument("--size", default="640x480")
     ap.add_argument("--model", default="tiny-random")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int)
     ap.add_argument("--out")
     opts = ap.parse_args()
+    if opts.threads:
+        ENV["OMP_NUM_THREADS"] = str(opts.threads)
     size = tuple(int(v) for v in opts.size.lower().split("x"))
-    result: dict = {"machine": machine("cpu"), "rows": opts.rows, "picture": opts.size, "model": opts.model}
+    result: dict = {"machine": machine("cpu"), "rows": opts.rows, "picture": opts.size, "model": opts.model,
+                    "omp_num_threads": ENV.get("OMP_NUM_THREADS")}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         tsv = tmp / "bench.tsv"
