@@ -187,6 +187,8 @@ def test_accuracy_calibration_and_categories_equal_the_item_records(cli, tsv, tm
         mine = [i for i in items if i["category"] == name]
         assert summary["categories"][name]["n"] == len(mine)
         assert summary["categories"][name]["accuracy"] == pytest.approx(sum(i["correct"] for i in mine) / len(mine))
+    assert summary["l2_categories"] == {"perception": {"n": 6, "correct": summary["correct"],
+                                                       "accuracy": summary["accuracy"], "ci95": summary["ci95"]}}
     brier = sum(sum((p - (k == i["answer"])) ** 2 for k, p in i["probabilities"].items()) for i in items) / 6
     assert summary["brier"] == pytest.approx(brier) and summary["ece"] == pytest.approx(_ece(items))
 

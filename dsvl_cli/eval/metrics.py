@@ -10,6 +10,7 @@
 - `brier`: the mean over questions of sum over labels of (probability - [label is right])^2
   (0 is perfect; 2 the worst).
   Both need probabilities: None with --method generate.
+- `categories` and (when the file has them) `l2_categories`: n, correct, accuracy, ci95 of each.
 - Yes/no sets: `precision`, `recall`, `f1` with Yes as the positive class, and `yes_ratio` (the
   share of predictions that are Yes), over rows.
 - `unparsed` (--method generate): answers no rule could read; they count as wrong.
@@ -98,7 +99,9 @@ def summarise(rows: list, questions: list, items: dict[int, dict]) -> dict:
     correct = sum(ok for _, ok, _ in scored)
     out = {"n": len(scored), "correct": correct, "accuracy": correct / len(scored) if scored else None,
            "ci95": list(wilson(correct, len(scored))), "errors": errors, "questions": len(answered),
-           "ece": ece(with_p), "brier": brier(with_p), "categories": _categories(scored)}
+           "ece": ece(with_p), "brier": brier(with_p), "categories": _categories(scored, "category")}
+    if any(row.l2_category is not None for row, _, _ in scored):
+        out["l2_categories"] = _categories(scored, "l2_category")
     if any("parsed" in r for r in answered):
         out["unparsed"] = sum(not r["parsed"] for r in answered)
     if scored and all(row.yes_no for row, _, _ in scored):
@@ -108,12 +111,14 @@ def summarise(rows: list, questions: list, items: dict[int, dict]) -> dict:
     return out
 
 
-def _categories(scored: list) -> dict:
+def _categories(scored: list, field: str) -> dict:
+    """{name: {n, correct, accuracy, ci95}} by the rows' `field` (category or l2_category)."""
     counts: dict[str, list[int]] = {}
     for row, ok, _ in scored:
-        if row.category is not None:
-            counts.setdefault(row.category, [0, 0])
-            counts[row.category][0] += 1
-            counts[row.category][1] += ok
+        name = getattr(row, field)
+        if name is not None:
+            counts.setdefault(name, [0, 0])
+            counts[name][0] += 1
+            counts[name][1] += ok
     return {name: {"n": n, "correct": k, "accuracy": k / n, "ci95": list(wilson(k, n))}
             for name, (n, k) in sorted(counts.items())}
