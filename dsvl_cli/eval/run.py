@@ -74,7 +74,11 @@ def evaluate(plan: Plan, opts) -> Outcome:
     """The whole run; raises UsageError for a file or options that cannot be evaluated."""
     from dsvl_cli.batch.runner import answer_items
 
+    from dsvl_cli.conversation import check_text
+
     plan.check()
+    if opts.generation.system is not None:
+        check_text(opts.generation.system, "--system")
     rows = read_rows(plan.path)[:plan.limit]
     asked = questions(rows, circular=plan.circular)
     done = read_items(plan.output, asked, plan.method) if plan.resume else {}
