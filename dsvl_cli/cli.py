@@ -97,7 +97,7 @@ def _version(value: bool) -> None:
 
 
 # Commands whose shared options take defaults from the config file (setup/config.py).
-CONFIGURED = ("ask", "decide", "chat", "batch", "serve", "doctor")
+CONFIGURED = ("ask", "decide", "chat", "batch", "eval", "serve", "doctor")
 
 
 @app.callback()
@@ -122,6 +122,7 @@ def _register() -> None:
     help is written out: click cuts a docstring's first sentence with "..." in `dsvl --help`."""
     from dsvl_cli.catalog import epilog
     from dsvl_cli.commands import ask, batch, chat, config, decide, doctor, logs, models, ps, serve, stop
+    from dsvl_cli.commands import eval as eval_command
 
     app.command("ask", no_args_is_help=True, epilog=epilog(), short_help="Ask one question about images.")(ask.ask)
     app.command("decide", no_args_is_help=True, epilog=epilog(),
@@ -129,6 +130,8 @@ def _register() -> None:
     app.command("chat", epilog=epilog(exit_codes=False), short_help="Chat about images (a REPL or a script).")(chat.chat)
     app.command("serve", epilog=epilog(exit_codes=False), short_help="Serve the model over an OpenAI-style API.")(serve.serve)
     app.command("batch", epilog=epilog(exit_codes=False), short_help="Answer many questions: JSONL in, JSONL out.")(batch.batch)
+    app.command("eval", no_args_is_help=True, epilog=epilog(exit_codes=False),
+                short_help="Score a multiple-choice image benchmark (VLMEvalKit TSV, JSONL).")(eval_command.eval_)
     app.command("ps", epilog=epilog(exit_codes=False), short_help="List the models kept warm by --keep-alive.")(ps.ps)
     app.command("stop", epilog=epilog(exit_codes=False), short_help="Stop models kept warm by --keep-alive.")(stop.stop)
     app.command("models", epilog=epilog(exit_codes=False), short_help="List the models on this machine (alias: ls).")(models.models)

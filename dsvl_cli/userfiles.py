@@ -14,8 +14,9 @@ import stat
 from pathlib import Path
 
 
-def write_atomic(path: Path, text: str, *, private: bool = False) -> None:
-    """Replace (or create) `path` with `text`, UTF-8, atomically. `private`: mode 0600 (a secret)."""
+def write_atomic(path: Path, text: str | bytes, *, private: bool = False) -> None:
+    """Replace (or create) `path` with `text` (UTF-8; bytes as they are: a picture), atomically.
+    `private`: mode 0600 (a secret)."""
     try:
         old = path.lstat()
         mode = None if stat.S_ISLNK(old.st_mode) else stat.S_IMODE(old.st_mode)
@@ -28,7 +29,8 @@ def write_atomic(path: Path, text: str, *, private: bool = False) -> None:
     try:
         if mode is not None:
             os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        binary = isinstance(text, bytes)
+        with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

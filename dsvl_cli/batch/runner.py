@@ -204,18 +204,41 @@ def run_batch(inputs: list[str], *, output: Path | None, prompt: str | None, bat
     summary = Summary(skipped=skipped, failed_before=failed_before)
     console = opts.env.stderr_console()
     stream = open_output(records_file, append=resume or retry_failed) if output else opts.env.stdout
-    stop = threading.Event()
-    clock = [time.perf_counter()]  # rates count generation, not the model load: reset after it
     # Records on the terminal are the progress; a bar on the same screen would split their lines.
     show = console.is_terminal and not (output is None and opts.env.stdout_isatty)
+
+    def make_writer(advance):
+        writer = Writer(stream, on_write=advance)
+        if log:
+            from dsvl_cli.batch.logged import logged
+
+            return logged(writer, todo, opts)
+        return writer
+
+    try:
+        answer_items(todo, make_writer, summary, opts=opts, batch_size=batch_size, ray=ray, show=show)
+    finally:
+        if output is not None:
+            stream.close()
+        if parquet.wanted(output):
+            parquet.finish(output, done=summary.done + summary.failed == len(todo))
+    note(console, summary.line(), style="dim")
+    return summary
+
+
+def answer_items(todo: list, make_writer, summary: Summary, *, opts, batch_size: int | None,
+                 ray: RayOptions = RayOptions(), show: bool = True, label: str = "batch") -> None:
+    """Answer `todo` (Records and BadRecords) into the writer `make_writer(advance)` returns, with a
+    progress bar named `label` on a terminal's stderr (when `show`), Ctrl-C and SIGTERM handled as
+    the module says; fills in `summary` (counts, seconds, stopped_by, left). dsvl batch answers
+    through here, and so do the front ends that ride on it (dsvl eval)."""
+    console = opts.env.stderr_console()
+    stop = threading.Event()
+    clock = [time.perf_counter()]  # rates count generation, not the model load: reset after it
     signals, writer = _Interrupts(stop), None
     try:
-        with signals, _progress(console, len(todo) if show else 0) as advance:
-            writer = Writer(stream, on_write=advance)
-            if log:
-                from dsvl_cli.batch.logged import logged
-
-                writer = logged(writer, todo, opts)
+        with signals, _progress(console, len(todo) if show else 0, label) as advance:
+            writer = make_writer(advance)
             if ray.enabled:  # input order: the unreadable lines travel with the rest
                 from dsvl_cli.batch.ray_job import run_ray
 
@@ -229,12 +252,6 @@ def run_batch(inputs: list[str], *, output: Path | None, prompt: str | None, bat
         summary.seconds = time.perf_counter() - clock[0]
         summary.stopped_by = _stopped_by(signals.signum if stop.is_set() else None, writer)
         summary.left = len(todo) - summary.done - summary.failed if summary.stopped_by else 0
-        if output is not None:
-            stream.close()
-        if parquet.wanted(output):
-            parquet.finish(output, done=summary.done + summary.failed == len(todo))
-    note(console, summary.line(), style="dim")
-    return summary
 
 
 def _answer(todo: list, writer: Writer, summary: Summary, stop: threading.Event, clock: list, *,
@@ -289,8 +306,8 @@ def _stopped_by(signum: int | None, writer: Writer | None) -> str:
 class _progress:
     """A Rich progress bar on stderr when it is a terminal; nothing in a pipe or a log."""
 
-    def __init__(self, console, total: int):
-        self.console, self.total, self.bar = console, total, None
+    def __init__(self, console, total: int, label: str = "batch"):
+        self.console, self.total, self.bar, self.label = console, total, None, label
 
     def __enter__(self):
         if not self.console.is_terminal or not self.total:
@@ -303,10 +320,10 @@ class _progress:
             TimeRemainingColumn,
         )
 
-        self.bar = Progress(TextColumn("batch"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        self.bar = Progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                             console=self.console, transient=True)
         self.bar.__enter__()
-        task = self.bar.add_task("batch", total=self.total)
+        task = self.bar.add_task(self.label, total=self.total)
         return lambda: self.bar.advance(task)
 
     def __exit__(self, *exc) -> None:

@@ -1,0 +1,1 @@
+"""`dsvl eval`: benchmark files, prompts, answer extraction, metrics, the report (a front end on batch)."""
