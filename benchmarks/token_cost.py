@@ -7,16 +7,20 @@ The model is the chosen tiny model copied with its EOS switched off (engine_benc
 every answer is exactly as long as asked; greedy; one small picture (examples/shapes.png) and a
 short question. Ways:
 
-- **in process**, call by call in turn (so a noisy machine slows all ways alike): plain
-  `model.generate` from the folder (no streamer), the same with a `TextIteratorStreamer` read on
-  this thread (the usual way to stream), and `LocalEngine.run` (what `dsvl ask` calls: render,
-  encode, stream, detokenize); decode tok/s = (N - 1) / (seconds of N tokens - seconds of 1 token);
+- **in process**: each way in a process of its own that loads the model once, the processes asked
+  call by call in turn (so a noisy machine slows all ways alike; one process for all would have
+  each way's OpenMP threads compete with the others'): plain `model.generate` from the folder on
+  the main thread (no streamer), the same with a `TextIteratorStreamer` read on the main thread (the
+  usual way to stream), and `LocalEngine.run` (what `dsvl ask` calls: render, encode, stream,
+  detokenize); decode tok/s = (N - 1) / (seconds of N tokens - seconds of 1 token);
 - **servers**, all started first, then each case run against each in turn, --repeats times: `dsvl
   serve`, `transformers serve FOLDER` and, with --baseline, `dsvl serve` of that commit: one N-token
   request whole and streamed, an 8-token request sent once an N-token answer streams (its share of
   the long one's time), 16 concurrent 64-token requests against the same 16 one at a time.
 
-Figures are medians over the repeats (minima beside them).
+Figures are medians over the repeats (minima beside them). Every process runs with
+OMP_NUM_THREADS=--threads (default 1: the same for all ways; with torch's default of one thread per
+core, a neighbour on a shared 2-core VM makes the same run vary tenfold).
 
 Prints one JSON object (and writes --out). Measured, never asserted.
 """
@@ -55,56 +59,92 @@ def summary(runs: list[float]) -> dict:
     return {"median": round(statistics.median(runs), 4), "min": round(min(runs), 4)}
 
 
-def in_process(folder: Path, tokens: int, repeats: int) -> dict:
-    """generate, generate + streamer and LocalEngine.run, call by call in turn."""
-    import torch
-    from PIL import Image
-    from transformers import AutoModelForImageTextToText, AutoProcessor, TextIteratorStreamer
+WORKER = """
+import sys, threading, time
+sys.path.insert(0, {repo!r})
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor, TextIteratorStreamer
 
-    sys.path.insert(0, str(REPO))
-    from dsvl_cli.conversation import Conversation
-    from dsvl_cli.engine.local import LocalEngine
-    from dsvl_cli.images import load_image
-    from dsvl_cli.settings import GenerationSettings, ModelSettings
-
+way, folder, image, question = {way!r}, {folder!r}, {image!r}, {question!r}
+if way.startswith("generate"):
     processor = AutoProcessor.from_pretrained(folder)
     model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
+    messages = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": question}}]}}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    inputs = processor(text=prompt, images=[Image.open(IMAGE).convert("RGB")], return_tensors="pt")
-    engine = LocalEngine.load(ModelSettings(model=str(folder), device="cpu"))
-    conversation = Conversation.single(QUESTION, [load_image(str(IMAGE))])
+    inputs = processor(text=prompt, images=[Image.open(image).convert("RGB")], return_tensors="pt")
 
-    def generate(n: int, streamer=None) -> None:
+    def generate(n, streamer=None):
         with torch.inference_mode():
             model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, streamer=streamer)
 
-    def streamed(n: int) -> None:
+    def run(n):
+        if way == "generate":
+            return generate(n)
         streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
         worker = threading.Thread(target=generate, args=(n, streamer))
         worker.start()
         for _ in streamer:
             pass
         worker.join()
+else:
+    from dsvl_cli.conversation import Conversation
+    from dsvl_cli.engine.local import LocalEngine
+    from dsvl_cli.images import load_image
+    from dsvl_cli.settings import GenerationSettings, ModelSettings
 
-    ways = {"generate": generate, "generate_streamer": streamed,
-            "dsvl_ask": lambda n: engine.run(conversation, GenerationSettings(max_new_tokens=n))}
-    for way in ways.values():  # warm-up
-        way(8)
-    one = {name: [] for name in ways}
-    full = {name: [] for name in ways}
-    for _ in range(repeats):
-        for name, way in ways.items():
-            one[name].append(_timed(lambda: way(1)))
-            full[name].append(_timed(lambda: way(tokens)))
+    engine = LocalEngine.load(ModelSettings(model=folder, device="cpu"))
+    conversation = Conversation.single(question, [load_image(image)])
+
+    def run(n):
+        engine.run(conversation, GenerationSettings(max_new_tokens=n))
+
+run(8)
+print("ready", flush=True)
+for line in sys.stdin:
+    started = time.perf_counter()
+    run(int(line))
+    print(time.perf_counter() - started, flush=True)
+"""
+
+
+def in_process(folder: Path, tokens: int, repeats: int) -> dict:
+    """Each way in its own process (a script that loads the model, then generates when told), the
+    processes asked in turn: plain generate on the main thread as a user's script runs it,
+    generate + TextIteratorStreamer, and LocalEngine.run (what `dsvl ask` calls)."""
+    ways = ("generate", "generate_streamer", "dsvl_ask")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    procs = {way: subprocess.Popen([sys.executable, "-c", WORKER.format(repo=str(REPO), way=way, folder=str(folder),
+                                                                        image=str(IMAGE), question=QUESTION)],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                   env=env) for way in ways}
+    try:
+        for way, proc in procs.items():
+            if proc.stdout.readline().strip() != "ready":
+                raise SystemExit(f"{way}: the worker did not start")
+
+        def timed_in(way: str, n: int) -> float:
+            procs[way].stdin.write(f"{n}\n")
+            procs[way].stdin.flush()
+            return float(procs[way].stdout.readline())
+
+        one = {way: [] for way in ways}
+        full = {way: [] for way in ways}
+        for _ in range(repeats):
+            for way in ways:
+                one[way].append(timed_in(way, 1))
+                full[way].append(timed_in(way, tokens))
+    finally:
+        for proc in procs.values():
+            proc.stdin.close()
+            proc.wait(60)
     out = {}
-    for name in ways:
-        rates = [(tokens - 1) / max(1e-9, f - statistics.median(one[name])) for f in full[name]]
-        out[name] = {"decode_tok_s": round(statistics.median(rates), 1), "best_tok_s": round(max(rates), 1),
-                     "whole_s": summary(full[name]), "one_token_s": summary(one[name])}
-    base = out["generate"]["decode_tok_s"]
-    for name in ways:
-        out[name]["vs_generate"] = round(out[name]["decode_tok_s"] / base, 3)
+    for way in ways:
+        rates = [(tokens - 1) / max(1e-9, f - statistics.median(one[way])) for f in full[way]]
+        out[way] = {"decode_tok_s": round(statistics.median(rates), 1), "best_tok_s": round(max(rates), 1),
+                    "whole_s": summary(full[way]), "one_token_s": summary(one[way])}
+    for way in ways:
+        out[way]["vs_generate"] = round(out[way]["decode_tok_s"] / out["generate"]["decode_tok_s"], 3)
     return out
 
 
@@ -202,8 +242,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip", nargs="*", default=[], choices=["in_process", "dsvl_serve", "transformers_serve"])
     parser.add_argument("--baseline", help="also run `dsvl serve` of this commit (a temporary git worktree)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of every process (OMP_NUM_THREADS); 0: torch's default")
     parser.add_argument("--out")
     args = parser.parse_args()
+    if args.threads:  # on a 2-core VM shared with other jobs, 2 threads per process vary tenfold
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
     work = Path(tempfile.mkdtemp(prefix="dsvl-token-cost-"))
     started: list = []
     try:

@@ -179,3 +179,57 @@ def test_a_greedy_answer_with_the_precomputed_mask_is_plain_generates(engine, re
     got = engine.run(Conversation.single("Describe it.", [image]),
                      GenerationSettings(max_new_tokens=24, repetition_penalty=1.3))
     assert got.token_ids == penalised[0, inputs["input_ids"].shape[1]:].tolist()
+
+
+def test_text_goes_over_at_most_every_interval_the_first_and_the_end_at_once():
+    """The first text goes at once; a burst of text right after it waits for the interval and goes
+    in one hand-over; text after a pause longer than the interval goes at once again; the end
+    (Result, END) never waits for the interval."""
+    import time
+
+    from dsvl_cli.serve.scheduler import END, HAND_OVER_S
+
+    loop = asyncio.new_event_loop()
+    job = _job(loop)
+    handed = []  # the items of each hand-over
+    real = job.out.put_nowait
+    job.out.put_nowait = lambda item: (handed[-1].append(item), real(item))  # noqa: E731
+    hand_over = job._hand_over
+
+    def counted():
+        handed.append([])
+        hand_over()
+        if not handed[-1]:
+            handed.pop()  # a hand-over that found everything taken already
+
+    job._hand_over = counted
+    text = [TextChunk(f"{k} ") for k in range(60)]
+    result = Result(answer="x", finish_reason="stop")
+
+    def produce():
+        job.emit(text[0])  # the first: at once
+        time.sleep(0.05)  # longer than the interval: the event loop has taken it
+        for item in text[1:31]:  # in a burst: one hand-over, after the interval
+            job.emit(item)
+        time.sleep(0.05)
+        job.emit(text[31])  # the interval has passed: at once
+        for item in text[32:]:
+            job.emit(item)
+        job.emit(result)  # the end: at once, taking what waits with it
+        job.emit(END)
+
+    async def consume():
+        loop.run_in_executor(None, produce)
+        got = []
+        while (item := await asyncio.wait_for(job.out.get(), 30)) is not END:
+            got.append(item)
+        return got
+
+    try:
+        got = loop.run_until_complete(consume())
+    finally:
+        loop.close()
+    assert got == [*text, result]
+    assert handed[:2] == [[text[0]], text[1:31]]  # the burst waited for the interval, then went whole
+    assert handed[2][0] is text[31]  # at once, with whatever came before the event loop ran
+    assert [item for batch in handed[2:] for item in batch] == [*text[31:], result, END] and len(handed) <= 4

@@ -8,9 +8,10 @@ Engines without a loop of their own (a RemoteEngine behind `--server`, test fake
 request at a time through `stream`, on one thread, the same way seen from the request.
 
 A job's items go to its request's event loop: TextChunks as they are decoded, then a Result or a
-DsvlError, then END. What the engine's thread emits while the event loop has not yet taken the last
-hand-over joins it: one wake-up of the event loop carries everything that accumulated (at 16 rows
-a wake-up per token per row was most of the event loop's work), never a delay. A job whose `stop`
+DsvlError, then END. One wake-up of the event loop carries everything that accumulated: the first
+text goes at once, later text at most every HAND_OVER_S (20 ms, below what a reader notices; at a
+token a millisecond a wake-up per token, and its SSE write, were most of the event loop's work and
+took the GIL from the engine's thread), and the end (Result, error, END) at once. A job whose `stop`
 is set (client gone, shutdown) ends its own row only.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import traceback
 from collections import deque
 from dataclasses import dataclass, field
@@ -26,10 +28,12 @@ from dataclasses import dataclass, field
 from dsvl_cli.engine.loop import QueueFull
 from dsvl_cli.engine.rows import END, Request
 from dsvl_cli.errors import DsvlError, GenerationError
+from dsvl_cli.results import TextChunk
 from dsvl_cli.settings import GenerationSettings
 
 __all__ = ["END", "Job", "QueueFull", "Worker"]
 log = logging.getLogger("dsvl.serve")
+HAND_OVER_S = 0.02  # text is handed to the event loop at most this often (the end at once)
 
 
 @dataclass(eq=False)  # jobs are told apart by identity (kept in sets)
@@ -45,6 +49,8 @@ class Job:
     _inbox: list = field(default_factory=list)  # emitted, not yet handed to the event loop
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _waking: bool = False  # a hand-over is scheduled on the event loop
+    _due: bool = False  # ... and it runs at once (not after the interval)
+    _handed_at: float = 0.0  # when text was last handed over (perf_counter)
 
     def __post_init__(self) -> None:
         self.request = Request(self.conversation, self.gen, self.emit, self.stop)
@@ -55,25 +61,33 @@ class Job:
         return self.request.shared
 
     def emit(self, item) -> None:
-        """Hand an item to the request's event loop (from the worker thread); END only once."""
+        """Hand an item to the request's event loop (from the engine's one thread); END only once."""
         if item is END:
             if self.ended:
                 return
             self.ended = True
+        now = time.perf_counter()
+        wait = HAND_OVER_S - (now - self._handed_at) if isinstance(item, TextChunk) else 0.0
         with self._lock:
             self._inbox.append(item)
-            if self._waking:  # the scheduled hand-over takes this one too
+            if self._due or (self._waking and wait > 0):  # the scheduled hand-over takes this one too
                 return
-            self._waking = True
+            self._waking, self._due = True, wait <= 0
         try:
-            self.loop.call_soon_threadsafe(self._hand_over)
+            if wait <= 0:
+                self._handed_at = now
+                self.loop.call_soon_threadsafe(self._hand_over)
+            else:
+                self._handed_at = now + wait  # the text that comes until then goes with it
+                self.loop.call_soon_threadsafe(self.loop.call_later, wait, self._hand_over)
         except RuntimeError:  # the loop is closed: the server is gone and nobody reads this job
             self.stop.set()
 
     def _hand_over(self) -> None:
-        """On the event loop: everything emitted so far into `out`, in order."""
+        """On the event loop: everything emitted so far into `out`, in order (a hand-over that finds
+        nothing left, its items taken by an earlier one, does nothing)."""
         with self._lock:
-            items, self._inbox, self._waking = self._inbox, [], False
+            items, self._inbox, self._waking, self._due = self._inbox, [], False, False
         for item in items:
             self.out.put_nowait(item)
 
