@@ -2,7 +2,9 @@
 `dsvl serve`, and this prints the top entries by own time, per thread.
 
     pip install py-spy   # a sampling profiler that sees every thread (not a dsvl dependency)
-    python benchmarks/token_profile.py [--model tiny-random] [--tokens 400] [--top 15] [--out FILE.json]
+    python benchmarks/token_profile.py [--model tiny-random] [--tokens 400] [--top 15] [--code DIR] [--out FILE.json]
+
+`--code DIR`: profile another checkout (a git worktree of an older commit: the "before").
 
 Targets, each on the chosen tiny model with its EOS off (every answer as long as asked), greedy:
 - **ask**: a process that loads the engine once and runs `LocalEngine.run` (what `dsvl ask` does)
@@ -91,20 +93,20 @@ def spy(args: list[str], raw: Path, **popen) -> subprocess.Popen:
                             **popen)
 
 
-def profile_ask(folder: Path, tokens: int, n: int, work: Path) -> dict:
+def profile_ask(code: Path, folder: Path, tokens: int, n: int, work: Path) -> dict:
     script = work / "ask_runs.py"
-    script.write_text(ASK_SCRIPT.format(repo=str(REPO), folder=str(folder), image=str(IMAGE), tokens=tokens))
+    script.write_text(ASK_SCRIPT.format(repo=str(code), folder=str(folder), image=str(IMAGE), tokens=tokens))
     raw = work / "ask.raw"
     spy([sys.executable, str(script)], raw, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).wait(900)
     return {"caller_thread": top(raw, lambda s: "profiled_runs" in s, n),
             "generate_thread": top(raw, lambda s: "Generation.run" in s and "profiled_runs" not in s, n)}
 
 
-def profile_serve(folder: Path, tokens: int, n: int, work: Path) -> dict:
+def profile_serve(code: Path, folder: Path, tokens: int, n: int, work: Path) -> dict:
     raw = work / "serve.raw"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(code), "HF_HUB_OFFLINE": "1"}
     proc = spy([sys.executable, "-m", "dsvl_cli", "serve", "-m", str(folder), "--device", "cpu", "--port", "0"], raw,
-               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, cwd=REPO)
+               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, cwd=code)
     url = None
     while url is None:
         line = proc.stderr.readline()
@@ -129,19 +131,24 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=400)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--only", choices=["ask", "serve"])
+    parser.add_argument("--code", type=Path, default=REPO, help="the dsvl checkout to profile (default: this one)")
+    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the profiled processes; 0: torch's")
     parser.add_argument("--out")
     args = parser.parse_args()
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
     if shutil.which("py-spy") is None:
         raise SystemExit("py-spy is not installed: pip install py-spy")
     work = Path(tempfile.mkdtemp(prefix="dsvl-token-profile-"))
     try:
         folder = no_eos_copy(args.model, work)
         result = {"machine": machine("cpu"), "model": args.model + " (EOS off)", "tokens": args.tokens,
+                  "code": str(args.code),
                   "command": " ".join(["python", "benchmarks/token_profile.py", *sys.argv[1:]])}
         if args.only in (None, "ask"):
-            result["ask"] = profile_ask(folder, args.tokens, args.top, work)
+            result["ask"] = profile_ask(args.code.resolve(), folder, args.tokens, args.top, work)
         if args.only in (None, "serve"):
-            result["serve"] = profile_serve(folder, args.tokens, args.top, work)
+            result["serve"] = profile_serve(args.code.resolve(), folder, args.tokens, args.top, work)
         emit(result, args.out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
