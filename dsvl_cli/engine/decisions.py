@@ -90,8 +90,7 @@ def decide(engine, conversation: Conversation, questions: tuple[Question, ...], 
         with torch.inference_mode():
             out, cached = prefill(engine, prompts[0][:shared], pictures, prefix, features)
             prefix.insert(prompts[0][:shared], [p.digest for p in pictures], pairs_of(out.cache))
-            cache = out.cache
-            logprobs = _row_logprobs(engine.model, cache, shared, rows) if rows else []
+            logprobs = _row_logprobs(engine.model, out.cache, shared, rows) if rows else []
     except torch.OutOfMemoryError:
         prefix.clear()
         features.clear()

@@ -10,10 +10,9 @@ from dsvl_cli.engine.kv import cache_of
 from dsvl_cli.engine.prefix_cache import PrefixCache
 
 
-def prefill(engine, ids: list[int], pictures: list[Picture], prefix: PrefixCache, features: ImageFeatureCache,
-            *, logits_to_keep: int = 1):
-    """(the model's output over `ids`, how many leading tokens came from `prefix`). The output's
-    cache holds the KV of all of `ids`; call under torch.inference_mode()."""
+def prefill(engine, ids: list[int], pictures: list[Picture], prefix: PrefixCache, features: ImageFeatureCache):
+    """(the model's output over `ids`: the last token's logits and a cache holding the KV of all of
+    `ids`; how many leading tokens came from `prefix`). Call under torch.inference_mode()."""
     import torch
     from transformers import DynamicCache
 
@@ -29,4 +28,4 @@ def prefill(engine, ids: list[int], pictures: list[Picture], prefix: PrefixCache
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features.features(model, later))}
-    return model(**inputs, cache=cache, use_cache=True, logits_to_keep=logits_to_keep), keep
+    return model(**inputs, cache=cache, use_cache=True, logits_to_keep=1), keep

@@ -30,8 +30,9 @@ from dsvl_cli.results import Result, TextChunk
 
 END = object()  # a request's last item
 # transformers' processors that read only the scores (never the ids, the length or a state of their own)
-STATELESS = frozenset({"SuppressTokensLogitsProcessor", "SuppressedTokens", "TemperatureLogitsWarper",
-                       "TopKLogitsWarper", "TopPLogitsWarper", "MinPLogitsWarper"})
+# (transformers' SuppressTokensLogitsProcessor is swapped for SuppressedTokens in logits_processors)
+STATELESS = frozenset({"SuppressedTokens", "TemperatureLogitsWarper", "TopKLogitsWarper", "TopPLogitsWarper",
+                       "MinPLogitsWarper"})
 
 
 @dataclass(eq=False)
@@ -68,7 +69,6 @@ def logits_processors(engine, plan: Generation, ids):
     processors = [SuppressedTokens(p.suppress_tokens) if type(p).__name__ == "SuppressTokensLogitsProcessor" else p
                   for p in processors]
     return processors, bool(config.do_sample)
-
 
 
 class Row:

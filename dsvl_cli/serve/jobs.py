@@ -4,7 +4,7 @@ Why its own module: every API the server speaks (chat completions, responses) ru
 same way, and the scheduler behind it is being rewritten; this is the one seam between the routes
 and the worker. `Runs.start` submits the job (429 when the queue is full), registers it with the
 shutdown Drain, and waits through the queue for the first item so that an error before any output
-still gets an HTTP status. The route then either streams `Run.items()` (Starlette cancels the
+still gets an HTTP status. The route then either streams `Run.batches()` (Starlette cancels the
 stream when the client leaves) or awaits `Run.result()` (which notices a client that leaves). Every
 path ends in `Run.close()`, which stops the job's row and forgets it in the Drain.
 """
@@ -58,17 +58,11 @@ class Run:
             self.done = item is END
             return item
 
-    async def items(self) -> AsyncIterator:
-        """Every item from the first to the end, as the worker sends them (a stream's reader: the
-        client leaving cancels the reader, and `close` in its `finally` stops the job)."""
-        async for batch in self.batches():
-            for item in batch:
-                yield item
-
     async def batches(self) -> AsyncIterator[list]:
-        """The same items, as lists of what had arrived by the time the reader came back, adjacent
-        TextChunks joined into one: a stream writes each list as one write with one chunk of text,
-        not one write and one JSON object per token."""
+        """Every item from the first to the end, as lists of what had arrived by the time the reader
+        came back, adjacent TextChunks joined into one: a stream writes each list as one write with
+        one chunk of text, not one write and one JSON object per token (the client leaving cancels
+        the reader, and `close` in its `finally` stops the job)."""
         out, batch = self.job.out, [self.first]
         while True:
             while not out.empty():
