@@ -45,7 +45,7 @@ def make_images(folder: Path, count: int) -> list[str]:
 
 
 def make_records(images: list[str], total: int, base):
-    from dsvl_cli.batch.inputs import Record
+    from dsvl_cli.batch.records import Record
 
     records = []
     for k in range(total):

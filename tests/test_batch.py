@@ -34,7 +34,7 @@ def _parse(lines, prompt=None, **base):
 
 
 def test_jsonl_records_with_options_and_default_ids():
-    from dsvl_cli.batch.inputs import BadRecord, Record
+    from dsvl_cli.batch.records import BadRecord, Record
 
     items = _parse([
         json.dumps({"id": "a", "image": SHAPES, "prompt": "What?", "max_new_tokens": 5, "stop": "x"}),

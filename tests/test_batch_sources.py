@@ -82,3 +82,42 @@ def test_parquet_input_with_image_bytes_paths_and_options(cli, tmp_path):
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
     bad = cli(["batch", str(tmp_path / "bad.parquet"), *TINY])
     assert bad.exit_code == 2 and "bad.parquet: not a readable Parquet file" in bad.stderr
+
+
+def test_parquet_cells_reach_validation_as_values_not_json_text(cli, tmp_path):
+    """A Parquet row goes to the record's validation as its cells (no JSON text between): a cell
+    JSON cannot hold (bytes as the prompt, a timestamp column) is that record's error, and the rest
+    are answered."""
+    import datetime
+
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"id": ["a", "b"], "prompt": [b"bytes, not text", None]}), tmp_path / "bytes.parquet")
+    pq.write_table(pa.table({"id": ["t"], "prompt": ["Hi"], "taken": [datetime.datetime(2026, 1, 2)]}),
+                   tmp_path / "when.parquet")
+    (tmp_path / "ok.jsonl").write_text(json.dumps({"id": "ok", "prompt": "Hi"}) + "\n")
+    result = cli(["batch", str(tmp_path / "bytes.parquet"), str(tmp_path / "when.parquet"), str(tmp_path / "ok.jsonl"),
+                  "-o", str(tmp_path / "out.jsonl"), *TINY])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    got = _records(tmp_path / "out.jsonl")
+    assert got["a"]["error"] == {"type": "invalid_record", "message": "prompt must be a non-empty string"}
+    assert got["b"]["error"] == {"type": "invalid_record", "message": "missing prompt"}
+    assert got["t"]["error"] == {"type": "invalid_record", "message": "unknown field(s): taken"}
+    assert got["ok"]["answer"] and got["a"]["input"].endswith("bytes.parquet")
+
+
+def test_output_records_escape_controls_as_one_json_value(tmp_path):
+    """The sink writes every record through record_json (the Ray workers too): a C1 control in a
+    value is escaped (a terminal acts on raw ones), and the line is the same JSON value."""
+    import io
+
+    from dsvl_cli.batch import ray_workers  # noqa: F401  (imports the sink it writes through)
+    from dsvl_cli.batch.output import Writer, record_json
+
+    obj = {"id": "a\x9bb\x1b[2J", "answer": "é ok\u0085"}
+    stream = io.StringIO()
+    Writer(stream).write(obj)
+    line = stream.getvalue()
+    assert line == record_json(obj) + "\n" and json.loads(line) == obj
+    assert not any(0x7f <= ord(c) <= 0x9f or c == "\x1b" for c in line) and "é" in line
+    assert ray_workers.record_json is record_json

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from dsvl_cli.batch.inputs import Record
+from dsvl_cli.batch.records import Record
 from dsvl_cli.batch.output import error_record, result_record
 from dsvl_cli.engine import decisions
 from dsvl_cli.errors import DsvlError

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 
-from dsvl_cli.batch.inputs import Record, id_key
+from dsvl_cli.batch.records import Record, id_key
 from dsvl_cli.conversation import Conversation
 from dsvl_cli.logs.entry import picture_of_source
 from dsvl_cli.logs.writer import AnswerLog

@@ -1,6 +1,7 @@
 """The output side of `dsvl batch`: records, the summary, and what an earlier run left (--resume).
 
-Each output record is one `write` of one JSON line, flushed at once, so a killed run leaves valid
+Each output record is one `write` of one JSON line (record_json: the local runner, --server and
+the Ray workers all serialise through it), flushed at once, so a killed run leaves valid
 JSONL (at most a torn last line, which --resume repairs). Files are replaced atomically, keeping
 their permission bits. Every record names its images (`image`, or `images` for none or several;
 long data: URIs shortened) so answers map back to files. A reader that goes away (`| head -1`)
@@ -19,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from dsvl_cli.batch.inputs import BadRecord, Record, id_key
+from dsvl_cli.batch.records import BadRecord, Record, id_key
 from dsvl_cli.errors import UsageError, load_json
-from dsvl_cli.userfiles import write_atomic
 from dsvl_cli.images.limits import display_source
 from dsvl_cli.images.selection import describe
+from dsvl_cli.screen.text import json_line
+from dsvl_cli.userfiles import write_atomic
 
 
 @dataclass
@@ -54,8 +56,14 @@ class OutputClosed(Exception):
     """The output's reader went away (`dsvl batch ... | head -1`): records are left unanswered."""
 
 
+def record_json(obj: dict) -> str:
+    """An output record as its one line of JSON (no newline): UTF-8 as is, control characters
+    (C1 too: a terminal would act on them) escaped, so `cat answers.jsonl` is safe."""
+    return json_line(obj)
+
+
 class Writer:
-    """One JSON object per line, each written whole and flushed at once."""
+    """The sink: one JSON object per line (record_json), each written whole and flushed at once."""
 
     def __init__(self, stream: TextIO, on_write=None):
         self.stream = stream
@@ -66,7 +74,7 @@ class Writer:
         if self.closed:
             raise OutputClosed
         try:
-            self.stream.write(json.dumps(obj, ensure_ascii=False) + "\n")
+            self.stream.write(record_json(obj) + "\n")
             self.stream.flush()
         except BrokenPipeError:
             self.closed = True

@@ -58,10 +58,11 @@ def finish(output: Path, *, done: bool) -> None:
     """Write `output` from its journal; drop the journal when `done` (no record left to do)."""
     pa, pq = _pyarrow()
     path = journal(output)
-    records = []
+    records, lines = [], []
     for text in path.read_text(encoding="utf-8").splitlines(keepends=True):
         if text.endswith("\n"):  # a torn last line (a killed run) is --resume's to repair
             records.append(json.loads(text))
+            lines.append(text[:-1])  # the sink's record_json, as written
     table = pa.table({
         "id": pa.array([str(r["id"]) for r in records], pa.string()),
         "line": pa.array([r.get("line") for r in records], pa.int64()),
@@ -74,7 +75,7 @@ def finish(output: Path, *, done: bool) -> None:
         "error_message": pa.array([r.get("error", {}).get("message") for r in records], pa.string()),
         "prompt_tokens": pa.array([r.get("stats", {}).get("prompt_tokens") for r in records], pa.int64()),
         "generated_tokens": pa.array([r.get("stats", {}).get("generated_tokens") for r in records], pa.int64()),
-        "record": pa.array([json.dumps(r, ensure_ascii=False) for r in records], pa.string()),
+        "record": pa.array(lines, pa.string()),
     })
     tmp = output.parent / f".{output.name}.{secrets.token_hex(4)}.tmp"
     try:

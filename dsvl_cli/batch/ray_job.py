@@ -44,8 +44,8 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-from dsvl_cli.batch.inputs import BadRecord, Record
-from dsvl_cli.batch.output import error_record
+from dsvl_cli.batch.records import BadRecord, Record
+from dsvl_cli.batch.output import error_record, record_json
 from dsvl_cli.errors import DsvlError, UsageError
 
 MAX_RESTARTS = 3  # per engine actor: a process that dies (killed, OOM) is started again this often
@@ -150,10 +150,8 @@ def _blocks(todo: list, size: int) -> list:
             rows["payload"].append(pickle.dumps((item, [_reachable(s) for s in item.images])))
             rows["out"].append(None)
         else:
-            import json
-
             rows["payload"].append(None)
-            rows["out"].append(json.dumps(error_record(item, item.type, item.message), ensure_ascii=False))
+            rows["out"].append(record_json(error_record(item, item.type, item.message)))
     types = {"idx": pa.int64(), "payload": pa.binary(), "out": pa.string(), "failed": pa.bool_(),
              "tokens": pa.int64(), "worker": pa.string()}
     table = pa.table({name: pa.array(values, types[name]) for name, values in rows.items()})

@@ -5,7 +5,7 @@ dsvl_cli that the job ships to them, see ray_job.runtime_env). Rows are Arrow co
 
     idx      int64   the record's position among the records to do (the driver maps it back)
     payload  binary  pickle of (Record, the sources to read); null for a line that did not parse
-    out      string  the output record as JSON, once the row is answered or failed (else null)
+    out      string  the output record's line (output.record_json), once the row is answered or failed (else null)
     failed   bool    the output record is an error record
     tokens   int64   generated tokens
     worker   string  host:pid of the engine actor that answered it
@@ -19,7 +19,6 @@ because DsvlError subclasses do not pickle (their __init__ takes more than the m
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import socket
@@ -27,6 +26,7 @@ import time
 
 import pyarrow as pa
 
+from dsvl_cli.batch.output import record_json
 from dsvl_cli.errors import DsvlError, ImageLoadError
 
 OUTPUT_COLUMNS = ("idx", "payload", "out", "failed", "tokens", "worker")
@@ -101,6 +101,6 @@ class EngineWorker:
         for batch in plan_batches(self.engine, [record for _, record in todo], self.batch_size):
             for record, obj, failed, tokens in answer_batch(self.engine, batch, prepared, features):
                 row = rows[id(record)]
-                cols["out"][row] = json.dumps(obj, ensure_ascii=False)
+                cols["out"][row] = record_json(obj)
                 cols["failed"][row], cols["tokens"][row], cols["worker"][row] = failed, tokens, self.name
         return pa.table({name: pa.array(cols[name], table.schema.field(name).type) for name in OUTPUT_COLUMNS})

@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from dsvl_cli.batch.inputs import Record
+from dsvl_cli.batch.records import Record
 from dsvl_cli.errors import DsvlError, ModelError
 from dsvl_cli.images.cache import SourceCache
 

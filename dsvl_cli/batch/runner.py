@@ -29,7 +29,7 @@ from pathlib import Path
 
 from dsvl_cli.batch import parquet
 from dsvl_cli.batch.answer import answer_batch, plan_batches
-from dsvl_cli.batch.inputs import BadRecord, Record
+from dsvl_cli.batch.records import BadRecord, Record
 from dsvl_cli.batch.output import (
     OutputClosed,
     Previous,

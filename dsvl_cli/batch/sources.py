@@ -1,7 +1,7 @@
 """Where batch inputs and images come from, beyond text files on this machine.
 
 An INPUT of `dsvl batch` may be:
-- a text file (JSONL, OpenAI batch JSONL, TSV, plain lines: batch/inputs.py parses it);
+- a text file (JSONL, OpenAI batch JSONL, TSV, plain lines: batch/lines.py reads it);
 - a Parquet file (`*.parquet`): one record per row, the JSONL fields as columns (`id` or
   `custom_id`, `image` or `images`, `prompt`, `system`, options). An `image` column of bytes (or
   Hugging Face datasets' `{bytes, path}` struct) is sent as a data: URI. A null cell is a missing field.
@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import re
 import time
 from pathlib import Path
 from typing import Any
 
+from dsvl_cli.batch.lines import text_entries
+from dsvl_cli.batch.records import Entry
 from dsvl_cli.errors import DsvlError, ImageLoadError, UsageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
@@ -42,31 +43,35 @@ def fs_uri(source: str) -> bool:
     return bool(match) and match.group(1).lower() in FS_SCHEMES
 
 
-def read_path(path: str, *, parse, prompt: str | None) -> list:
-    """The records of one INPUT that is not stdin. `parse(lines, name)` parses text lines (bound by
-    read_inputs to its settings); folders and Parquet files become lines of JSON records for it."""
+def read_path(path: str, *, prompt: str | None) -> list[Entry]:
+    """The entries of one INPUT that is not stdin: a folder's files, a document's pages or frames
+    and a Parquet file's rows become the fields a JSON record would hold (no JSON text between)."""
     if fs_uri(path):
-        return _read_uri(path, parse=parse, prompt=prompt)
+        return _read_uri(path, prompt=prompt)
     local = Path(path).expanduser()
     if local.is_dir():
         names = sorted(p.relative_to(local).as_posix() for p in local.rglob("*")
                        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        return parse(_folder_lines(path, names, [str(local / n) for n in names], prompt), path)
+        return _folder_entries(path, names, [str(local / n) for n in names], prompt)
     if local.suffix.lower() == ".parquet":
-        return parse(_parquet_lines(path, lambda pq: pq.read_table(local)), path)
-    document = _document_lines(path, local, prompt)
+        return _parquet_entries(path, lambda pq: pq.read_table(local))
+    document = _document_entries(path, local, prompt)
     if document is not None:
-        return parse(document, path)
+        return document
     try:
         text = local.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file") from None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read it: {exc.strerror or exc}") from None
-    return parse(text.splitlines(), path)
+    return text_entries(text.splitlines(), name=path, prompt=prompt)
 
 
-def _document_lines(name: str, local: Path, prompt: str | None) -> list[str] | None:
+def _image_entries(ids: list[str], images: list[str]) -> list[Entry]:
+    return [Entry(line, fields={"id": i, "image": p}) for line, (i, p) in enumerate(zip(ids, images), start=1)]
+
+
+def _document_entries(name: str, local: Path, prompt: str | None) -> list[Entry] | None:
     """A PDF (one record per page) or a video (one per sampled frame) as the input, or None. The
     records' images are the pages and frames named (`report.pdf#page=3`, `clip.mp4#t=12.5`), so
     each is rendered when its record is answered, and the output records carry `page` or `time`.
@@ -100,10 +105,10 @@ def _document_lines(name: str, local: Path, prompt: str | None) -> list[str] | N
         raise UsageError(f"{name}: a PDF or video as the input needs --prompt TEXT (the question for each page or frame)")
     if not names:
         raise UsageError(f"{name}: no pages selected")
-    return [json.dumps({"id": n, "image": n}, ensure_ascii=False) for n in names]
+    return _image_entries(names, names)
 
 
-def _read_uri(uri: str, *, parse, prompt: str | None) -> list:
+def _read_uri(uri: str, *, prompt: str | None) -> list[Entry]:
     fs, inner = _filesystem(uri)
     from pyarrow import fs as pafs
 
@@ -116,11 +121,11 @@ def _read_uri(uri: str, *, parse, prompt: str | None) -> list:
         paths = sorted(f.path for f in found if f.type == pafs.FileType.File
                        and Path(f.path).suffix.lower() in IMAGE_SUFFIXES)
         names = [p[len(inner.rstrip("/")) + 1:] for p in paths]
-        return parse(_folder_lines(uri, names, [scheme + p for p in paths], prompt), uri)
+        return _folder_entries(uri, names, [scheme + p for p in paths], prompt)
     if inner.lower().endswith(".parquet"):
-        return parse(_parquet_lines(uri, lambda pq: pq.read_table(inner, filesystem=fs)), uri)
+        return _parquet_entries(uri, lambda pq: pq.read_table(inner, filesystem=fs))
     with fs.open_input_stream(inner) as stream:
-        return parse(stream.read().decode("utf-8", errors="replace").splitlines(), uri)
+        return text_entries(stream.read().decode("utf-8", errors="replace").splitlines(), name=uri, prompt=prompt)
 
 
 def _filesystem(uri: str):
@@ -135,15 +140,15 @@ def _filesystem(uri: str):
         raise UsageError(f"{uri}: cannot open it: {str(exc).splitlines()[0]}") from None
 
 
-def _folder_lines(name: str, ids: list[str], paths: list[str], prompt: str | None) -> list[str]:
+def _folder_entries(name: str, ids: list[str], paths: list[str], prompt: str | None) -> list[Entry]:
     if prompt is None:
         raise UsageError(f"{name}: a folder of images needs --prompt TEXT (the question for every image)")
     if not paths:
         raise UsageError(f"{name}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-    return [json.dumps({"id": i, "image": p}, ensure_ascii=False) for i, p in zip(ids, paths)]
+    return _image_entries(ids, paths)
 
 
-def _parquet_lines(name: str, read) -> list[str]:
+def _parquet_entries(name: str, read) -> list[Entry]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -152,11 +157,11 @@ def _parquet_lines(name: str, read) -> list[str]:
         rows = read(pq).to_pylist()
     except (OSError, ValueError) as exc:
         raise UsageError(f"{name}: not a readable Parquet file: {str(exc).splitlines()[0]}") from None
-    return [json.dumps(_row(row), ensure_ascii=False) for row in rows]
+    return [Entry(line, fields=_row(row)) for line, row in enumerate(rows, start=1)]
 
 
 def _row(row: dict) -> dict:
-    """A Parquet row as a JSON record: nulls dropped, image bytes as data: URIs."""
+    """A Parquet row as a record's fields: nulls dropped, image bytes as data: URIs."""
     out: dict[str, Any] = {}
     for key, value in row.items():
         if value is None:

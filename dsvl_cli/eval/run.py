@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dsvl_cli.batch.inputs import BadRecord, Record
+from dsvl_cli.batch.records import BadRecord, Record
 from dsvl_cli.batch.output import Summary, Writer, open_output
 from dsvl_cli.errors import DsvlError, UsageError, load_json
 from dsvl_cli.eval import extract, metrics
