@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from dsvl_cli.chat import commands
 from dsvl_cli.chat.session import ChatSession
 from dsvl_cli.chat.turns import Reply, Turn
 from dsvl_cli.errors import DsvlError, ExitCode
@@ -47,7 +48,7 @@ class ChatUI:
     def submit(self, text: str) -> bool:
         """Handle one input; False when the session should end."""
         self.last_turn = None
-        reply = self.session.handle(text)
+        reply = commands.handle(self.session, text)
         self._new_conversation(text, reply)
         self.show(reply)
         if reply.answer:
