@@ -17,7 +17,8 @@ from dsvl_cli.chat.commands import NAMES
 from dsvl_cli.chat.session import block_open
 from dsvl_cli.chat.ui import ChatUI
 from dsvl_cli.errors import ExitCode
-from dsvl_cli.render import SingleInterrupt, note
+from dsvl_cli.render import note
+from dsvl_cli.screen.interrupts import SingleInterrupt
 
 PATH_COMMANDS = ("/image", "/save", "/save!", "/load")
 
