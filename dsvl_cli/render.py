@@ -8,7 +8,6 @@ are terminals, comes from an `Environment` (environment.py), never from `sys` di
 
 from __future__ import annotations
 
-import json
 import sys
 from contextlib import contextmanager
 from typing import TextIO
@@ -18,7 +17,7 @@ from rich.console import Console
 from dsvl_cli.screen.environment import Environment
 from dsvl_cli.screen.interrupts import SingleInterrupt
 from dsvl_cli.results import Result, TextChunk
-from dsvl_cli.screen.text import for_terminal, json_line, visible
+from dsvl_cli.screen.text import for_terminal, visible
 
 RANDOM_WEIGHTS_NOTE = "model {name} has random weights: its answers are noise (for trying dsvl offline)"
 
@@ -98,12 +97,6 @@ def stats_line(stats: dict) -> str:
 
 def print_stats(console: Console, stats: dict) -> None:
     console.print(stats_line(stats), style="dim", markup=False, soft_wrap=True)
-
-
-def print_json(obj: dict, stream: TextIO, *, terminal: bool = False) -> None:
-    """One JSON object on a line; on a terminal with C1 controls escaped too (the same JSON value)."""
-    stream.write((json_line(obj) if terminal else json.dumps(obj, ensure_ascii=False)) + "\n")
-    stream.flush()
 
 
 def print_decision(answers: list[dict], env: Environment) -> None:

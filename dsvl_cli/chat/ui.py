@@ -15,8 +15,9 @@ from dsvl_cli.chat.turns import Reply, Turn
 from dsvl_cli.errors import DsvlError, ExitCode
 from dsvl_cli.images import display_source
 from dsvl_cli.options import CommonOptions
-from dsvl_cli.render import context_cut, note, print_json, print_stats, stream_answer
+from dsvl_cli.render import context_cut, note, print_stats, stream_answer
 from dsvl_cli.results import Stats
+from dsvl_cli.screen.text import write_json
 from dsvl_cli.structured.answers import incomplete
 
 # Which failure a pipe's exit code reports when several happened: Ctrl-C, then a runtime failure
@@ -78,7 +79,7 @@ class ChatUI:
             if self.opts.json:
                 number = self.session.forgotten + len([m for m in self.session.conversation.messages
                                                        if m.role == "user"]) + 1
-                print_json({"turn": number, "prompt": question.text,
+                write_json({"turn": number, "prompt": question.text,
                             "images": [display_source(i.source) for i in question.images],
                             "answer": "", "finish_reason": "error", "stats": Stats().to_dict(),
                             "error": {"kind": err.kind, "message": err.message}, "model": self.session.engine.name},
@@ -87,7 +88,7 @@ class ChatUI:
         self.last_turn = turn
         result = turn.result
         if self.opts.json:
-            print_json(turn.to_dict(self.session.engine.name), self.stdout, terminal=self.env.stdout_isatty)
+            write_json(turn.to_dict(self.session.engine.name), self.stdout, terminal=self.env.stdout_isatty)
         elif not result.answer and not self.markdown:
             self.stdout.write("\n")  # one answer per turn, even an empty one
             self.stdout.flush()
