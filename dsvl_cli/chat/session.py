@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from dsvl_cli.chat.turns import Reply, Totals, Turn
+from dsvl_cli.chat.turns import Reply, Totals, AnsweredTurn
 from dsvl_cli.conversation import Conversation, Message, check_text
 from dsvl_cli.engine.backend import Backend
 from dsvl_cli.errors import ContextLengthError, ImageLoadError, UsageError
@@ -78,7 +78,7 @@ class ChatSession:
         self.conversation = Conversation(system=generation.system)
         self.cache = engine.new_cache() if reuse else None  # None where the backend keeps no KV
         self.pending: list[LoadedImage] = list(images)  # for the next question
-        self.last: Turn | None = None
+        self.last: AnsweredTurn | None = None
         self.totals = Totals()
         self.forgotten = 0  # exchanges dropped by /forget: turns keep their numbers as asked
         self._undo_point: tuple[Conversation, list[LoadedImage]] | None = None  # if the turn fails
@@ -94,7 +94,7 @@ class ChatSession:
         self.pending = []
         return Reply(answer=True)
 
-    def respond(self, produce: Producer) -> Turn:
+    def respond(self, produce: Producer) -> AnsweredTurn:
         """Answer the last question with `produce(conversation, generation, cache)`.
 
         If producing fails (context too long, out of memory, Ctrl-C before any answer), the
@@ -116,11 +116,11 @@ class ChatSession:
         self.conversation.add_assistant(result.answer, result.finish_reason)
         number = self.forgotten + len(exchanges(self.conversation))
         question = exchanges(self.conversation)[-1][0]
-        self.last = Turn(number, question.text, [i.source for i in question.images], result)
+        self.last = AnsweredTurn(number, question.text, [i.source for i in question.images], result)
         self.totals.add(result.stats)
         return self.last
 
-    def at_context_end(self, turn: Turn) -> bool:
+    def at_context_end(self, turn: AnsweredTurn) -> bool:
         """True when the answer stopped because the context was full, not at --max-new-tokens."""
         stats, limit = turn.result.stats, self.engine.context_length
         return turn.result.finish_reason == "length" and limit is not None and \

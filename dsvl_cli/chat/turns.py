@@ -1,4 +1,4 @@
-"""The values a chat session hands its front ends: a Reply to an input, an answered Turn, the
+"""The values a chat session hands its front ends: a Reply to an input, an AnsweredTurn, the
 session's running Totals. No I/O here."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class Reply:
 
 
 @dataclass(frozen=True)
-class Turn:
+class AnsweredTurn:
     """One answered exchange. `number` is its place in the conversation (a /retry repeats it)."""
 
     number: int

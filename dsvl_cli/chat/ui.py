@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from dsvl_cli.chat import commands
 from dsvl_cli.chat.session import ChatSession
-from dsvl_cli.chat.turns import Reply, Turn
+from dsvl_cli.chat.turns import Reply, AnsweredTurn
 from dsvl_cli.errors import DsvlError, ExitCode
 from dsvl_cli.images import display_source
 from dsvl_cli.options import CommonOptions
@@ -42,7 +42,7 @@ class ChatUI:
         self.stdout = self.env.stdout
         self.console = self.env.stderr_console()
         self.exit_code = int(ExitCode.OK)
-        self.last_turn: Turn | None = None
+        self.last_turn: AnsweredTurn | None = None
         # Asks a yes/no question (a terminal sets it); None, as in a pipe: what needs a yes fails.
         self.ask: Callable[[str], bool] | None = None
 
@@ -111,7 +111,7 @@ class ChatUI:
         if self.log is not None and not reply.error and (text.split() or [""])[0].lower() in ("/clear", "/load"):
             self.log.new_conversation()
 
-    def _log_turn(self, turn: Turn) -> None:
+    def _log_turn(self, turn: AnsweredTurn) -> None:
         if self.log is None:
             return
         self.log.record(self.session.conversation, turn.result, self.session.generation, turn.number)
