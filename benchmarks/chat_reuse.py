@@ -37,6 +37,7 @@ def script(turns: int) -> list[str]:
 
 def run_chat(engine, image: str, turns: int, new_tokens: int, reuse: bool) -> list[dict]:
     """One scripted chat through ChatSession; the stats of every turn, and its answer."""
+    from dsvl_cli.chat.commands import handle
     from dsvl_cli.chat.session import ChatSession
     from dsvl_cli.images import load_images
     from dsvl_cli.settings import GenerationSettings
@@ -45,7 +46,7 @@ def run_chat(engine, image: str, turns: int, new_tokens: int, reuse: bool) -> li
                           reuse=reuse)
     rows = []
     for number, text in enumerate(script(turns), 1):
-        reply = session.handle(text)
+        reply = handle(session, text)
         assert reply.answer, reply.text
         turn = session.respond(lambda conversation, gen, cache: engine.run(conversation, gen, cache=cache))
         stats = turn.result.stats

@@ -8,7 +8,6 @@ are terminals, comes from an `Environment` (environment.py), never from `sys` di
 
 from __future__ import annotations
 
-import json
 import sys
 from contextlib import contextmanager
 from typing import TextIO
@@ -16,8 +15,9 @@ from typing import TextIO
 from rich.console import Console
 
 from dsvl_cli.screen.environment import Environment
+from dsvl_cli.screen.interrupts import SingleInterrupt
 from dsvl_cli.results import Result, TextChunk
-from dsvl_cli.screen.text import for_terminal, json_line, visible
+from dsvl_cli.screen.text import for_terminal, visible
 
 RANDOM_WEIGHTS_NOTE = "model {name} has random weights: its answers are noise (for trying dsvl offline)"
 
@@ -97,12 +97,6 @@ def stats_line(stats: dict) -> str:
 
 def print_stats(console: Console, stats: dict) -> None:
     console.print(stats_line(stats), style="dim", markup=False, soft_wrap=True)
-
-
-def print_json(obj: dict, stream: TextIO, *, terminal: bool = False) -> None:
-    """One JSON object on a line; on a terminal with C1 controls escaped too (the same JSON value)."""
-    stream.write((json_line(obj) if terminal else json.dumps(obj, ensure_ascii=False)) + "\n")
-    stream.flush()
 
 
 def print_decision(answers: list[dict], env: Environment) -> None:
@@ -194,74 +188,3 @@ def stream_answer(backend, conversation, gen, env: Environment, *, markdown: boo
     if state["result"] is None:
         raise RuntimeError("the answer stream ended without a result")
     return state["result"]
-
-
-class SingleInterrupt:
-    """Within it, the first Ctrl-C raises KeyboardInterrupt and later ones are ignored (until `arm`).
-
-    Why: the clean-up after a Ctrl-C (stopping generation, finishing the output) must not be cut
-    short by a second press, and a press must not land in the middle of a write to the terminal
-    (half an escape sequence, Rich's buffer left open): within `hold()` it waits for the block's
-    end. The chat REPL holds one across its whole loop, disarmed while the prompt waits; an inner
-    one (stream_answer's) then works through it. Only the main thread can set signal handlers;
-    elsewhere, or where someone else handles SIGINT, this does nothing."""
-
-    def __init__(self) -> None:
-        self.armed, self.pressed, self.held, self.deferred = True, False, False, False
-        self._previous = None
-        self._active = self  # the instance whose handler is installed (an outer one, if any)
-
-    def _handler(self, signum, frame) -> None:
-        if not self.armed or self.pressed:
-            return
-        if self.held:
-            self.deferred = True
-            return
-        self.pressed = True
-        raise KeyboardInterrupt
-
-    @contextmanager
-    def hold(self):
-        active = self._active
-        outer, active.held = active.held, True
-        try:
-            yield
-        finally:
-            active.held = outer
-            if not outer and active.deferred:
-                active.deferred = False
-                if active.armed and not active.pressed:
-                    active.pressed = True
-                    raise KeyboardInterrupt
-
-    def arm(self) -> None:
-        """Take the next press again (and take SIGINT back from whoever set it meanwhile, e.g.
-        prompt_toolkit, which leaves Python's default handler behind)."""
-        self.armed, self.pressed, self.deferred = True, False, False
-        if self._previous is not None:
-            import signal
-
-            signal.signal(signal.SIGINT, self._handler)
-
-    def disarm(self) -> None:
-        self.armed = False
-
-    def __enter__(self) -> SingleInterrupt:
-        import signal
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return self
-        current = signal.getsignal(signal.SIGINT)
-        if current is signal.default_int_handler:
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        elif isinstance(getattr(current, "__self__", None), SingleInterrupt):
-            self._active = current.__self__
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            import signal
-
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None

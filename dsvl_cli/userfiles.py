@@ -1,4 +1,5 @@
-"""Files the user owns (chat's /save, batch's rewritten -o FILE): written atomically.
+"""Files the user owns (chat's /save, the config file, batch's rewritten -o FILE and its Parquet
+file): written atomically.
 
 A temp file in the same folder, flushed to disk, then renamed over the target: a full disk or a
 crash leaves the old file or the new one, never a truncated mix. The new file keeps the old one's
@@ -11,12 +12,24 @@ from __future__ import annotations
 import os
 import secrets
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 
 def write_atomic(path: Path, text: str | bytes, *, private: bool = False) -> None:
     """Replace (or create) `path` with `text` (UTF-8; bytes as they are: a picture), atomically.
     `private`: mode 0600 (a secret)."""
+    with atomic_file(path, private=private) as f:
+        f.write(text if isinstance(text, bytes) else text.encode("utf-8"))
+
+
+@contextmanager
+def atomic_file(path: Path, *, private: bool = False) -> Iterator[BinaryIO]:
+    """A binary file to write `path`'s new content to: on a clean exit it is flushed to disk and
+    renamed over `path`; on an exception it is removed and `path` is as it was. `private`: mode
+    0600 (a secret)."""
     try:
         old = path.lstat()
         mode = None if stat.S_ISLNK(old.st_mode) else stat.S_IMODE(old.st_mode)
@@ -29,9 +42,8 @@ def write_atomic(path: Path, text: str | bytes, *, private: bool = False) -> Non
     try:
         if mode is not None:
             os.fchmod(fd, mode)
-        binary = isinstance(text, bytes)
-        with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -29,7 +29,9 @@ def _session(engine, images=(), **gen):
 
 def _say(session, text):
     """Handle one input; returns the Turn when it was answered, else the Reply."""
-    reply = session.handle(text)
+    from dsvl_cli.chat.commands import handle
+
+    reply = handle(session, text)
     if not reply.answer:
         return reply
     return session.respond(lambda conversation, gen, cache: session.engine.run(conversation, gen, cache=cache))

@@ -127,6 +127,19 @@ def test_set_and_unset_keep_comments_and_check_values(cli, isolated_home, monkey
     assert shown["path"] == str(path)
 
 
+def test_comments_and_layout_survive_set_and_unset(cli, isolated_home):
+    text = ('# my defaults\n\nmodel = "tiny-random"  # the one for tests\n\n'
+            '# sampling, tuned by hand\ntemperature = 0.7\n# end\n')
+    path = write_config(isolated_home, text)
+    assert cli(["config", "set", "temperature", "0.2"]).exit_code == 0
+    assert cli(["config", "set", "seed", "7"]).exit_code == 0
+    assert path.read_text() == text.replace("0.7", "0.2") + "seed = 7\n"
+    assert cli(["config", "unset", "seed"]).exit_code == 0
+    assert cli(["config", "unset", "temperature"]).exit_code == 0
+    assert path.read_text() == ('# my defaults\n\nmodel = "tiny-random"  # the one for tests\n\n'
+                                '# sampling, tuned by hand\n# end\n')
+
+
 def test_the_config_path_follows_dsvl_config_and_xdg(cli, isolated_home, tmp_path, monkeypatch):
     assert cli(["config", "path"]).stdout.strip() == str(config_file(isolated_home))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))

@@ -767,3 +767,24 @@ def test_display_source_shortens_only_long_data_uris():
     assert shown.startswith("data:image/png;base64,AAA") and shown.endswith(f"({len(uri)} chars)") and len(shown) < 90
     assert images.display_source("photos/" + "x" * 200 + ".jpg") == "photos/" + "x" * 200 + ".jpg"
     assert images.display_source("data:image/png;base64,AAAA") == "data:image/png;base64,AAAA"
+
+
+def test_a_callers_opener_is_read_under_the_cap_and_decoded_like_any_source(monkeypatch):
+    """images.load_image(..., open_source=): what batch's filesystem URIs (s3://...) go through."""
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 24), (200, 10, 10)).save(buf, format="PNG")
+    data = buf.getvalue()
+
+    loaded = load_image("mem://bucket/red.png", open_source=lambda source: io.BytesIO(data))
+    assert loaded.source == "mem://bucket/red.png" and loaded.image.size == (32, 24)
+
+    def refused(source):
+        raise OSError("no such bucket\nmore detail")
+
+    with pytest.raises(ImageLoadError, match="cannot read it: no such bucket$"):
+        load_image("mem://bucket/gone.png", open_source=refused)
+    with pytest.raises(ImageLoadError, match="empty file"):
+        load_image("mem://bucket/empty.png", open_source=lambda source: io.BytesIO(b""))
+    monkeypatch.setenv("DSVL_MAX_IMAGE_BYTES", "64")
+    with pytest.raises(ImageLoadError):
+        load_image("mem://bucket/red.png", open_source=lambda source: io.BytesIO(data))

@@ -195,10 +195,10 @@ def test_controls_are_stripped_from_answers_on_a_terminal_only():
 def test_json_on_a_terminal_escapes_c1_too():
     import io
 
-    from dsvl_cli.render import print_json
+    from dsvl_cli.screen.text import write_json
 
     out = io.StringIO()
-    print_json({"answer": "a\x9bb\x1b"}, out, terminal=True)
+    write_json({"answer": "a\x9bb\x1b"}, out, terminal=True)
     assert "\x9b" not in out.getvalue() and "\x1b" not in out.getvalue()
     assert json.loads(out.getvalue())["answer"] == "a\x9bb\x1b"
 

@@ -15,11 +15,10 @@ record as local batch writes it (stats, scores, logprobs...), so nothing is lost
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from pathlib import Path
 
 from dsvl_cli.errors import UsageError
+from dsvl_cli.userfiles import atomic_file
 
 
 def wanted(output: Path | None) -> bool:
@@ -77,12 +76,7 @@ def finish(output: Path, *, done: bool) -> None:
         "generated_tokens": pa.array([r.get("stats", {}).get("generated_tokens") for r in records], pa.int64()),
         "record": pa.array(lines, pa.string()),
     })
-    tmp = output.parent / f".{output.name}.{secrets.token_hex(4)}.tmp"
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, output)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(output) as f:
+        pq.write_table(table, f)
     if done:
         path.unlink()

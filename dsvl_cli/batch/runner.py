@@ -20,7 +20,6 @@ Guarantees (nothing is lost):
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +42,7 @@ from dsvl_cli.batch.output import (
 )
 from dsvl_cli.errors import DsvlError, ImageLoadError, UsageError
 from dsvl_cli.images.cache import SourceCache
+from dsvl_cli.screen.interrupts import StopOnSignal
 
 PREFETCH_WORKERS = 4
 PREFETCH_BATCHES = 2  # how many batches ahead of the model images are prepared
@@ -120,36 +120,6 @@ class RayOptions:
 
         check_cluster(self.address)  # Ray installed (exit 2), the cluster's head answering (exit 1)
 
-
-
-class _Interrupts:
-    """First Ctrl-C or SIGTERM: set `stop` so the running batch ends at its next step, and remember
-    which signal it was (`signum`, for the exit code). A second signal: abort now.
-
-    Why SIGTERM too: `kill`, `timeout` and process managers send it; without a handler Python dies
-    at once, with no summary and the running batch's finished records unwritten."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, stop: threading.Event):
-        self.stop, self.previous, self.signum = stop, {}, None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.stop.is_set() and self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = self.signum or signum
-        self.stop.set()
-        what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-        print(f"dsvl: {what}: stopping after the current step ({what} again to abort)", file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
 
 
 def run_records(engine, records: list[Record], writer: Writer, summary: Summary, *,
@@ -235,7 +205,7 @@ def answer_items(todo: list, make_writer, summary: Summary, *, opts, batch_size:
     console = opts.env.stderr_console()
     stop = threading.Event()
     clock = [time.perf_counter()]  # rates count generation, not the model load: reset after it
-    signals, writer = _Interrupts(stop), None
+    signals, writer = StopOnSignal(stop), None
     try:
         with signals, _progress(console, len(todo) if show else 0, label) as advance:
             writer = make_writer(advance)

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dsvl_cli.chat import files as chat_files
 from dsvl_cli.chat.session import check_chat_sources, unwrap_block
 from dsvl_cli.errors import DsvlError, ImageLoadError
-from dsvl_cli.images import LoadedImage, display_source, load_source
+from dsvl_cli.images import LoadedImage, display_source, load_images, load_source
 from dsvl_cli.images.cache import SourceCache
 from dsvl_cli.images.documents import too_many
 
@@ -80,20 +80,21 @@ class ReadAhead:
                     max_pictures: int | None = None) -> list[LoadedImage]:
         """The pictures of one `/image` command (a PDF's pages, a video's frames: several for one
         source): read ahead where they were, else loaded now. Past `max_pictures`: refused."""
-        loaded: list[LoadedImage] = []
-        for source in sources:
-            left = None if max_pictures is None else max_pictures - len(loaded)
-            if source not in self._cache:
-                loaded += load_source(source, exact=exact, max_pictures=left)
-                continue
-            try:  # read ahead (as the session decodes, unless asked otherwise): this mention's use is over
-                pictures = self._cache.get(source) if exact == self._exact else load_source(source, exact=exact)
-            finally:
-                self._cache.release(source)
-            if left is not None and 1 < len(pictures) > left:
-                raise ImageLoadError(display_source(source), too_many(len(pictures), "pictures", left, "#pages=1-"))
-            loaded += pictures
-        return loaded
+        return load_images(sources, exact=exact, max_pictures=max_pictures, load=self._load)
+
+    def _load(self, source: str, *, stdin=None, exact: bool = False,
+              max_pictures: int | None = None) -> list[LoadedImage]:
+        """One source's pictures for images.load_images: the ones read ahead, else load_source's."""
+        if source not in self._cache:
+            return load_source(source, exact=exact, max_pictures=max_pictures)
+        try:  # read ahead (as the session decodes, unless asked otherwise): this mention's use is over
+            pictures = self._cache.get(source) if exact == self._exact else load_source(source, exact=exact)
+        finally:
+            self._cache.release(source)
+        if max_pictures is not None and 1 < len(pictures) > max_pictures:
+            raise ImageLoadError(display_source(source), too_many(len(pictures), "pictures", max_pictures,
+                                                                  "#pages=1-"))
+        return pictures
 
     def close(self) -> None:
         """Stop decoding what will not be asked for (the script ended early: /exit, Ctrl-C)."""

@@ -13,10 +13,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dsvl_cli.chat.session import COMMANDS, block_open
+from dsvl_cli.chat.commands import NAMES
+from dsvl_cli.chat.session import block_open
 from dsvl_cli.chat.ui import ChatUI
 from dsvl_cli.errors import ExitCode
-from dsvl_cli.render import SingleInterrupt, note
+from dsvl_cli.render import note
+from dsvl_cli.screen.interrupts import SingleInterrupt
 
 PATH_COMMANDS = ("/image", "/save", "/save!", "/load")
 
@@ -99,7 +101,7 @@ def _completer():
         def get_completions(self, document, complete_event):
             text = document.text_before_cursor
             if text.startswith("/") and " " not in text:
-                for name in COMMANDS:
+                for name in NAMES:
                     if name.startswith(text.lower()):
                         yield Completion(name, start_position=-len(text))
             elif text.split(" ", 1)[0].lower() in PATH_COMMANDS:

@@ -1,4 +1,4 @@
-"""The values a chat session hands its front ends: a Reply to an input, an answered Turn, the
+"""The values a chat session hands its front ends: a Reply to an input, an AnsweredTurn, the
 session's running Totals. No I/O here."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ class Reply:
     """What a front end shows after an input: a message, and whether to answer or leave now.
 
     `code` is the exit code the input's failure maps to (0: it did not fail); a pipe exits with the
-    worst of them (see repl.worst)."""
+    worst of them (see chat/ui.worst)."""
 
     text: str = ""
     code: int = 0
@@ -33,7 +33,7 @@ class Reply:
 
 
 @dataclass(frozen=True)
-class Turn:
+class AnsweredTurn:
     """One answered exchange. `number` is its place in the conversation (a /retry repeats it)."""
 
     number: int
@@ -61,7 +61,3 @@ class Totals:
         self.generated_tokens += stats.generated_tokens
         self.total_s += stats.total_s
 
-    def line(self) -> str:
-        share = f", {100 * self.cached_tokens / self.prompt_tokens:.0f}%" if self.prompt_tokens else ""
-        return (f"session: {self.turns} answers · {self.prompt_tokens} prompt tokens ({self.cached_tokens} "
-                f"cached{share}) · {self.generated_tokens} generated · total {self.total_s:.2f}s")

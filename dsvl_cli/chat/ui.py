@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from dsvl_cli.chat import commands
 from dsvl_cli.chat.session import ChatSession
-from dsvl_cli.chat.turns import Reply, Turn
+from dsvl_cli.chat.turns import Reply, AnsweredTurn
 from dsvl_cli.errors import DsvlError, ExitCode
 from dsvl_cli.images import display_source
 from dsvl_cli.options import CommonOptions
-from dsvl_cli.render import context_cut, note, print_json, print_stats, stream_answer
+from dsvl_cli.render import context_cut, note, print_stats, stream_answer
 from dsvl_cli.results import Stats
+from dsvl_cli.screen.text import write_json
 from dsvl_cli.structured.answers import incomplete
 
 # Which failure a pipe's exit code reports when several happened: Ctrl-C, then a runtime failure
@@ -40,14 +42,14 @@ class ChatUI:
         self.stdout = self.env.stdout
         self.console = self.env.stderr_console()
         self.exit_code = int(ExitCode.OK)
-        self.last_turn: Turn | None = None
+        self.last_turn: AnsweredTurn | None = None
         # Asks a yes/no question (a terminal sets it); None, as in a pipe: what needs a yes fails.
         self.ask: Callable[[str], bool] | None = None
 
     def submit(self, text: str) -> bool:
         """Handle one input; False when the session should end."""
         self.last_turn = None
-        reply = self.session.handle(text)
+        reply = commands.handle(self.session, text)
         self._new_conversation(text, reply)
         self.show(reply)
         if reply.answer:
@@ -77,7 +79,7 @@ class ChatUI:
             if self.opts.json:
                 number = self.session.forgotten + len([m for m in self.session.conversation.messages
                                                        if m.role == "user"]) + 1
-                print_json({"turn": number, "prompt": question.text,
+                write_json({"turn": number, "prompt": question.text,
                             "images": [display_source(i.source) for i in question.images],
                             "answer": "", "finish_reason": "error", "stats": Stats().to_dict(),
                             "error": {"kind": err.kind, "message": err.message}, "model": self.session.engine.name},
@@ -86,7 +88,7 @@ class ChatUI:
         self.last_turn = turn
         result = turn.result
         if self.opts.json:
-            print_json(turn.to_dict(self.session.engine.name), self.stdout, terminal=self.env.stdout_isatty)
+            write_json(turn.to_dict(self.session.engine.name), self.stdout, terminal=self.env.stdout_isatty)
         elif not result.answer and not self.markdown:
             self.stdout.write("\n")  # one answer per turn, even an empty one
             self.stdout.flush()
@@ -109,7 +111,7 @@ class ChatUI:
         if self.log is not None and not reply.error and (text.split() or [""])[0].lower() in ("/clear", "/load"):
             self.log.new_conversation()
 
-    def _log_turn(self, turn: Turn) -> None:
+    def _log_turn(self, turn: AnsweredTurn) -> None:
         if self.log is None:
             return
         self.log.record(self.session.conversation, turn.result, self.session.generation, turn.number)

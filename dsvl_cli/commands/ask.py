@@ -85,7 +85,8 @@ def _answer(sources: list[str], prompt: str, opts: CommonOptions, thread=None, *
     from dsvl_cli.errors import ContextLengthError
     from dsvl_cli.images import display_source, load_images
     from dsvl_cli.images.selection import PICTURES_PER_QUESTION
-    from dsvl_cli.render import context_cut, load_backend, note, print_json, print_stats, stream_answer
+    from dsvl_cli.render import context_cut, load_backend, note, print_stats, stream_answer
+    from dsvl_cli.screen.text import write_json
 
     env = opts.env
     images = load_images(sources, stdin=env.stdin_bytes, exact=opts.exact_pixels, max_pictures=PICTURES_PER_QUESTION)
@@ -103,7 +104,7 @@ def _answer(sources: list[str], prompt: str, opts: CommonOptions, thread=None, *
     if cut:
         note(env.stderr_console(), f"dsvl: warning: {cut}")
     if opts.json:
-        print_json({**result.to_dict(), "model": backend.name, "images": [display_source(i.source) for i in images],
+        write_json({**result.to_dict(), "model": backend.name, "images": [display_source(i.source) for i in images],
                     "prompt": prompt}, env.stdout, terminal=env.stdout_isatty)
     if opts.stats:
         print_stats(env.stderr_console(), result.stats.to_dict())

@@ -25,14 +25,14 @@ def show(
 ) -> None:
     """Every setting's value and where it comes from: environment, config file or default."""
     from dsvl_cli.errors import guarded
+    from dsvl_cli.screen.text import write_json
     from dsvl_cli.setup import config
 
     with guarded(False):
         file = config.path()
         rows = config.effective()
         if as_json:
-            print(json.dumps({"path": str(file), "exists": file.exists(), "settings": rows}, ensure_ascii=False,
-                             default=str))
+            write_json({"path": str(file), "exists": file.exists(), "settings": rows}, default=str)
             return
         print(f"# {file}{'' if file.exists() else ' (not created yet)'}")
         width = max(len(row["key"]) for row in rows)

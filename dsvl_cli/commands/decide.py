@@ -114,7 +114,8 @@ def _decide(args: list[str], questions, opts: CommonOptions) -> None:
     from dsvl_cli.errors import UsageError
     from dsvl_cli.images import load_images
     from dsvl_cli.images.selection import PICTURES_PER_QUESTION
-    from dsvl_cli.render import load_backend, print_decision, print_json, print_stats
+    from dsvl_cli.render import load_backend, print_decision, print_stats
+    from dsvl_cli.screen.text import write_json
     from dsvl_cli.structured.spec import decisions_format
 
     env = opts.env
@@ -127,7 +128,7 @@ def _decide(args: list[str], questions, opts: CommonOptions) -> None:
     gen = opts.generation.replace(answer_format=decisions_format(questions))
     result = backend.run(conversation, gen)
     if opts.json:
-        print_json(body(backend.name, result), env.stdout, terminal=env.stdout_isatty)
+        write_json(body(backend.name, result), env.stdout, terminal=env.stdout_isatty)
     else:
         print_decision(result.answers, env)
     if opts.stats:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Optional
 
 import typer
@@ -32,6 +31,7 @@ def doctor(
     """
     from dsvl_cli.engine.runtime import dsvl_home
     from dsvl_cli.errors import guarded
+    from dsvl_cli.screen.text import write_json
     from dsvl_cli.setup import config
     from dsvl_cli.setup import doctor as checks
     from dsvl_cli.setup.fit import parse_size
@@ -42,4 +42,7 @@ def doctor(
                  and ctx.get_parameter_source(name).name == "COMMANDLINE"}
         report = checks.collect(opts.model.model, opts.model.offline, opts.server, config.effective(given=given),
                                 memory, dsvl_home())
-        print(json.dumps(report, ensure_ascii=False, default=str) if as_json else checks.render(report))
+        if as_json:
+            write_json(report, default=str)
+        else:
+            print(checks.render(report))

@@ -67,7 +67,8 @@ def eval_(
     from dsvl_cli.errors import ExitCode, guarded
     from dsvl_cli.eval import report
     from dsvl_cli.eval.run import Plan, evaluate
-    from dsvl_cli.render import note, print_json
+    from dsvl_cli.render import note
+    from dsvl_cli.screen.text import write_json
 
     with guarded(opts.debug):
         path = Path(file).expanduser()
@@ -76,7 +77,7 @@ def eval_(
         report.check_plot(plot, method)
         outcome = evaluate(plan, opts)
         if opts.json:
-            print_json(outcome.summary, opts.env.stdout, terminal=opts.env.stdout_isatty)
+            write_json(outcome.summary, opts.env.stdout, terminal=opts.env.stdout_isatty)
         else:
             report.print_summary(outcome.summary, opts.env)
         if plot is not None:

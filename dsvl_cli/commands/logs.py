@@ -61,10 +61,9 @@ def show_entry(
     as_json: Annotated[bool, typer.Option("--json", help="The entry as a JSON object.")] = False,
 ) -> None:
     """One entry, whole."""
-    import json
-
     from dsvl_cli.errors import UsageError, guarded
     from dsvl_cli.logs import store
+    from dsvl_cli.screen.text import write_json
 
     with guarded(False):
         with store.opened(create=False) as db:
@@ -72,7 +71,7 @@ def show_entry(
         if found is None:
             raise UsageError(f"no log entry {entry_id} (dsvl logs lists them)")
         if as_json:
-            print(json.dumps(found, ensure_ascii=False, indent=2))
+            write_json(found, indent=2)
         else:
             _print([found], False)
 
@@ -155,7 +154,10 @@ def off() -> None:
 
 def _print(entries: list[dict], as_json: bool) -> None:
     from dsvl_cli.logs import show
-    from dsvl_cli.screen.text import visible
+    from dsvl_cli.screen.text import visible, write_json
 
+    if as_json:
+        write_json(entries, indent=2)
+        return
     terminal = sys.stdout.isatty()
-    sys.stdout.write(show.as_json(entries) + "\n" if as_json else show.as_text(entries, visible if terminal else str))
+    sys.stdout.write(show.as_text(entries, visible if terminal else str))

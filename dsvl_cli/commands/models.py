@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Annotated, Optional
 
@@ -29,6 +28,7 @@ def models(
     from dsvl_cli.engine.runtime import dsvl_home
     from dsvl_cli.errors import guarded
     from dsvl_cli.models import cache
+    from dsvl_cli.screen.text import write_json
     from dsvl_cli.setup.config import default_model
 
     with guarded(False):
@@ -38,7 +38,7 @@ def models(
         missing = cache.not_local(found)
         if as_json:
             rows = [{**m.to_dict(), "default": m is chosen} for m in found]
-            print(json.dumps({"default": default, "models": rows, "not_local": missing}, ensure_ascii=False))
+            write_json({"default": default, "models": rows, "not_local": missing})
             return
         print(table(found, chosen))
         for row in missing:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
@@ -23,11 +22,12 @@ def ps(
     """
     from dsvl_cli.engine import keepalive
     from dsvl_cli.errors import guarded
+    from dsvl_cli.screen.text import write_json
 
     with guarded(False):
         rows = keepalive.running()
         if as_json:
-            print(json.dumps(rows, ensure_ascii=False))
+            write_json(rows)
         else:
             print(table(rows))
 

@@ -161,8 +161,9 @@ def encode_texts(engine: Backend, conversations: list[Conversation]):
     return engine.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt")
 
 
-class _Clock:
-    """A stopping criterion that notes when each decode step ends, and stops rows whose event is set.
+class _StepTimes:
+    """When each decode step ended (`times`), and where rows stopped: a stopping criterion that stops
+    the rows whose event is set.
 
     `stopped_at[row]` is how many tokens that row had when its own `stop` ended it.
     """
@@ -192,9 +193,9 @@ class _RowStreamer:
     A row's tokens end after its EOS or the step its own stop ended it; what follows is padding.
     """
 
-    def __init__(self, items: list[BatchItem], clock: _Clock, eos_ids: set,
+    def __init__(self, items: list[BatchItem], step_times: _StepTimes, eos_ids: set,
                  on_row_end: Callable[[int, list[int]], None], plan: Generation | None = None):
-        self.items, self.clock, self.eos_ids, self.on_row_end = items, clock, eos_ids, on_row_end
+        self.items, self.step_times, self.eos_ids, self.on_row_end = items, step_times, eos_ids, on_row_end
         self.plan = plan  # with a logprob recorder, on_tokens also gets the tokens' entries
         self.steps = -1  # the first put is the prompt
         self.ended: set[int] = set()
@@ -207,7 +208,7 @@ class _RowStreamer:
         for row, token in enumerate(value.reshape(-1).tolist()):
             if row in self.ended:
                 continue
-            stopped = self.clock.stopped_at.get(row)
+            stopped = self.step_times.stopped_at.get(row)
             if stopped is not None and stopped < self.steps:
                 self.ended.add(row)
                 continue
@@ -235,15 +236,15 @@ def _generate(engine: Backend, items: list[BatchItem], gen: GenerationSettings, 
     plan = Generation.plan(engine, gen, prompt_tokens=input_ids.shape[1], rows=len(items), started=started,
                            formats=[item.answer_format or gen.answer_format for item in items])
     plan.use_cache()  # the fast path's static cache (+ compiled decode step), as for single questions
-    clock = _Clock(stop_event, items)
+    step_times = _StepTimes(stop_event, items)
     early: dict[int, Result] = {}
 
     def row_result(row: int, ids: list[int], interrupted: bool) -> Result:
-        own_stop = clock.stopped_at.get(row)
+        own_stop = step_times.stopped_at.get(row)
         ids, stopped = _row_tokens(plan.eos_ids, engine, ids[:own_stop] if own_stop is not None else ids, gen)
         answer, cut = cut_at_stop(decode_answer(engine.tokenizer, ids), gen.stop)
-        first = clock.times[0] if clock.times and ids else None
-        last = clock.times[min(len(ids), len(clock.times)) - 1] if first else None
+        first = step_times.times[0] if step_times.times and ids else None
+        last = step_times.times[min(len(ids), len(step_times.times)) - 1] if first else None
         stats = plan.stats(prompt_tokens=int(attention_mask[row].sum()), generated=len(ids),
                            image_s=items[row].image_s, first_at=first, last_at=last, peak=plan.peak_bytes())
         finish = plan.finish_reason(ids, stopped=stopped or cut, interrupted=interrupted or own_stop is not None)
@@ -256,12 +257,12 @@ def _generate(engine: Backend, items: list[BatchItem], gen: GenerationSettings, 
 
     streamer = None
     if any(item.on_tokens is not None or item.on_done is not None for item in items):
-        streamer = _RowStreamer(items, clock, plan.eos_ids, row_ended, plan)
+        streamer = _RowStreamer(items, step_times, plan.eos_ids, row_ended, plan)
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
     images = [image for item in items for image in item.images]
     if images:
         inputs["mm_encoder_outputs"] = _encoded(features, images)
-    out = plan.run(inputs, streamer=streamer, stopping=[clock])
+    out = plan.run(inputs, streamer=streamer, stopping=[step_times])
     interrupted = bool(stop_event and stop_event.is_set())
     return [early.get(row) or row_result(row, out.sequences[row, input_ids.shape[1]:].tolist(), interrupted)
             for row in range(len(items))]

@@ -124,11 +124,6 @@ class Generation:
         return self.kwargs["max_new_tokens"]
 
     @property
-    def cut_by_context(self) -> bool:
-        """max_new_tokens was lowered to fit the context (an answer may stop short of -n)."""
-        return self.max_new_tokens < self.gen.max_new_tokens
-
-    @property
     def eos_ids(self) -> set[int]:
         eos = self.engine.model.generation_config.eos_token_id
         return set(eos if isinstance(eos, list) else [eos])

@@ -99,11 +99,6 @@ class FastPath:
             use_compile_cache(home)
         return cls(model, device, compile=compile)
 
-    @property
-    def attention(self) -> str:
-        """The attention kernel in use (SDPA by default in transformers 5.x)."""
-        return str(getattr(self.model.config.get_text_config(), "_attn_implementation", None))
-
     def can_reuse(self, kv, needed: int) -> bool:
         """Whether a cache left by an earlier turn can take this turn (`needed` = prompt + new tokens).
 

@@ -221,8 +221,8 @@ class LocalEngine(Backend):
         if scoring.wanted(gen):  # --choices: the labels are scored, nothing is generated
             yield from scoring.stream(self, conversation, gen, remember=cache is not None)
             return
-        turn = streaming.prepare(self, conversation, gen, cache)
-        yield from streaming.run(self, turn, stop_event)
+        prompt = streaming.prepare(self, conversation, gen, cache)
+        yield from streaming.run(self, prompt, stop_event)
 
     def warm_loop(self, *, max_rows: int, max_waiting: int, cache_bytes: int | None = None):
         """The continuous-batching loop over this engine (engine/loop.py), not started; `cache_bytes`:

@@ -53,8 +53,9 @@ class PromptCache:
 
 
 @dataclass
-class Turn:
-    """One question set up for `generate`."""
+class PreparedPrompt:
+    """The prompt of one question set up for `generate`: its inputs, plan, token ids, the KV cache
+    and how much of the prompt it already holds."""
 
     conversation: Conversation
     inputs: dict  # input_ids (1, L), attention_mask (1, L), pixel tensors of the images not cached
@@ -66,7 +67,9 @@ class Turn:
 
 
 @dataclass
-class _Clock:
+class _TokenTimes:
+    """When the first and the last token of the answer arrived."""
+
     first_at: float | None = None
     last_at: float | None = None
 
@@ -129,7 +132,7 @@ def encode_timed(engine, conversation: Conversation, *, remember: bool) -> tuple
     return inputs, started, image_s
 
 
-def prepare(engine, conversation: Conversation, gen: GenerationSettings, cache: PromptCache | None) -> Turn:
+def prepare(engine, conversation: Conversation, gen: GenerationSettings, cache: PromptCache | None) -> PreparedPrompt:
     """Encode, plan, and keep what can be kept of `cache` (see the module docstring)."""
     # only a next turn reuses the pictures' pixels
     inputs, started, image_s = encode_timed(engine, conversation, remember=cache is not None)
@@ -153,10 +156,10 @@ def prepare(engine, conversation: Conversation, gen: GenerationSettings, cache: 
                       for k, v in inputs.items()}
             inputs = {k: v for k, v in inputs.items() if v.shape[0] > 0}
     plan.use_cache(cache.kv if cache is not None and cached else None, keep=cache is not None)
-    return Turn(conversation, dict(inputs), plan, ids, cached, image_s, cache)
+    return PreparedPrompt(conversation, dict(inputs), plan, ids, cached, image_s, cache)
 
 
-def run(engine, turn: Turn, stop_event: threading.Event | None) -> Iterator[Chunk]:
+def run(engine, prompt: PreparedPrompt, stop_event: threading.Event | None) -> Iterator[Chunk]:
     """Generate in a worker thread; yield TextChunks as they become safe to show, then the Result."""
     halt = threading.Event()  # set by Ctrl-C here, or by the caller through stop_event
     streamer = _TokenQueue()
@@ -164,7 +167,7 @@ def run(engine, turn: Turn, stop_event: threading.Event | None) -> Iterator[Chun
 
     def work() -> None:
         try:
-            outcome["out"] = turn.plan.run(turn.inputs, streamer=streamer,
+            outcome["out"] = prompt.plan.run(prompt.inputs, streamer=streamer,
                                            stopping=[_StopOnEvent(halt, stop_event)])
         except BaseException as exc:  # handed to the consuming thread, raised there
             outcome["error"] = exc
@@ -173,7 +176,7 @@ def run(engine, turn: Turn, stop_event: threading.Event | None) -> Iterator[Chun
 
     worker = threading.Thread(target=work, name="dsvl-generate", daemon=True)
     worker.start()
-    text, clock, interrupted = AnswerText(engine.tokenizer, turn.plan.gen.stop), _Clock(), False
+    text, times, interrupted = AnswerText(engine.tokenizer, prompt.plan.gen.stop), _TokenTimes(), False
     logprobs: list[dict] = []  # entries of tokens whose text is not shown yet (--logprobs)
     try:
         while True:
@@ -183,11 +186,11 @@ def run(engine, turn: Turn, stop_event: threading.Event | None) -> Iterator[Chun
                 continue
             if item is _DONE:
                 break
-            clock.last_at = time.perf_counter()
-            clock.first_at = clock.first_at or clock.last_at
+            times.last_at = time.perf_counter()
+            times.first_at = times.first_at or times.last_at
             seen = len(text.ids)
             delta = text.add(item)
-            logprobs += turn.plan.logprob_entries(0, text.ids, seen) or []
+            logprobs += prompt.plan.logprob_entries(0, text.ids, seen) or []
             if delta:
                 yield TextChunk(delta, logprobs=logprobs or None)
                 logprobs = []
@@ -196,10 +199,11 @@ def run(engine, turn: Turn, stop_event: threading.Event | None) -> Iterator[Chun
     finally:  # also on GeneratorExit: never leave the worker running
         halt.set()
         _join(worker)
-    yield from finish(engine, turn, outcome, text, clock, interrupted or bool(stop_event and stop_event.is_set()))
+    yield from finish(engine, prompt, outcome, text, times, interrupted or bool(stop_event and stop_event.is_set()))
 
 
-def finish(engine, turn: Turn, outcome: dict, text: AnswerText, clock: _Clock, interrupted: bool) -> Iterator[Chunk]:
+def finish(engine, prompt: PreparedPrompt, outcome: dict, text: AnswerText, times: _TokenTimes,
+           interrupted: bool) -> Iterator[Chunk]:
     """Raise what generation raised; keep the cache for the next turn; the rest of the text; the Result."""
     import torch
 
@@ -209,20 +213,20 @@ def finish(engine, turn: Turn, outcome: dict, text: AnswerText, clock: _Clock, i
             raise GenerationError(f"out of memory on {engine.device} while generating; "
                                   "try a smaller --max-new-tokens, fewer images or --quantize int4") from error
         raise error
-    out, cache = outcome.get("out"), turn.cache
+    out, cache = outcome.get("out"), prompt.cache
     if cache is not None and out is not None and out.cache is not None:
         cache.kv = out.cache
         cache.token_ids = out.sequences[0][: out.cache.get_seq_length()].tolist()
-        cache.images = [loaded.image for loaded in turn.conversation.images]
+        cache.images = [loaded.image for loaded in prompt.conversation.images]
     answer, stopped, rest = text.finish()
     if rest:
         yield TextChunk(rest)
     new_ids = text.ids
-    stats = turn.plan.stats(prompt_tokens=len(turn.prompt_ids), cached=turn.cached, generated=len(new_ids),
-                            image_s=turn.image_s, first_at=clock.first_at, last_at=clock.last_at,
-                            peak=turn.plan.peak_bytes(), done_at=time.perf_counter())
-    finish_reason = turn.plan.finish_reason(new_ids, stopped=stopped, interrupted=interrupted)
-    yield turn.plan.conclude(Result(answer=answer, finish_reason=finish_reason, stats=stats, token_ids=new_ids))
+    stats = prompt.plan.stats(prompt_tokens=len(prompt.prompt_ids), cached=prompt.cached, generated=len(new_ids),
+                            image_s=prompt.image_s, first_at=times.first_at, last_at=times.last_at,
+                            peak=prompt.plan.peak_bytes(), done_at=time.perf_counter())
+    finish_reason = prompt.plan.finish_reason(new_ids, stopped=stopped, interrupted=interrupted)
+    yield prompt.plan.conclude(Result(answer=answer, finish_reason=finish_reason, stats=stats, token_ids=new_ids))
 
 
 def _cache_fits(engine, kv, needed: int) -> bool:

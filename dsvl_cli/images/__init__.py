@@ -38,14 +38,14 @@ import re
 import stat
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import unquote_to_bytes
 
 from PIL import Image
 
-from dsvl_cli.errors import ImageLoadError
+from dsvl_cli.errors import DsvlError, ImageLoadError
 from dsvl_cli.images import selection
 from dsvl_cli.images.guard import ImageGuard
 from dsvl_cli.images.limits import display_source, fmt_bytes, max_image_bytes, oserror_text, read_capped, too_big
@@ -71,23 +71,37 @@ class LoadedImage:
 
 
 def load_source(source: str, *, stdin: BinaryIO | None = None, exact: bool = False,
-                guard: ImageGuard | None = None, max_pictures: int | None = None) -> list[LoadedImage]:
-    """Read, fetch or decode one source: its picture, or its pages or frames; ImageLoadError with a
-    one-line reason otherwise.
+                guard: ImageGuard | None = None, max_pictures: int | None = None,
+                open_source: Callable[[str], BinaryIO] | None = None) -> list[LoadedImage]:
+    """The one image loader: read, fetch or decode one source (a path, http(s) URL, `-`, data:
+    URI; a PDF's pages or a video's frames as its selection says): its picture, or its pages or
+    frames; ImageLoadError with a one-line reason otherwise.
 
-    Images over ~4 MP are decoded at the size the model needs (images/decode.py); `exact`
-    decodes every image in full, as the model card's way does (--exact-pixels). `guard`: the
-    source comes from an untrusted client (the server): URLs go through its media policy, data:
-    URIs meet its caps, local files and stdin are refused (guard.py). `max_pictures`: a document
-    or video with more pages or frames selected is refused before any is rendered."""
+    The caller's policy and limits: images over ~4 MP are decoded at the size the model needs
+    (images/decode.py); `exact` decodes every image in full, as the model card's way does
+    (--exact-pixels). `guard`: the source comes from an untrusted client (the server): the load
+    starts the guard's deadline (or fails at once if it was cancelled while waiting), URLs go
+    through its media policy, data: URIs meet its caps, local files and stdin are refused
+    (guard.py). `max_pictures`: a document or video with more pages or frames selected is refused
+    before any is rendered. `open_source`: opens a source the caller reads itself as a binary
+    stream (batch: a pyarrow filesystem URI such as s3://...); it is read under the same size cap
+    and decoded as any other source (its OSError or DsvlError becomes the ImageLoadError)."""
     start = time.perf_counter()
+    if guard is not None:
+        guard.check(source)  # cancelled while it waited for a thread
+        guard.start()  # the deadline covers rendering pages and decoding frames too
     target, sel = (source, None) if source == "-" or _exists(source) else selection.split(source)
     if sel is not None and target == "-":
         raise ImageLoadError(source, "a selection needs a named source, not stdin")
     max_pictures = max_pictures if guard is None else min(guard.max_pictures, max_pictures or guard.max_pictures)
     want = Want(name=target, selection=sel, max_pictures=max_pictures,
                 check=None if guard is None else (lambda: guard.check(display_source(source))))
-    pictures = _resolve(target, stdin, exact, want) if guard is None else _resolve_guarded(target, guard, want)
+    if open_source is not None:
+        pictures = _from_opener(target, open_source, exact, want)
+    elif guard is None:
+        pictures = _resolve(target, stdin, exact, want)
+    else:
+        pictures = _resolve_guarded(target, guard, want)
     each = (time.perf_counter() - start) / len(pictures)
     if len(pictures) == 1 and sel is None:
         return [LoadedImage(source=source, image=pictures[0][1], load_s=each)]
@@ -95,9 +109,10 @@ def load_source(source: str, *, stdin: BinaryIO | None = None, exact: bool = Fal
 
 
 def load_image(source: str, *, stdin: BinaryIO | None = None, exact: bool = False,
-               guard: ImageGuard | None = None) -> LoadedImage:
-    """Exactly one picture: an image, or one page or frame (`report.pdf#page=3`)."""
-    pictures = load_source(source, stdin=stdin, exact=exact, guard=guard)
+               guard: ImageGuard | None = None, open_source: Callable[[str], BinaryIO] | None = None) -> LoadedImage:
+    """Exactly one picture (load_source's, same arguments): an image, or one page or frame
+    (`report.pdf#page=3`)."""
+    pictures = load_source(source, stdin=stdin, exact=exact, guard=guard, open_source=open_source)
     if len(pictures) > 1:
         example = "#t=SECONDS" if "#t=" in pictures[0].source else "#page=N"
         raise ImageLoadError(display_source(source), f"holds {len(pictures)} pictures where one is expected; "
@@ -106,16 +121,19 @@ def load_image(source: str, *, stdin: BinaryIO | None = None, exact: bool = Fals
 
 
 def load_images(sources: Sequence[str], *, stdin: BinaryIO | None = None, exact: bool = False,
-                max_pictures: int | None = None) -> list[LoadedImage]:
+                max_pictures: int | None = None, load: Callable[..., list[LoadedImage]] = load_source
+                ) -> list[LoadedImage]:
     """Every picture of every source in order; the first bad one raises. `-` may appear at most
     once. `max_pictures`: the most pictures one question holds (selection.PICTURES_PER_QUESTION
-    for the CLI); a document or video past what is left is refused before it is rendered."""
+    for the CLI); a document or video past what is left is refused before it is rendered.
+    `load`: load_source, or one that takes the same arguments (chat's read-ahead: pictures
+    decoded earlier)."""
     if sum(1 for s in sources if s == "-") > 1:
         raise ImageLoadError("-", "stdin can only be read once")
     loaded: list[LoadedImage] = []
     for source in sources:
         left = None if max_pictures is None else max_pictures - len(loaded)
-        loaded += load_source(source, stdin=stdin, exact=exact, max_pictures=left)
+        loaded += load(source, stdin=stdin, exact=exact, max_pictures=left)
     return loaded
 
 
@@ -203,6 +221,20 @@ def _resolve_guarded(source: str, guard: ImageGuard, want: Want) -> list[tuple[s
     if source[:5].lower() == "data:":
         return _from_data_uri(source, want, guard=guard)
     raise ImageLoadError(source[:80], "only http(s) URLs and data: URIs are accepted here")
+
+
+def _from_opener(source: str, open_source: Callable[[str], BinaryIO], exact: bool,
+                 want: Want) -> list[tuple[str, Image.Image]]:
+    try:
+        with open_source(source) as stream:
+            data = read_capped(source, stream)  # the same size cap as every other source
+    except ImageLoadError:
+        raise
+    except DsvlError as err:  # the opener's own refusal (a filesystem that cannot be used)
+        raise ImageLoadError(source, err.message.removeprefix(f"{source}: ")) from None
+    except (OSError, ValueError) as exc:
+        raise ImageLoadError(source, f"cannot read it: {str(exc).splitlines()[0]}") from None
+    return decode_pictures(source, io.BytesIO(data), want, empty_reason="empty file", exact=exact)
 
 
 def _unsupported_scheme(source: str, scheme: str) -> ImageLoadError:

@@ -1,4 +1,4 @@
-"""Entries as `dsvl logs` prints them: Markdown-like text (as `llm logs` does) or JSON."""
+"""Entries as `dsvl logs` prints them as text: Markdown-like, as `llm logs` does (--json: write_json)."""
 
 from __future__ import annotations
 
@@ -26,10 +26,6 @@ def since_time(text: str) -> str:
                          "2026-12-01T09:30)") from None
     when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
     return when.astimezone(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def as_json(entries: list[dict]) -> str:
-    return json.dumps(entries, ensure_ascii=False, indent=2)
 
 
 def as_text(entries: list[dict], show=str) -> str:

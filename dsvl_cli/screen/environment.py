@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, BinaryIO, TextIO
 
 
@@ -34,7 +34,6 @@ class Environment:
     stdout_isatty: bool = False
     stderr_isatty: bool = False
     no_color: bool = False
-    extra: dict = field(default_factory=dict)  # room for front-end facts (e.g. a terminal's size)
 
     @classmethod
     def current(cls) -> Environment:

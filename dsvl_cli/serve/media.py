@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from dsvl_cli.errors import ImageLoadError
 from dsvl_cli.images import LoadedImage, load_source
@@ -82,7 +83,8 @@ class MediaLoader:
         loop = asyncio.get_running_loop()
         guards = {source: self._guard() for source in sources}
         self._guards.update(guards.values())
-        futures = {loop.run_in_executor(self._local if _is_data(source) else self._pool, _load, source, guard): source
+        futures = {loop.run_in_executor(self._local if _is_data(source) else self._pool,
+                                        partial(load_source, source, guard=guard)): source
                    for source, guard in guards.items()}
         try:
             pending = set(futures)
@@ -112,13 +114,6 @@ class MediaLoader:
             return ImageLoadError(_short(source), "this server accepts images as data: URIs only")
         return ImageLoadError(_short(source), "could not be fetched or is not a usable image "
                                               "(the server's log says why)")
-
-
-def _load(source: str, guard: ImageGuard) -> list[LoadedImage]:
-    if guard.why is not None:  # cancelled while waiting for a thread
-        raise ImageLoadError(source, guard.why)
-    guard.start()  # the deadline covers rendering pages and decoding frames too
-    return load_source(source, guard=guard)
 
 
 def _is_data(source: str) -> bool:

@@ -7,8 +7,9 @@ takes a value from the command line, then the option's environment variable, the
 `default_map` (filled from this file, cli.py), then the built-in default.
 
 Every value is checked when the file is read, with the same checks as its flag; a malformed file,
-an unknown key or a bad value is one line naming the file, the line and the key (exit 2). `set`
-and `unset` rewrite only the key's own line, so comments and the order of the rest stay.
+an unknown key or a bad value is one line naming the file, the line and the key (exit 2). Reading
+is tomllib; `set` and `unset` edit the file with tomlkit, which keeps comments, blank lines and the
+order of the rest (a multi-line value is left to an editor: set would flatten its layout).
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ import os
 import re
 import typing
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dsvl_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from tomlkit import TOMLDocument
 
 # Per-question options (an answer format, --json, --debug) are not defaults one keeps in a file.
 NOT_SETTABLE = ("schema", "regex", "choices", "logprobs", "json", "debug")
@@ -150,64 +155,53 @@ def normalise(key: str) -> str:
     return key.strip().lstrip("-").replace("-", "_")
 
 
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # a TOML basic string: JSON's escapes are TOML's
-    return repr(value)
-
-
 def set_value(key: str, value, file: Path | None = None) -> Path:
-    """Write `key = value` (replacing the key's line, else appending), atomically."""
-    return _rewrite(key, value, file)
+    """Write `key = value` (replacing the key's value where it stands, else appending), atomically."""
+    import tomlkit  # here, not at start-up: only set and unset edit the file
+
+    file = file or path()
+    document, existed = _document(file)
+    if key in document:
+        old = document.item(key)
+        if isinstance(old, tomlkit.items.String) and old.type.is_multiline():
+            raise UsageError(f"config file {file}: key {key} spans several lines; change it in an editor")
+    document[key] = tomlkit.item(value)
+    new = document.item(key).trivia
+    new.comment_ws, new.comment = "", ""  # a comment after the old value spoke of that value
+    _write(file, document, private=not existed or "api_key" in document)  # new: 0600; a secret: tightened
+    return file
 
 
 def unset(key: str, file: Path | None = None) -> bool:
-    """Remove `key`'s line; False when the file had no such key."""
+    """Remove `key` (its line); False when the file had no such key."""
     file = file or path()
-    if key not in load(file):
+    document, _ = _document(file)
+    if key not in document:
         return False
-    _rewrite(key, _REMOVE, file)
+    del document[key]
+    _write(file, document, private="api_key" in document)
     return True
 
 
-_REMOVE = object()
+def _document(file: Path) -> tuple[TOMLDocument, bool]:
+    """The file as tomlkit's document (comments and layout kept) and whether it exists; the file is
+    checked first (load), so a broken one is reported, never rewritten."""
+    import tomlkit
+
+    load(file)
+    try:
+        return tomlkit.parse(file.read_text(encoding="utf-8")), True
+    except FileNotFoundError:
+        return tomlkit.document(), False
 
 
-def _rewrite(key: str, value, file: Path | None) -> Path:
-    """Replace, append or remove `key`'s line; the result is parsed back before it is written, so a
-    key whose value spans lines (a multi-line string) is refused rather than cut in half."""
+def _write(file: Path, document: TOMLDocument, *, private: bool) -> None:
+    import tomlkit
+
     from dsvl_cli.userfiles import write_atomic
 
-    file = file or path()
-    expected = load(file)  # a broken file is reported, not silently rewritten
-    try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        lines = []
-    existed = file.exists()
-    number = _line_of("\n".join(lines), key)
-    if value is _REMOVE:
-        expected.pop(key, None)
-        del lines[number - 1]
-    else:
-        expected[key] = value
-        line = f"{key} = {_toml_value(value)}"
-        if number:
-            lines[number - 1] = line
-        else:
-            lines.append(line)
-    text = "\n".join(lines) + "\n" if lines else ""
-    try:
-        same = _parse(text) == expected
-    except ValueError:
-        same = False
-    if not same:
-        raise UsageError(f"config file {file}: key {key} spans several lines; change it in an editor")
     file.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(file, text, private=not existed or "api_key" in expected)  # new: 0600; a secret: tightened
-    return file
+    write_atomic(file, tomlkit.dumps(document), private=private)
 
 
 def effective(values: dict | None = None, given: dict | None = None) -> list[dict]:
