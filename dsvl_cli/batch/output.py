@@ -24,7 +24,7 @@ from dsvl_cli.batch.records import BadRecord, Record, id_key
 from dsvl_cli.errors import UsageError, load_json
 from dsvl_cli.images.limits import display_source
 from dsvl_cli.images.selection import describe
-from dsvl_cli.screen.text import json_line
+from dsvl_cli.screen.text import json_text
 from dsvl_cli.userfiles import write_atomic
 
 
@@ -59,7 +59,7 @@ class OutputClosed(Exception):
 def record_json(obj: dict) -> str:
     """An output record as its one line of JSON (no newline): UTF-8 as is, control characters
     (C1 too: a terminal would act on them) escaped, so `cat answers.jsonl` is safe."""
-    return json_line(obj)
+    return json_text(obj, terminal=True)  # in files too: `cat answers.jsonl` puts them on a terminal
 
 
 class Writer:
