@@ -35,7 +35,7 @@ class CommonOptions:
     debug: bool = False
     server: str | None = None  # --server: a running `dsvl serve` does the work (engine/remote.py)
     api_key: str | None = None
-    keep_alive: float = 0.0  # --keep-alive seconds: >0 keeps the model warm in a private server (engine/keepalive.py)
+    keep_alive: float = 0.0  # --keep-alive seconds: >0 keeps the model warm in a private server (keepalive/registry.py)
     env: Environment | None = None  # the process's streams, read when the command starts
     requested_model: str | None = None  # -m/DSVL_MODEL as given; None: not given (--server sends "default")
 

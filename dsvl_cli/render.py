@@ -8,7 +8,6 @@ are terminals, comes from an `Environment` (environment.py), never from `sys` di
 
 from __future__ import annotations
 
-import sys
 from contextlib import contextmanager
 from typing import TextIO
 
@@ -130,20 +129,21 @@ def status(console: Console, message: str):
         yield
 
 
-# how `--keep-alive` starts its private server (serve/private.py); the engine is handed it
-KEEP_ALIVE_SERVER = [sys.executable, "-m", "dsvl_cli.serve.private"]
-
-
 def load_backend(opts, *, prefer_fast: bool = False):
-    """`engine.open_backend` with a spinner on a terminal, and the random-weights note."""
+    """`engine.open_backend` (or with --keep-alive the private server's client) with a spinner on a
+    terminal, and the random-weights note."""
     from dsvl_cli.engine import open_backend
 
     console = opts.env.stderr_console()
     with status(console, f"Loading {opts.server or opts.model.model}…"):
-        backend = open_backend(opts.model, server=opts.server, api_key=opts.api_key,
-                               requested_model=opts.requested_model, on_note=lambda text: note(console, text),
-                               prefer_fast=prefer_fast, verbose=opts.debug, keep_alive=opts.keep_alive,
-                               server_command=KEEP_ALIVE_SERVER)
+        if opts.keep_alive > 0:
+            from dsvl_cli.keepalive.client import KeepAliveEngine
+
+            backend = KeepAliveEngine(opts.model, opts.keep_alive)
+        else:
+            backend = open_backend(opts.model, server=opts.server, api_key=opts.api_key,
+                                   requested_model=opts.requested_model, on_note=lambda text: note(console, text),
+                                   prefer_fast=prefer_fast, verbose=opts.debug)
     if backend.random_weights:
         note(console, RANDOM_WEIGHTS_NOTE.format(name=backend.name))
     return backend

@@ -305,7 +305,7 @@ def test_dsvl_decide_in_a_pipe_prints_one_tab_separated_line_per_question(cli, q
 
 
 def test_dsvl_decide_through_the_server_and_keep_alive_gives_the_local_answers(cli, server, questions_file, expected):
-    from dsvl_cli.engine import keepalive
+    from dsvl_cli.keepalive import registry
 
     remote = cli([*_decide_args(questions_file), "--json", "--server", server, "--api-key", KEY])
     assert remote.exit_code == 0, remote.output
@@ -315,8 +315,8 @@ def test_dsvl_decide_through_the_server_and_keep_alive_gives_the_local_answers(c
         assert kept.exit_code == 0, kept.output
         assert_answers(json.loads(kept.stdout)["answers"], expected)
     finally:
-        stopped = keepalive.stop(None, True)
-        assert all(keepalive.wait_gone(row["pid"], 20) for row in stopped)
+        stopped = registry.stop(None, True)
+        assert all(registry.wait_gone(row["pid"], 20) for row in stopped)
 
 
 @pytest.mark.parametrize("flags,message", [

@@ -207,7 +207,7 @@ def test_the_engine_finishes_an_intake_picture_close_to_pillows_resize(tmp_path,
 
 
 def test_keep_alive_sends_the_mark_so_its_server_preprocesses_as_a_local_run(tmp_path, hybrid_processor):
-    from dsvl_cli.engine.keepalive_engine import KeepAliveEngine
+    from dsvl_cli.keepalive.client import KeepAliveEngine
     from dsvl_cli.engine.preprocess import pixels
     from dsvl_cli.images.cache import SourceCache
 

@@ -28,13 +28,13 @@ ASK = ["ask", str(EXAMPLES / "shapes.png"), PROMPT, "-m", "tiny-random", "-n", "
 @pytest.fixture(autouse=True)
 def no_servers_left(tiny_folder):
     """Every test starts with no keep-alive server and leaves none behind."""
-    from dsvl_cli.engine import keepalive
+    from dsvl_cli.keepalive import registry
 
-    keepalive.stop(None, True)
+    registry.stop(None, True)
     yield
-    stopped = keepalive.stop(None, True)
-    assert all(keepalive.wait_gone(row["pid"], 20) for row in stopped)
-    assert keepalive.running() == []
+    stopped = registry.stop(None, True)
+    assert all(registry.wait_gone(row["pid"], 20) for row in stopped)
+    assert registry.running() == []
 
 
 @pytest.fixture(scope="module")
@@ -89,17 +89,17 @@ def test_first_call_starts_a_private_server_later_calls_reuse_it(cli, local_answ
 
     stopped = cli(["stop"])  # the only one
     assert stopped.exit_code == 0 and f"stopped tiny-random (pid {row['pid']})" in stopped.stderr
-    from dsvl_cli.engine import keepalive
+    from dsvl_cli.keepalive import registry
 
-    assert keepalive.wait_gone(row["pid"], 20)
+    assert registry.wait_gone(row["pid"], 20)
     assert not sock.exists() and not sock.with_suffix(".json").exists()
     assert "stop requested" in Path(row["log"]).read_text()
 
 
 def test_chat_and_batch_use_it_and_a_killed_server_is_replaced(cli, tmp_path):
     from dsvl_cli.conversation import Conversation
-    from dsvl_cli.engine import keepalive
-    from dsvl_cli.engine.keepalive_engine import KeepAliveEngine
+    from dsvl_cli.keepalive import registry
+    from dsvl_cli.keepalive.client import KeepAliveEngine
     from dsvl_cli.images import load_image
     from dsvl_cli.settings import GenerationSettings, ModelSettings
 
@@ -110,13 +110,12 @@ def test_chat_and_batch_use_it_and_a_killed_server_is_replaced(cli, tmp_path):
     local_turns, kept_turns = ([json.loads(line) for line in r.stdout.splitlines()] for r in (local, kept))
     assert [t["answer"] for t in kept_turns] == [t["answer"] for t in local_turns] and len(kept_turns) == 3
 
-    from dsvl_cli.render import KEEP_ALIVE_SERVER
 
-    engine = KeepAliveEngine(ModelSettings(model="tiny-random"), 60, KEEP_ALIVE_SERVER)
+    engine = KeepAliveEngine(ModelSettings(model="tiny-random"), 60)
     [row] = _ps(cli)
     assert engine.pid == row["pid"] and row["requests"] == 3
     os.kill(row["pid"], signal.SIGKILL)  # a crash: the socket file stays behind
-    assert keepalive.wait_gone(row["pid"], 20) and Path(row["socket"]).exists()
+    assert registry.wait_gone(row["pid"], 20) and Path(row["socket"]).exists()
     question = Conversation.single("describe it", [load_image(str(EXAMPLES / "shapes.png"))])
     result = engine.run(question, GenerationSettings(max_new_tokens=8))  # started again, asked once more
     assert engine.pid != row["pid"] and result.stats.generated_tokens == 8
@@ -145,7 +144,7 @@ def _spawn_ask(keep_alive: str) -> subprocess.Popen:
 
 
 def test_concurrent_first_calls_start_one_server_which_exits_when_idle(cli, local_answer):
-    from dsvl_cli.engine import keepalive
+    from dsvl_cli.keepalive import registry
 
     procs = [_spawn_ask("30s") for _ in range(2)]
     outs = [p.communicate(timeout=180) for p in procs]
@@ -156,7 +155,7 @@ def test_concurrent_first_calls_start_one_server_which_exits_when_idle(cli, loca
 
     short = cli([*ASK, "--keep-alive", "1s"])  # the last caller's keep-alive wins
     assert short.exit_code == 0, short.output
-    assert keepalive.wait_gone(row["pid"], 30), "the server did not exit once idle"
+    assert registry.wait_gone(row["pid"], 30), "the server did not exit once idle"
     assert not Path(row["socket"]).exists() and not Path(row["socket"]).with_suffix(".json").exists()
     assert "idle for 1 s: exiting" in Path(row["log"]).read_text()
 
@@ -164,14 +163,14 @@ def test_concurrent_first_calls_start_one_server_which_exits_when_idle(cli, loca
 def test_a_hung_socket_is_replaced_and_a_stranger_is_not_signalled(cli, local_answer):
     """A listener at the socket path that never answers (its state naming a live process that is
     not a keep-alive server: this test's own) is given up on after the probe timeout."""
-    from dsvl_cli.engine import keepalive
+    from dsvl_cli.keepalive import registry
     from dsvl_cli.settings import ModelSettings
 
-    paths = keepalive.Paths.for_key(keepalive.server_key(ModelSettings(model="tiny-random")))
+    paths = registry.Paths.for_key(registry.server_key(ModelSettings(model="tiny-random")))
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as hung:
         hung.bind(str(paths.socket))
         hung.listen(8)  # accepts into the backlog, never answers
-        keepalive.write_private(paths.state, json.dumps({"pid": os.getpid(), "key": paths.key}))
+        registry.write_private(paths.state, json.dumps({"pid": os.getpid(), "key": paths.key}))
         result = cli([*ASK, "--keep-alive", "30s"])
     assert result.exit_code == 0, result.output
     assert result.stdout == local_answer["answer"] + "\n"
@@ -182,7 +181,7 @@ def test_a_hung_socket_is_replaced_and_a_stranger_is_not_signalled(cli, local_an
 def test_other_settings_get_their_own_server_and_stop_picks_them(cli, tiny_folder, tmp_path, monkeypatch):
     """A relative model folder is loaded where the caller stands and is another key than the alias;
     stop takes a model name (any name of it), an ID, or --all."""
-    from dsvl_cli.engine import keepalive
+    from dsvl_cli.keepalive import registry
 
     (tmp_path / "tiny").symlink_to(tiny_folder)
     monkeypatch.chdir(tmp_path)
@@ -202,7 +201,7 @@ def test_other_settings_get_their_own_server_and_stop_picks_them(cli, tiny_folde
     [left] = _ps(cli)
     assert left["model"] == "tiny-random"
     assert cli(["stop", left["key"][:8]]).exit_code == 0
-    assert _ps(cli) == [] and all(keepalive.wait_gone(r["pid"], 20) for r in rows)
+    assert _ps(cli) == [] and all(registry.wait_gone(r["pid"], 20) for r in rows)
     nothing = cli(["stop", "--all"])
     assert nothing.exit_code == 0 and "no keep-alive server is running" in nothing.stderr
 
@@ -217,7 +216,7 @@ def test_a_failed_start_reports_what_a_local_load_reports(cli, tmp_path):
 
 def test_keys_bad_durations_and_server_conflicts():
     from dsvl_cli.settings import parse_duration
-    from dsvl_cli.engine.keepalive import server_key
+    from dsvl_cli.keepalive.registry import server_key
     from dsvl_cli.errors import UsageError
     from dsvl_cli.options import build_common
     from dsvl_cli.settings import ModelSettings

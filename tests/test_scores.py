@@ -480,7 +480,7 @@ def test_ask_and_batch_through_the_server_give_the_local_output(cli, server, tmp
 def test_keep_alive_gives_the_local_choices_and_logprobs_output(cli, engine):
     """The private keep-alive server (a real background process) answers as the local engine."""
     from dsvl_cli.conversation import Conversation
-    from dsvl_cli.engine import keepalive
+    from dsvl_cli.keepalive import registry
     from dsvl_cli.settings import GenerationSettings
 
     image = str(EXAMPLES / "shapes.png")
@@ -502,5 +502,5 @@ def test_keep_alive_gives_the_local_choices_and_logprobs_output(cli, engine):
                 assert [e["logprob"] for e in entries] == pytest.approx(
                     [e["logprob"] for e in want["logprobs"]["content"]], abs=1e-5)
     finally:
-        stopped = keepalive.stop(None, True)
-        assert all(keepalive.wait_gone(row["pid"], 20) for row in stopped)
+        stopped = registry.stop(None, True)
+        assert all(registry.wait_gone(row["pid"], 20) for row in stopped)

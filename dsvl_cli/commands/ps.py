@@ -20,12 +20,12 @@ def ps(
       dsvl ps
       dsvl ps --json | jq '.[].pid'
     """
-    from dsvl_cli.engine import keepalive
+    from dsvl_cli.keepalive import registry
     from dsvl_cli.errors import guarded
     from dsvl_cli.screen.text import write_json
 
     with guarded(False):
-        rows = keepalive.running()
+        rows = registry.running()
         if as_json:
             write_json(rows)
         else:

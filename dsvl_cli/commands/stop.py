@@ -23,13 +23,13 @@ def stop(
       dsvl stop tiny-random
       dsvl stop --all
     """
-    from dsvl_cli.engine import keepalive
+    from dsvl_cli.keepalive import registry
     from dsvl_cli.screen.environment import Environment
     from dsvl_cli.errors import guarded
     from dsvl_cli.render import note
 
     with guarded(False):
-        stopped = keepalive.stop(model, everything)
+        stopped = registry.stop(model, everything)
         console = Environment.current().stderr_console()
         if not stopped:
             note(console, "no keep-alive server is running", style="dim")

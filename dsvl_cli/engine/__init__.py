@@ -1,9 +1,9 @@
 """The engine: everything that turns a conversation into an answer, behind one Backend protocol.
 
 `open_backend` is the one way a front end gets an engine: the local model (engine/local.py), or
-with `--server` a running `dsvl serve` over HTTP (engine/remote.py), or with `--keep-alive` a
-private server kept warm between calls (engine/keepalive_engine.py). Importing this package imports
-neither torch nor transformers; loading a model does.
+with `--server` a running `dsvl serve` over HTTP (engine/remote.py). (`--keep-alive`'s client, a
+RemoteEngine over a private server's socket, lives above serve: the keepalive package.) Importing
+this package imports neither torch nor transformers; loading a model does.
 """
 
 from __future__ import annotations
@@ -18,21 +18,13 @@ __all__ = ["Backend", "open_backend"]
 
 def open_backend(settings: ModelSettings, *, server: str | None = None, api_key: str | None = None,
                  requested_model: str | None = None, on_note: Callable[[str], None] | None = None,
-                 prefer_fast: bool = False, verbose: bool = False, keep_alive: float = 0.0,
-                 server_command: list[str] | None = None) -> Backend:
+                 prefer_fast: bool = False, verbose: bool = False) -> Backend:
     """The local engine for `settings`, or with `server` a client of that server (asking it for
     `requested_model`: -m as given, None: whatever it serves; `on_note` hears when another model
-    answers), or with `keep_alive` (seconds) a client of the private server kept warm for `settings`
-    (started with `server_command`, the front end's way to run that server).
+    answers).
 
     `prefer_fast`: the caller generates many times (chat, batch, serve), so the static-cache fast
     path pays where it is on by default (CUDA); --compile/--no-compile decides otherwise."""
-    if keep_alive > 0:
-        from dsvl_cli.engine.keepalive_engine import KeepAliveEngine
-
-        if not server_command:
-            raise ValueError("keep_alive needs the server_command that starts the private server")
-        return KeepAliveEngine(settings, keep_alive, server_command)
     if server:
         from dsvl_cli.engine.remote import RemoteEngine
 

@@ -1,4 +1,4 @@
-"""HTTP over a unix socket for `requests`: the transport of `--keep-alive` (engine/keepalive.py).
+"""HTTP over a unix socket for `requests`: the transport of `--keep-alive` (keepalive/registry.py).
 
 Why our own ~40 lines rather than `requests-unixsocket`: that package encodes the socket path into
 the URL's host (percent-encoded), which turns every error message into noise, and it has had long

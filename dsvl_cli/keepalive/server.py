@@ -1,7 +1,7 @@
 """The keep-alive server process: `dsvl serve`'s app over one model, on a private unix socket, that
 exits after its keep-alive time without requests.
 
-Started only by engine/keepalive_engine.py, as `python -m dsvl_cli.serve.private --status-fd N SPEC`
+Started only by keepalive/client.py, as `python -m dsvl_cli.keepalive.server --status-fd N SPEC`
 (SPEC: the key, the ModelSettings, the caller's working folder, the keep-alive seconds). What it
 does, in order:
 1. Forks and lets the launched process exit, so the server is nobody's child (never a zombie of a
@@ -36,7 +36,7 @@ import time
 from urllib.parse import parse_qs
 
 from dsvl_cli import __version__
-from dsvl_cli.engine import keepalive
+from dsvl_cli.keepalive import registry
 from dsvl_cli.errors import DsvlError, ExitCode
 
 # The caller loaded its images as a local run does (its caps, its intake shrink, --exact-pixels) and
@@ -193,7 +193,7 @@ def bind(path) -> tuple[socket.socket, int]:
     return sock, os.stat(path).st_ino
 
 
-def publish(server, paths: keepalive.Paths, tmp, info: dict, status: StatusPipe, done: threading.Event) -> bool:
+def publish(server, paths: registry.Paths, tmp, info: dict, status: StatusPipe, done: threading.Event) -> bool:
     """Once uvicorn serves: move the socket to its public name, write the state, tell the client.
 
     Why a temporary name first: a client that finds KEY.sock must find a server that answers; one
@@ -203,14 +203,14 @@ def publish(server, paths: keepalive.Paths, tmp, info: dict, status: StatusPipe,
         if done.is_set() or server.should_exit or time.monotonic() > deadline:
             return False
         done.wait(0.01)
-    keepalive.write_private(paths.state, json.dumps(info))  # first: a published socket always has its state
+    registry.write_private(paths.state, json.dumps(info))  # first: a published socket always has its state
     os.replace(tmp, paths.socket)
     log.info(f"{info['model']} on {paths.socket} (pid {os.getpid()})")
     status.report({"ready": True, "pid": os.getpid()})
     return True
 
 
-def watch(server, activity: Activity, paths: keepalive.Paths, inode: int, done: threading.Event) -> None:
+def watch(server, activity: Activity, paths: registry.Paths, inode: int, done: threading.Event) -> None:
     """Ask uvicorn to exit once idle past the keep-alive time, or once our socket is gone."""
     while not done.is_set() and not server.should_exit:
         try:
@@ -248,10 +248,10 @@ def serve(spec: dict, status: StatusPipe) -> int:
     except DsvlError as err:
         status.error(err.kind, err.message, int(err.exit_code))
         return int(err.exit_code)
-    paths = keepalive.Paths.for_key(spec["key"])
+    paths = registry.Paths.for_key(spec["key"])
     dtype = str(getattr(getattr(engine, "model", None), "dtype", "")).replace("torch.", "")
     info = {"key": paths.key, "pid": os.getpid(), "model": settings.model, "device": str(getattr(engine, "device", "")),
-            "dtype": dtype, "settings": keepalive.settings_dict(settings), "identity": spec.get("identity"),
+            "dtype": dtype, "settings": registry.settings_dict(settings), "identity": spec.get("identity"),
             "version": __version__,
             "started": time.time(), "socket": str(paths.socket), "log": str(paths.log)}
     activity = Activity(float(spec["keep_alive"]))
@@ -275,21 +275,21 @@ def serve(spec: dict, status: StatusPipe) -> int:
     return 0
 
 
-def _cleanup(paths: keepalive.Paths, inode: int) -> None:
+def _cleanup(paths: registry.Paths, inode: int) -> None:
     """Remove our socket and state file, unless a newer server of the same key owns them now."""
     try:
         if os.stat(paths.socket).st_ino == inode:
             paths.socket.unlink()
     except OSError:
         pass
-    state = keepalive.read_state(paths.state)
+    state = registry.read_state(paths.state)
     if state is not None and state["pid"] == os.getpid():
         paths.state.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dsvl_cli.serve.private", description=__doc__.splitlines()[0])
-    parser.add_argument(keepalive.MARK, action="store_true", help="names this process as a keep-alive server")
+    parser = argparse.ArgumentParser(prog="python -m dsvl_cli.keepalive.server", description=__doc__.splitlines()[0])
+    parser.add_argument(registry.MARK, action="store_true", help="names this process as a keep-alive server")
     parser.add_argument("--status-fd", type=int, required=True)
     parser.add_argument("spec")
     args = parser.parse_args(argv)
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:  # not a DsvlError: say so to the client, keep the traceback in the log
         log.exception("keep-alive server failed")
         status.error("error", f"the keep-alive server failed: {type(exc).__name__}: {exc} "
-                              f"(log: {keepalive.Paths.for_key(spec['key']).log})")
+                              f"(log: {registry.Paths.for_key(spec['key']).log})")
         code = int(ExitCode.FAILURE)
     # Tearing down torch and transformers' modules takes seconds and saves nothing: our files are
     # gone, the log is flushed, and `dsvl stop` waits for this pid.

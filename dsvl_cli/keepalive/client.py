@@ -5,7 +5,7 @@ Why a server process rather than a cache of weights on disk: most of a one-shot 
 `import torch` and building the model (~3.3 of ~3.7 s on tiny-random); only a warm process skips
 both. The client imports neither torch nor transformers.
 
-How a call finds its server (engine/keepalive.py names the files):
+How a call finds its server (keepalive/registry.py names the files):
 1. Probe KEY.sock (connect 1 s, status 3 s). An answer with our key: use it.
 2. Otherwise take KEY.lock (flock) so that concurrent first calls start one server, probe again
    (another caller may just have started it), end a hung server of ours (one that also misses a
@@ -32,8 +32,9 @@ import sys
 
 import requests
 
-from dsvl_cli.engine import keepalive, unix_http
-from dsvl_cli.engine.keepalive import Paths
+from dsvl_cli.engine import unix_http
+from dsvl_cli.keepalive import registry
+from dsvl_cli.keepalive.registry import Paths
 from dsvl_cli.engine.remote import POOL_SIZE, RemoteEngine
 from dsvl_cli.errors import ContextLengthError, DsvlError, ExitCode, GenerationError, ModelError, UsageError
 from dsvl_cli.settings import ModelSettings
@@ -41,24 +42,27 @@ from dsvl_cli.settings import ModelSettings
 _ERRORS = {cls.kind: cls for cls in (UsageError, ModelError, GenerationError, ContextLengthError)}
 
 
+SERVER_COMMAND = [sys.executable, "-m", "dsvl_cli.keepalive.server"]  # the server program: server.py
+
+
 def ensure_server(settings: ModelSettings, keep_alive: float, command: list[str]) -> tuple[Paths, dict]:
-    """The answering server for `settings` (started if needed, with `command`: how the front end
-    runs its server program; the engine never names a front end) and its status."""
-    paths = Paths.for_key(keepalive.server_key(settings))
-    status = keepalive.probe(paths, touch=True, keep_alive=keep_alive)
+    """The answering server for `settings` (started if needed, with `command`: SERVER_COMMAND, or a
+    test's) and its status."""
+    paths = Paths.for_key(registry.server_key(settings))
+    status = registry.probe(paths, touch=True, keep_alive=keep_alive)
     if status is not None:
         return paths, status
     seen = _inode(paths)
-    with keepalive.file_lock(paths.lock):
+    with registry.file_lock(paths.lock):
         if _inode(paths) != seen or seen is None:  # a new socket appeared while we waited: try it
-            status = keepalive.probe(paths, touch=True, keep_alive=keep_alive)
+            status = registry.probe(paths, touch=True, keep_alive=keep_alive)
             if status is not None:
                 return paths, status
         status = _clear_stale(paths, keep_alive)
         if status is not None:
             return paths, status
         _start(paths, settings, keep_alive, command)
-        status = keepalive.probe(paths, touch=True, keep_alive=keep_alive)
+        status = registry.probe(paths, touch=True, keep_alive=keep_alive)
     if status is None:
         raise ModelError(f"the keep-alive server for {settings.model} started but does not answer "
                          f"(log: {paths.log})")
@@ -77,13 +81,13 @@ def _clear_stale(paths: Paths, keep_alive: float) -> dict | None:
 
     A live server of ours gets a second, longer chance to answer first (a busy machine is not a
     hung server); its status then, if it does."""
-    state = keepalive.read_state(paths.state)
+    state = registry.read_state(paths.state)
     pid = state["pid"] if state else None
-    if pid is not None and keepalive.alive(pid) and keepalive.is_ours(pid, paths.key):
-        status = keepalive.probe(paths, touch=True, keep_alive=keep_alive, read_timeout=keepalive.HUNG_S)
+    if pid is not None and registry.alive(pid) and registry.is_ours(pid, paths.key):
+        status = registry.probe(paths, touch=True, keep_alive=keep_alive, read_timeout=registry.HUNG_S)
         if status is not None:
             return status
-        keepalive.terminate(pid, paths.key)
+        registry.terminate(pid, paths.key)
     paths.socket.unlink(missing_ok=True)
     paths.state.unlink(missing_ok=True)
     return None
@@ -95,7 +99,7 @@ def _start(paths: Paths, settings: ModelSettings, keep_alive: float, command: li
         cwd = os.getcwd()
     except OSError:  # the working folder was removed
         cwd = str(paths.socket.parent)
-    spec = {"key": paths.key, "settings": keepalive.settings_dict(settings), "identity": keepalive.identity(settings),
+    spec = {"key": paths.key, "settings": registry.settings_dict(settings), "identity": registry.identity(settings),
             "cwd": cwd, "keep_alive": keep_alive}
     if paths.log.exists():  # the previous server's log, kept for a post-mortem of a crash
         os.replace(paths.log, paths.log.with_name(paths.log.name + ".1"))
@@ -104,7 +108,7 @@ def _start(paths: Paths, settings: ModelSettings, keep_alive: float, command: li
         log = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             launcher = subprocess.Popen(
-                [*command, keepalive.MARK, "--status-fd", str(write_end), json.dumps(spec)],
+                [*command, registry.MARK, "--status-fd", str(write_end), json.dumps(spec)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(write_end,), close_fds=True,
                 start_new_session=True, cwd=paths.socket.parent, env=_server_env())
         finally:
@@ -121,7 +125,7 @@ def _start(paths: Paths, settings: ModelSettings, keep_alive: float, command: li
 
 
 def _server_env() -> dict:
-    env = keepalive.python_env()
+    env = registry.python_env()
     # The client applies the user's image byte cap as a local run does; the server decodes our
     # lossless re-encodings, which may be larger than the files they came from.
     env["DSVL_MAX_IMAGE_BYTES"] = str(1 << 30)
@@ -170,7 +174,7 @@ class KeepAliveEngine(RemoteEngine):
     png_level = 1  # a local socket: encoding time matters, size hardly
     send_max_side = None  # the server must see the pixels a local run would (no downscale on the way)
 
-    def __init__(self, settings: ModelSettings, keep_alive: float, command: list[str]):
+    def __init__(self, settings: ModelSettings, keep_alive: float, command: list[str] = SERVER_COMMAND):
         self.settings, self.keep_alive, self.command = settings, keep_alive, command
         self.paths, self.status = ensure_server(settings, keep_alive, command)
         super().__init__(f"http://{unix_http.HOST}")

@@ -1,6 +1,6 @@
 """`--keep-alive`: where the private servers live, how they are named, found, probed and ended.
 
-A keep-alive server is one `dsvl serve` app (serve/private.py) for one model and its load settings,
+A keep-alive server is one `dsvl serve` app (keepalive/server.py) for one model and its load settings,
 listening on a unix socket in `DSVL_HOME/run/` (folder 0700, socket and files 0600: only this user
 can connect; no TCP port). Its files, all named by the settings' key:
   KEY.sock   the socket          KEY.json  its state (pid, model, ...), written once it listens
@@ -10,7 +10,7 @@ The key hashes what decides which weights answer: dsvl's version, the model (ali
 local folders made absolute), revision, device, dtype, quantization and compile. Another value of
 any of them gets another server; `--offline` and generation options do not (they change no weights).
 
-This module is what the client (engine/keepalive_engine.py), the server and `dsvl ps`/`dsvl stop`
+This module is what the client (keepalive/client.py), the server and `dsvl ps`/`dsvl stop`
 share: no requests, torch or fastapi at import. Limits: POSIX only (AF_UNIX, flock); a DSVL_HOME
 whose socket path would pass the OS limit (~104 bytes) is refused with a clear error; `--device
 auto` and `--device cpu` are different keys even where they pick the same device (telling them
