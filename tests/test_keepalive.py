@@ -250,3 +250,22 @@ def test_ps_and_stop_import_nothing_heavy(args):
             "print('HEAVY', heavy, file=sys.stderr)\n")
     result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert "HEAVY []" in result.stderr, result.stderr
+
+
+def test_process_checks_see_zombies_and_command_lines():
+    """registry.alive / is_ours (psutil): an exited pid is not alive, and only a
+    process whose command line carries the server mark and the key is ours to signal."""
+    import subprocess
+    import sys
+
+    from dsvl_cli.keepalive import registry
+
+    assert registry.alive(os.getpid()) and not registry.is_ours(os.getpid(), "k")
+    marked = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", registry.MARK, "key-123"],
+                              stdin=subprocess.PIPE)
+    try:
+        assert registry.is_ours(marked.pid, "key-123") and not registry.is_ours(marked.pid, "key-999")
+    finally:
+        marked.stdin.close()
+        marked.wait(timeout=30)
+    assert not registry.alive(marked.pid) and not registry.is_ours(marked.pid, "key-123")

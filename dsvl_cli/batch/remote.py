@@ -4,7 +4,7 @@
 Why several requests at once: the server answers requests that wait together in one batched
 `generate` call, so up to `concurrency` streamed requests are kept open (--batch-size; by default
 two of the server's batches, see in_flight). Everything
-else is local mode's (batch_runner.py): the same output and error records, completion order (match
+else is local mode's (runner.py): the same output and error records, completion order (match
 by id), --resume / --retry-failed, the progress bar, the summary and the exit codes.
 
 Images are loaded here, once per source while questions about it are still to be sent (records

@@ -160,36 +160,26 @@ def file_lock(path: Path, *, wait: bool = True):
 # -- processes -----------------------------------------------------------------------------------
 
 def alive(pid: int) -> bool:
-    """The process exists and is not a zombie."""
+    """The process exists and is not a zombie (psutil: /proc on Linux, sysctl on macOS)."""
+    import psutil
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
+    except psutil.Error:  # access denied: it exists
         return True
 
 
 def is_ours(pid: int, key: str) -> bool:
     """`pid` runs the keep-alive server for `key` (pids get reused: never signal a stranger)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdline = f.read().decode(errors="replace")
-    except FileNotFoundError:
-        return False
-    except OSError:
-        import subprocess
+    import psutil
 
-        try:
-            cmdline = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True,
-                                     timeout=5).stdout
-        except (OSError, subprocess.SubprocessError):
-            return False
-    return MARK in cmdline and key in cmdline
+    try:
+        cmdline = psutil.Process(pid).cmdline()
+    except psutil.Error:  # gone, a zombie, or not ours to read
+        return False
+    return MARK in cmdline and any(key in arg for arg in cmdline)
 
 
 def wait_gone(pid: int, timeout: float) -> bool:

@@ -1,6 +1,6 @@
 """OpenAI Chat Completions shapes: parse a request into dsvl's types, build responses and errors.
 
-Kept apart from server.py so the HTTP plumbing and the wire format can be read (and changed)
+Kept apart from app.py so the HTTP plumbing and the wire format can be read (and changed)
 separately. pydantic is imported here; only `dsvl serve` imports this module.
 
 Mapping, on purpose:
@@ -123,7 +123,7 @@ class ChatRequest(BaseModel):
     guided_json: dict | str | None = None
     guided_regex: str | None = None
     guided_choice: list[str] | None = Field(None, max_length=wire.MAX_CHOICES)
-    # --logprobs (wire.score_changes checks them further)
+    # --logprobs (wire.logprob_changes checks them further)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
 
@@ -165,7 +165,7 @@ def parse_request(raw: bytearray, schema: type[BaseModel] = ChatRequest):
 def generation_settings(req: ChatRequest, defaults: GenerationSettings) -> GenerationSettings:
     """The server's defaults, with what the request sets (UsageError when out of range)."""
     gen = defaults.replace(**wire.settings_changes(req.model_dump(include=set(wire.SAMPLING_FIELDS))),
-                           **wire.score_changes(req.model_dump(include=set(wire.SCORE_FIELDS))))
+                           **wire.logprob_changes(req.model_dump(include=set(wire.LOGPROB_FIELDS))))
     answer_format = wire.answer_format(req.model_dump(include=set(wire.ANSWER_FORMAT_FIELDS)))
     return gen.replace(answer_format=answer_format) if answer_format is not None else gen
 
