@@ -257,9 +257,9 @@ def _from_openai(data: dict, number: int, id_: Any, base: GenerationSettings) ->
     body = data["body"]
     if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
         raise _BadLine("invalid_record", "body.messages must be a list")
-    options: dict = wire.score_changes(body)
+    options: dict = wire.logprob_changes(body)
     for key, value in body.items():
-        if key in ("messages", "model", *wire.SCORE_FIELDS, *wire.ANSWER_FORMAT_FIELDS) or (key == "n" and value == 1):
+        if key in ("messages", "model", *wire.LOGPROB_FIELDS, *wire.ANSWER_FORMAT_FIELDS) or (key == "n" and value == 1):
             continue  # the command's --model answers; logprobs and the answer format are read apart
         if key not in wire.SAMPLING_FIELDS:
             raise _BadLine("invalid_record", f"unsupported body field: {key}")

@@ -152,7 +152,7 @@ class RemoteEngine(Backend):
     def request_body(self, conversation: Conversation, gen: GenerationSettings) -> dict:
         return {"model": self.requested_model or "default", "messages": wire.to_messages(conversation, self._image_ref),
                 "stream": True, "stream_options": {"include_usage": True}, **wire.sampling_fields(gen),
-                **wire.answer_format_fields(gen.answer_format), **wire.score_fields(gen)}
+                **wire.answer_format_fields(gen.answer_format), **wire.logprob_fields(gen)}
 
     def _server_json(self, data: str | bytes) -> dict:
         """What the server sent, parsed with the same bounds as any JSON a user gives."""

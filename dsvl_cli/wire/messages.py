@@ -61,12 +61,12 @@ def sampling_fields(gen) -> dict:
 
 
 # -- answers a program can use: logprobs; the answer's format is below ---------------------------
-SCORE_FIELDS = ("logprobs", "top_logprobs")
+LOGPROB_FIELDS = ("logprobs", "top_logprobs")
 MAX_CHOICES = 256  # labels in one request (each one a row of the scoring pass)
 MAX_LABEL_CHARS = 1000
 
 
-def score_changes(body: Mapping[str, Any]) -> dict:
+def logprob_changes(body: Mapping[str, Any]) -> dict:
     """GenerationSettings changes from `logprobs` / `top_logprobs` (UsageError naming the field).
     As OpenAI: top_logprobs needs logprobs true; logprobs true alone gives the chosen tokens'."""
     from dsvl_cli.errors import UsageError
@@ -81,7 +81,7 @@ def score_changes(body: Mapping[str, Any]) -> dict:
     return {"logprobs": top or 0} if logprobs else {}
 
 
-def score_fields(gen) -> dict:
+def logprob_fields(gen) -> dict:
     """The request body's fields for gen's --logprobs (what `--server` sends)."""
     return {"logprobs": True, "top_logprobs": gen.logprobs} if gen.logprobs is not None else {}
 
