@@ -37,7 +37,8 @@ from dsvl_cli import wire
 from dsvl_cli.conversation import Message, check_text
 from dsvl_cli.errors import ImageLoadError, UsageError
 from dsvl_cli.results import Result
-from dsvl_cli.serve.protocol import SEED_RANGE, pictures_of
+from dsvl_cli.serve.protocol import pictures_of
+from dsvl_cli.wire.protocol import SEED_RANGE
 from dsvl_cli.settings import GenerationSettings
 
 ROLES = ("user", "system", "developer", "assistant")
