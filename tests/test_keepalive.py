@@ -252,7 +252,7 @@ def test_ps_and_stop_import_nothing_heavy(args):
     assert "HEAVY []" in result.stderr, result.stderr
 
 
-def test_process_checks_see_zombies_and_command_lines():
+def test_process_checks_see_exits_and_command_lines():
     """registry.alive / is_ours (psutil): an exited pid is not alive, and only a
     process whose command line carries the server mark and the key is ours to signal."""
     import subprocess
@@ -261,9 +261,10 @@ def test_process_checks_see_zombies_and_command_lines():
     from dsvl_cli.keepalive import registry
 
     assert registry.alive(os.getpid()) and not registry.is_ours(os.getpid(), "k")
-    marked = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", registry.MARK, "key-123"],
-                              stdin=subprocess.PIPE)
+    marked = subprocess.Popen([sys.executable, "-c", "import sys; print('up', flush=True); sys.stdin.read()",
+                               registry.MARK, "key-123"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
+        assert marked.stdout.readline() == b"up\n"  # running its program, not still being started
         assert registry.is_ours(marked.pid, "key-123") and not registry.is_ours(marked.pid, "key-999")
     finally:
         marked.stdin.close()
