@@ -121,3 +121,21 @@ def test_output_records_escape_controls_as_one_json_value(tmp_path):
     assert line == record_json(obj) + "\n" and json.loads(line) == obj
     assert not any(0x7f <= ord(c) <= 0x9f or c == "\x1b" for c in line) and "é" in line
     assert ray_workers.record_json is record_json
+
+
+def test_filesystem_image_sources_go_through_the_one_loader(tmp_path):
+    """A pyarrow filesystem source (file:// here, s3:// in a cluster) is read and decoded by the
+    one image loader: the same pixels as the path, the same one-line errors."""
+    from dsvl_cli.batch.sources import load_source
+    from dsvl_cli.errors import ImageLoadError
+    from dsvl_cli.images import load_image
+
+    uri = Path(SHAPES).resolve().as_uri()
+    got, want = load_source(uri), load_image(SHAPES)
+    assert got.source == uri and got.image.size == want.image.size and got.image.tobytes() == want.image.tobytes()
+    (tmp_path / "empty.png").write_bytes(b"")
+    for source, reason in ((tmp_path / "gone.png").as_uri(), "cannot read it"), ((tmp_path / "empty.png").as_uri(),
+                                                                                "empty file"):
+        with pytest.raises(ImageLoadError) as err:
+            load_source(source)
+        assert reason in err.value.reason and err.value.source == source

@@ -20,9 +20,7 @@ of our own. Remote image reads are capped at the same size as URLs (images/limit
 from __future__ import annotations
 
 import base64
-import io
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -185,8 +183,8 @@ def _image_value(value: Any) -> Any:
 
 
 def load_source(source: str, *, exact: bool = False):
-    """A LoadedImage from any batch image source: pyarrow filesystems (s3://...) here, the rest
-    through the one image resolver (images/__init__.py), with the same decoding. Every failure is
+    """A LoadedImage from any batch image source, through the one image loader (images/__init__.py):
+    a pyarrow filesystem's (s3://...) opened here, read and decoded there like any other source. Every failure is
     an ImageLoadError naming the source (what batch turns into that record's error)."""
     try:
         return _load_source(source, exact)
@@ -197,21 +195,12 @@ def load_source(source: str, *, exact: bool = False):
 
 
 def _load_source(source: str, exact: bool):
-    from dsvl_cli.images import LoadedImage, load_image
+    from dsvl_cli.images import load_image
 
-    if not fs_uri(source):
-        return load_image(source, exact=exact)
-    from dsvl_cli.images.decode import decode_image
-    from dsvl_cli.images.limits import read_capped
+    return load_image(source, exact=exact, open_source=_open_fs if fs_uri(source) else None)
 
-    started = time.perf_counter()
-    try:
-        fs, inner = _filesystem(source)
-        with fs.open_input_stream(inner) as stream:
-            data = read_capped(source, stream)  # the same size cap as every other source
-    except UsageError as err:
-        raise ImageLoadError(source, err.message.removeprefix(f"{source}: ")) from None
-    except (OSError, ValueError) as exc:
-        raise ImageLoadError(source, f"cannot read it: {str(exc).splitlines()[0]}") from None
-    image = decode_image(source, io.BytesIO(data), empty_reason="empty file", exact=exact)
-    return LoadedImage(source=source, image=image, load_s=time.perf_counter() - started)
+
+def _open_fs(source: str):
+    """A pyarrow filesystem's stream of `source` (s3://...): the one image loader reads it."""
+    fs, inner = _filesystem(source)
+    return fs.open_input_stream(inner)
