@@ -162,6 +162,8 @@ def test_chat_survives_any_number_of_quick_ctrl_c(tiny_folder, isolated_home):
         child.sendline("/set n 4")
         child.expect("max_new_tokens = 4")
         _await_prompt(child)
+        child.sendline("/clear")  # the interrupted answers stay in the history: on a slow machine they fill
+        _await_prompt(child)      # the tiny model's context, and the next question would be refused as too long
         child.sendline("One more?")
         child.expect("generated")  # the --stats line: a whole answer after all those interrupts
         _await_prompt(child)
