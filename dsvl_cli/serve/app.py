@@ -45,6 +45,7 @@ from starlette.exceptions import HTTPException
 from dsvl_cli.errors import DsvlError
 from dsvl_cli.images.guard import MediaPolicy
 from dsvl_cli.results import Result, TextChunk
+from dsvl_cli.wire.protocol import parse_request
 from dsvl_cli.serve import decisions, gate, responses
 from dsvl_cli.serve import protocol as chat_api
 from dsvl_cli.serve.gate import ApiError, ClientClosed, from_dsvl
@@ -180,7 +181,7 @@ class Intake:
     async def _checked(self, request: Request, raw: bytearray):
         loop = asyncio.get_running_loop()
         self.limits.check_json_shape(raw)
-        req = await loop.run_in_executor(self._pool, chat_api.parse_request, raw)  # empties raw
+        req = await loop.run_in_executor(self._pool, parse_request, raw)  # empties raw
         chat_api.check_model(req.model, self.engine.name, self.names)
         gen = chat_api.generation_settings(req, self.defaults)
         self.limits.check_text(chat_api.check_messages(req))

@@ -32,6 +32,7 @@ from dsvl_cli.conversation import Conversation, check_text
 from dsvl_cli.decide.questions import parse_questions
 from dsvl_cli.decide.wire import body
 from dsvl_cli.errors import UsageError
+from dsvl_cli.wire.protocol import parse_request
 from dsvl_cli.serve import protocol
 from dsvl_cli.serve.jobs import Runs
 from dsvl_cli.serve.responses_wire import Turn, image_url
@@ -69,7 +70,7 @@ def register(app: FastAPI, model: str, intake, runs: Runs) -> None:
 async def _checked(intake, request: Request, raw: bytearray):
     """The chat API's checks in its order (app.Intake._checked), on a Decisions body."""
     intake.limits.check_json_shape(raw)
-    req = await intake.offload(protocol.parse_request, raw, DecisionRequest)  # empties raw
+    req = await intake.offload(parse_request, raw, DecisionRequest)  # empties raw
     protocol.check_model(req.model, intake.engine.name, intake.names)
     if req.questions is None:
         raise UsageError("questions: required (a list of 1-400 questions)")

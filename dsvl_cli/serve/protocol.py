@@ -42,7 +42,7 @@ from dsvl_cli.errors import ImageLoadError, UsageError
 from dsvl_cli.images import LoadedImage
 from dsvl_cli.results import Result, Stats
 from dsvl_cli.settings import GenerationSettings
-from dsvl_cli.wire.protocol import ChatRequest, Part, parse_request  # noqa: F401 (serve's callers read them here)
+from dsvl_cli.wire.protocol import ChatRequest, Part
 
 OPENAI_FINISH = {"stop": "stop", "length": "length", "interrupted": "stop"}
 DEFAULT_MODEL_ID = "default"  # the documented catch-all: whatever model the server has loaded

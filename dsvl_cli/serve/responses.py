@@ -30,6 +30,7 @@ from fastapi.responses import StreamingResponse
 from dsvl_cli.conversation import Conversation, Message
 from dsvl_cli.errors import DsvlError
 from dsvl_cli.results import Result, TextChunk
+from dsvl_cli.wire.protocol import parse_request
 from dsvl_cli.serve import gate, protocol
 from dsvl_cli.serve.gate import ApiError, from_dsvl
 from dsvl_cli.serve.jobs import Run, Runs
@@ -100,7 +101,7 @@ def _not_found(response_id: str) -> ApiError:
 async def _checked(intake, store: ResponseStore, request: Request, raw: bytearray) -> Ask:
     """The chat API's checks in its order (app.Intake._checked), on a Responses body."""
     intake.limits.check_json_shape(raw)
-    req = await intake.offload(protocol.parse_request, raw, ResponsesRequest)  # empties raw
+    req = await intake.offload(parse_request, raw, ResponsesRequest)  # empties raw
     protocol.check_model(req.model, intake.engine.name, intake.names)
     req.refuse_unsupported()
     gen = generation_settings(req, intake.defaults)
