@@ -79,6 +79,13 @@ class ContextLengthError(DsvlError):
     kind = "context_length"
 
 
+def of_kind(kind: str, message: str) -> DsvlError | None:
+    """The error whose `kind` this is, again (it crossed a process: a server's answer, a keep-alive
+    server's start-up line); None for a kind not listed here."""
+    cls = {c.kind: c for c in (UsageError, ModelError, GenerationError, ContextLengthError)}.get(kind)
+    return cls(message) if cls is not None else None
+
+
 # -- JSON from users and clients: bounded depth, bounded integers, finite numbers, UTF-8 ---------------
 
 JSON_MAX_DEPTH = 100  # arrays and objects inside each other; OpenAI bodies and schemas use < 20

@@ -11,9 +11,13 @@ Limits, on purpose:
   pixels, so the server sees exactly the pixels a local run would (dsvl serve decodes them as a
   local intake does); only a PNG over SEND_MAX_BYTES (dsvl serve's byte cap) goes at SEND_MAX_SIDE.
 - `cache` (chat's KV reuse) is ignored: the server keeps no per-client cache; cached_tokens is 0.
-- Timeouts: CONNECT_TIMEOUT_S to connect, READ_TIMEOUT_S between two pieces of the answer (a
-  queued request waits its turn within that). 429 and 503 are retried after their Retry-After for
-  up to BUSY_RETRY_S in all.
+- The client is httpx (connection pool, streaming; a unix socket for --keep-alive) and the stream
+  is read with httpx-sse (multi-line and comment events as the SSE spec has them). Timeouts:
+  CONNECT_TIMEOUT_S to connect, READ_TIMEOUT_S between two pieces of the answer (a queued request
+  waits its turn within that). 429 and 503 are retried after their Retry-After (0.1-10 s) for up
+  to BUSY_RETRY_S in all; httpx itself retries nothing, so no request is ever sent twice here.
+- Errors come back as the DsvlError they stand for (wire/errors.py: exit 2 for the request's
+  fault, 1 otherwise), naming the server unless they are about the request itself (400).
 - --schema / --regex / --choices travel as `response_format` / vLLM's `structured_outputs`
   (wire.py), --logprobs as OpenAI's `logprobs`/`top_logprobs`; the scores and logprob entries are
   read back and `data` is parsed here from the answer's text, so the --json output is a local run's.
@@ -35,19 +39,21 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-import requests
+import httpx
+from httpx_sse import EventSource, SSEError
 
 from dsvl_cli import __version__, wire
+from dsvl_cli.catalog import same_model
 from dsvl_cli.conversation import Conversation
 from dsvl_cli.engine.backend import Backend
-from dsvl_cli.catalog import same_model
-from dsvl_cli.errors import ContextLengthError, GenerationError, ModelError, UsageError, load_json
+from dsvl_cli.errors import ContextLengthError, DsvlError, GenerationError, ModelError, UsageError, load_json
 from dsvl_cli.images import LoadedImage
 from dsvl_cli.images.cache import SourceCache
 from dsvl_cli.images.decode import INTAKE_KEY, downscaled
 from dsvl_cli.results import Chunk, Result, Stats, TextChunk
 from dsvl_cli.settings import GenerationSettings
 from dsvl_cli.structured import answers
+from dsvl_cli.wire.errors import to_dsvl
 
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 600.0
@@ -55,7 +61,9 @@ BUSY_RETRY_S = 120.0
 _URI_CACHE_SIZE = 16
 SEND_MAX_SIDE = 1024  # a picture whose PNG is over SEND_MAX_BYTES is sent at this long side instead
 SEND_MAX_BYTES = 8 * 1024 * 1024  # under dsvl serve's per-image cap (10 MiB): sent as intake left it
-POOL_SIZE = 64  # kept-alive connections; more open streams than this still work, with a urllib3 warning
+POOL_SIZE = 64  # kept-alive connections; more open streams than this still work (not kept afterwards)
+TIMEOUT = httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
+LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=POOL_SIZE)
 
 
 def base_url(url: str) -> str:
@@ -82,10 +90,10 @@ class RemoteEngine(Backend):
         self.requested_model = model
         self._on_note = on_note
         self._noted: set[str] = set()
-        self._session = self._new_session()
-        self._session.headers["User-Agent"] = f"dsvl/{__version__}"
+        self._client = self._new_client()
+        self._client.headers["User-Agent"] = f"dsvl/{__version__}"
         if api_key:
-            self._session.headers["Authorization"] = f"Bearer {api_key}"
+            self._client.headers["Authorization"] = f"Bearer {api_key}"
         self._uris = SourceCache(keep=_URI_CACHE_SIZE)  # thread-safe: batch streams several records at once
         listing = self._server_json(self._request("GET", "/v1/models").content)
         models = listing.get("data") or [{}]
@@ -108,17 +116,17 @@ class RemoteEngine(Backend):
             return
         started = time.perf_counter()
         response = self._request("POST", "/v1/chat/completions", json=self.request_body(conversation, gen),
-                                 stream=True)
+                                 headers={"Accept": "text/event-stream"}, stream=True)
         pieces: list[str] = []
         finish, stats, usage, first_at, scores = None, None, None, None, None
         logprobs: list[dict] | None = [] if gen.logprobs is not None else None
         try:
-            for data in _sse_data(response):
+            for data in _sse_data(response, self.url):
                 if data == "[DONE]" or (stop_event is not None and stop_event.is_set()):
                     break
                 obj = self._server_json(data)
                 if "error" in obj:
-                    raise self._error(obj["error"], status=None)
+                    raise self._error(obj["error"] if isinstance(obj["error"], dict) else {}, status=None)
                 usage = obj.get("usage") or usage
                 self._note_model(obj.get("model"))
                 for choice in obj.get("choices") or []:
@@ -135,7 +143,7 @@ class RemoteEngine(Backend):
                         stats, scores = obj.get("stats"), obj.get("scores")
         except KeyboardInterrupt:  # Ctrl-C: closing the connection stops the server's generation
             finish = "interrupted"
-        except requests.RequestException as exc:
+        except httpx.HTTPError as exc:
             raise GenerationError(f"server {self.url}: connection lost while answering "
                                   f"({type(exc).__name__})") from None
         finally:
@@ -193,29 +201,33 @@ class RemoteEngine(Backend):
 
         return self._uris.get(id(loaded), png_uri)[1]  # chat resends its images every turn: encode once
 
-    def _new_session(self) -> requests.Session:
-        session = requests.Session()
-        for scheme in ("http://", "https://"):  # batch --server keeps several streams open at once
-            session.mount(scheme, requests.adapters.HTTPAdapter(pool_maxsize=POOL_SIZE))
-        return session
+    def _new_client(self) -> httpx.Client:
+        return httpx.Client(timeout=TIMEOUT, limits=LIMITS)  # batch --server keeps several streams open
 
-    def _send(self, method: str, path: str, **kwargs) -> requests.Response:
-        """One HTTP exchange (the keep-alive engine wraps it to restart a server that went away)."""
-        return self._session.request(method, self.url + path, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S), **kwargs)
+    def _send(self, method: str, path: str, **kwargs) -> httpx.Response:
+        """One HTTP exchange, its body not read yet (the keep-alive engine wraps it to restart a
+        server that went away)."""
+        return self._client.send(self._client.build_request(method, self.url + path, **kwargs), stream=True)
 
-    def _request(self, method: str, path: str, **kwargs) -> requests.Response:
-        """Send, retrying while the server is busy; errors become DsvlErrors naming the server."""
+    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        """Send, retrying while the server is busy; errors become DsvlErrors naming the server.
+        The answer's body is read unless the request asks for a stream (`stream=True`)."""
+        stream = kwargs.pop("stream", False)
         deadline = time.monotonic() + BUSY_RETRY_S
         while True:
             try:
                 response = self._send(method, path, **kwargs)
-            except requests.ConnectionError as exc:
+                if response.status_code < 400 and not stream:
+                    response.read()
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 from dsvl_cli.images.fetch import connection_text  # the root cause: refused, DNS, reset
 
                 raise ModelError(f"server {self.url} is not reachable ({connection_text(exc)}); "
                                  "start one with `dsvl serve` or check --server / DSVL_SERVER") from None
-            except requests.Timeout:
+            except httpx.TimeoutException:
                 raise GenerationError(f"server {self.url} did not answer within {READ_TIMEOUT_S:g} s") from None
+            except httpx.HTTPError as exc:
+                raise GenerationError(f"server {self.url}: the connection failed ({type(exc).__name__})") from None
             if response.status_code < 400:
                 return response
             wait = _retry_after(response)
@@ -223,43 +235,52 @@ class RemoteEngine(Backend):
                 response.close()
                 time.sleep(wait)
                 continue
-            try:
-                error = load_json(response.content).get("error") or {}
-            except (ValueError, AttributeError):
-                error = {}
-            if not isinstance(error, dict):
-                error = {"message": str(error)}
-            raise self._error(error, status=response.status_code, path=path)
+            raise self._error(_error_of(response), status=response.status_code, path=path)
 
     def _error(self, error: dict, *, status: int | None, path: str = "") -> Exception:
-        message = error.get("message") or f"HTTP {status}"
-        if status == 401:
-            return UsageError(f"server {self.url}: {message}; set DSVL_API_KEY or --api-key")
-        if error.get("code") == "context_length_exceeded":
-            return ContextLengthError(message)
-        if error.get("code") == "model_not_found":
-            return UsageError(f"server {self.url}: {message}")
-        if status == 400:
-            return UsageError(message)
+        """A server's error (its body's `error`, or an error event in a stream) as a DsvlError."""
         if status == 404 and path == "/v1/models":
             return ModelError(f"server {self.url} does not look like dsvl serve or an OpenAI-compatible "
                               "server (GET /v1/models: 404)")
-        return GenerationError(f"server {self.url}: {message}")
+        err = to_dsvl(error, status)
+        if status == 401:
+            return UsageError(f"server {self.url}: {err.message}; set DSVL_API_KEY or --api-key")
+        return err if status == 400 or isinstance(err, ContextLengthError) else self._named(err)
+
+    def _named(self, err: DsvlError) -> DsvlError:
+        """An error that is not about the request itself, naming the server it came from."""
+        named = type(err)(f"server {self.url}: {err.message}")
+        named.exit_code = err.exit_code
+        return named
 
 
-def _sse_data(response: requests.Response) -> Iterator[str]:
+def _error_of(response: httpx.Response) -> dict:
+    """The `error` object of an error answer ({} when the body is not OpenAI's error JSON)."""
+    try:
+        error = load_json(response.read()).get("error") or {}
+    except (ValueError, AttributeError, httpx.HTTPError):
+        return {}
+    finally:
+        response.close()
+    return error if isinstance(error, dict) else {"message": str(error)}
+
+
+def _sse_data(response: httpx.Response, url: str) -> Iterator[str]:
     """The `data:` payloads of a server-sent event stream, as they arrive."""
-    for raw in response.iter_lines(chunk_size=None):
-        line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        if line.startswith("data:"):
-            yield line[5:].strip()
+    try:
+        for event in EventSource(response).iter_sse():
+            if event.data:  # an event with no data (a named ping) carries nothing to read
+                yield event.data
+    except SSEError:  # not text/event-stream: a server that ignored `stream: true`
+        raise GenerationError(f"server {url} did not answer with an event stream "
+                              f"(Content-Type: {response.headers.get('content-type', 'none')})") from None
 
 
 def _positive(value, default: int) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
 
 
-def _retry_after(response: requests.Response) -> float:
+def _retry_after(response: httpx.Response) -> float:
     try:
         return min(max(float(response.headers.get("Retry-After", "1")), 0.1), 10.0)
     except ValueError:

@@ -30,16 +30,17 @@ import os
 import subprocess
 import sys
 
-import requests
+import httpx
 
-from dsvl_cli.engine import unix_http
+from dsvl_cli.engine.remote import POOL_SIZE, TIMEOUT, RemoteEngine
+from dsvl_cli.errors import DsvlError, ExitCode, ModelError, of_kind
 from dsvl_cli.keepalive import registry
 from dsvl_cli.keepalive.registry import Paths
-from dsvl_cli.engine.remote import POOL_SIZE, RemoteEngine
-from dsvl_cli.errors import ContextLengthError, DsvlError, ExitCode, GenerationError, ModelError, UsageError
 from dsvl_cli.settings import ModelSettings
 
-_ERRORS = {cls.kind: cls for cls in (UsageError, ModelError, GenerationError, ContextLengthError)}
+# The request could not reach the server, or the connection broke before its answer began: the
+# server idled out, crashed or was stopped since the last request; it is started again.
+_GONE = (httpx.NetworkError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
 
 
 SERVER_COMMAND = [sys.executable, "-m", "dsvl_cli.keepalive.server"]  # the server program: server.py
@@ -154,7 +155,8 @@ def _check_ready(line: bytes, paths: Paths, settings: ModelSettings) -> None:
     if not isinstance(error, dict):
         raise ModelError(f"the keep-alive server for {settings.model} exited while starting{_log_tail(paths)} "
                          f"(log: {paths.log})")
-    err = _ERRORS.get(error.get("kind"), DsvlError)(str(error.get("message")))
+    message = str(error.get("message"))
+    err = of_kind(error.get("kind"), message) or DsvlError(message)
     err.exit_code = ExitCode(int(error.get("exit_code", ExitCode.FAILURE)))
     raise err
 
@@ -177,32 +179,29 @@ class KeepAliveEngine(RemoteEngine):
     def __init__(self, settings: ModelSettings, keep_alive: float, command: list[str] = SERVER_COMMAND):
         self.settings, self.keep_alive, self.command = settings, keep_alive, command
         self.paths, self.status = ensure_server(settings, keep_alive, command)
-        super().__init__(f"http://{unix_http.HOST}")
+        super().__init__(f"http://{registry.HOST}")
         self.name = settings.model  # as the user named it, as a local run reports it
 
     @property
     def pid(self) -> int:
         return int(self.status["pid"])
 
-    def _new_session(self) -> requests.Session:
-        return unix_http.session(str(self.paths.socket), pool_maxsize=POOL_SIZE)
+    def _new_client(self) -> httpx.Client:
+        return registry.socket_client(self.paths.socket, timeout=TIMEOUT, pool=POOL_SIZE)
 
-    def _send(self, method: str, path: str, **kwargs) -> requests.Response:
+    def _send(self, method: str, path: str, **kwargs) -> httpx.Response:
         """Send; a server that went away in the meantime is started again and asked once more."""
         try:
             return super()._send(method, path, **kwargs)
-        except requests.ConnectionError:
+        except _GONE:
             pass
         self.paths, self.status = ensure_server(self.settings, self.keep_alive, self.command)
         try:
             return super()._send(method, path, **kwargs)
-        except requests.ConnectionError as exc:
+        except _GONE as exc:
             raise ModelError(f"the keep-alive server for {self.name} does not answer ({type(exc).__name__}; "
                              f"log: {self.paths.log})") from None
 
-    def _error(self, error: dict, *, status: int | None, path: str = "") -> Exception:
+    def _named(self, err: DsvlError) -> DsvlError:
         """The server's errors as a local run words them (no "server URL:" prefix)."""
-        err = super()._error(error, status=status, path=path)
-        if type(err) is GenerationError:
-            return GenerationError(error.get("message") or f"HTTP {status}")
         return err

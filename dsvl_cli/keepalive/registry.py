@@ -11,7 +11,7 @@ local folders made absolute), revision, device, dtype, quantization and compile.
 any of them gets another server; `--offline` and generation options do not (they change no weights).
 
 This module is what the client (keepalive/client.py), the server and `dsvl ps`/`dsvl stop`
-share: no requests, torch or fastapi at import. Limits: POSIX only (AF_UNIX, flock); a DSVL_HOME
+share: no httpx, torch or fastapi at import. Limits: POSIX only (AF_UNIX, flock); a DSVL_HOME
 whose socket path would pass the OS limit (~104 bytes) is refused with a clear error; `--device
 auto` and `--device cpu` are different keys even where they pick the same device (telling them
 apart would import torch in every client).
@@ -207,41 +207,51 @@ def terminate(pid: int, key: str, *, grace: float = 5.0) -> None:
 
 # -- talking to one ------------------------------------------------------------------------------
 
+HOST = "localhost"  # what the URLs and the Host header say; the socket path decides where they go
+
+
+def socket_client(socket_path: Path | str, *, timeout, pool: int = 1):
+    """An httpx Client whose `http://localhost/...` requests go to the unix socket `socket_path`.
+
+    httpx's own transport (`uds=`) opens the AF_UNIX connection; pooling, timeouts and streaming
+    are httpx's. trust_env is off: an HTTP(S)_PROXY or .netrc meant for the network must not apply."""
+    import httpx
+
+    transport = httpx.HTTPTransport(uds=str(socket_path), limits=httpx.Limits(
+        max_connections=None, max_keepalive_connections=pool))
+    return httpx.Client(transport=transport, base_url=f"http://{HOST}", timeout=timeout, trust_env=False)
+
+
 def probe(paths: Paths, *, touch: bool = False, keep_alive: float | None = None,
           read_timeout: float = PROBE_READ_S) -> dict | None:
     """The server's status, or None if none answers at `paths.socket` within the probe timeouts.
 
     `touch` counts as activity (a client is about to send work); `keep_alive` sets the idle time
     from now on (the last client's value wins, as in ollama). `dsvl ps` does neither."""
-    import requests
-
-    from dsvl_cli.engine import unix_http
+    import httpx
 
     if not paths.socket.exists():
         return None
     params = {"touch": "1"} if touch else {}
     if keep_alive is not None:
         params["keep_alive"] = repr(float(keep_alive))
-    with unix_http.session(str(paths.socket), pool_maxsize=1) as session:
+    with socket_client(paths.socket, timeout=httpx.Timeout(read_timeout, connect=PROBE_CONNECT_S)) as client:
         try:
-            response = session.get(f"http://{unix_http.HOST}/dsvl/status", params=params,
-                                   timeout=(PROBE_CONNECT_S, read_timeout))
+            response = client.get("/dsvl/status", params=params)
             status = response.json() if response.status_code == 200 else None
-        except (requests.RequestException, ValueError):
+        except (httpx.HTTPError, ValueError):
             return None
     return status if isinstance(status, dict) and status.get("key") == paths.key else None
 
 
 def request_stop(paths: Paths) -> bool:
     """Ask the server at `paths` to shut down cleanly (in-flight answers finish first)."""
-    import requests
+    import httpx
 
-    from dsvl_cli.engine import unix_http
-
-    with unix_http.session(str(paths.socket), pool_maxsize=1) as session:
+    with socket_client(paths.socket, timeout=httpx.Timeout(PROBE_READ_S, connect=PROBE_CONNECT_S)) as client:
         try:
-            return session.post(f"http://{unix_http.HOST}/dsvl/stop", timeout=(PROBE_CONNECT_S, PROBE_READ_S)).ok
-        except requests.RequestException:
+            return client.post("/dsvl/stop").is_success
+        except httpx.HTTPError:
             return False
 
 

@@ -42,24 +42,25 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from dsvl_cli.engine.loop import MAX_WAITING
 from dsvl_cli.errors import DsvlError
 from dsvl_cli.images.guard import MediaPolicy
 from dsvl_cli.results import Result, TextChunk
-from dsvl_cli.wire.protocol import parse_request
 from dsvl_cli.serve import decisions, gate, responses
 from dsvl_cli.serve import protocol as chat_api
-from dsvl_cli.serve.gate import ApiError, ClientClosed, from_dsvl
+from dsvl_cli.serve import metrics
+from dsvl_cli.serve.drain import Drain
+from dsvl_cli.serve.gate import ClientClosed
+from dsvl_cli.serve.jobs import Run, Runs
 from dsvl_cli.serve.limits import PromptCounter, ServeLimits, image_side
 from dsvl_cli.serve.logs import AccessLog
 from dsvl_cli.serve.media import ClientGone, MediaLoader
-from dsvl_cli.serve.drain import Drain
-from dsvl_cli.serve.jobs import Run, Runs
 from dsvl_cli.serve.response_store import STORE_BYTES, ResponseStore
-from dsvl_cli.engine.loop import MAX_WAITING
-from dsvl_cli.serve import metrics
 from dsvl_cli.serve.scheduler import Worker
 from dsvl_cli.serve.transport import GRACE_S, bind, configure_logging, make_server
 from dsvl_cli.settings import GenerationSettings
+from dsvl_cli.wire.errors import MODEL_NOT_FOUND, ApiError, error_body, from_dsvl
+from dsvl_cli.wire.protocol import parse_request
 
 __all__ = ["create_app", "bind", "make_server", "configure_logging", "GRACE_S"]
 PARSE_WORKERS = 2  # threads that parse bodies and count tokens (text-only requests need only these)
@@ -207,8 +208,7 @@ class Intake:
 def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(chat_api.error_body(exc.message, exc.type, exc.code, exc.param), exc.status,
-                            headers=exc.headers)
+        return JSONResponse(exc.body(), exc.status, headers=exc.headers)
 
     @app.exception_handler(DsvlError)
     async def dsvl_error(request: Request, exc: DsvlError) -> JSONResponse:
@@ -220,7 +220,7 @@ def _error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(chat_api.ModelNotFound)
     async def model_not_found(request: Request, exc: chat_api.ModelNotFound) -> JSONResponse:
-        return await api_error(request, ApiError(404, str(exc), code="model_not_found"))
+        return await api_error(request, ApiError(404, str(exc), code=MODEL_NOT_FOUND))
 
     @app.exception_handler(ClientClosed)
     @app.exception_handler(ClientGone)
@@ -266,12 +266,12 @@ async def _sse(run: Run, cid: str, model: str, include_usage: bool, request: Req
                     if include_usage:
                         parts.append(event(chat_api.usage_chunk(cid, model, item)))
                 elif isinstance(item, BaseException):  # after the headers: report it in the stream
-                    err = from_dsvl(item) if isinstance(item, DsvlError) else ApiError(500, str(item), "server_error")
-                    parts.append(event(chat_api.error_body(err.message, err.type, err.code)))
+                    err = from_dsvl(item)
+                    parts.append(event(error_body(err.message, err.type, err.code)))
             if parts:
                 yield "".join(parts)
         if run.cut:
-            yield event(chat_api.error_body("the server is shutting down; the answer was cut short",
+            yield event(error_body("the server is shutting down; the answer was cut short",
                                             "server_error", "server_shutdown"))
         yield "data: [DONE]\n\n"
     finally:

@@ -18,29 +18,7 @@ import secrets
 
 from starlette.requests import ClientDisconnect, Request
 
-from dsvl_cli.errors import ContextLengthError, DsvlError, ExitCode, ImageLoadError
-from dsvl_cli.serve.protocol import error_body
-
-
-class ApiError(Exception):
-    """An HTTP error in OpenAI's shape."""
-
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 code: str | None = None, headers: dict | None = None, param: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.code, self.headers = status, message, type_, code, headers
-        self.param = param  # the request field at fault, when one is
-
-
-def from_dsvl(err: DsvlError) -> ApiError:
-    """The HTTP status and OpenAI error of a dsvl error: bad input 400, anything else 500."""
-    if isinstance(err, ContextLengthError):
-        return ApiError(400, err.message, code="context_length_exceeded")
-    if isinstance(err, ImageLoadError):
-        return ApiError(400, err.message, code="invalid_image")
-    if err.exit_code == ExitCode.USAGE:
-        return ApiError(400, err.message)
-    return ApiError(500, err.message, "server_error", err.kind)
+from dsvl_cli.wire.errors import ApiError, error_body
 
 
 class ClientClosed(Exception):

@@ -19,7 +19,8 @@ from starlette.requests import Request
 from dsvl_cli.errors import GenerationError
 from dsvl_cli.results import Result, TextChunk
 from dsvl_cli.serve.drain import Drain
-from dsvl_cli.serve.gate import ApiError, ClientClosed
+from dsvl_cli.serve.gate import ClientClosed
+from dsvl_cli.wire.errors import ApiError
 from dsvl_cli.serve.scheduler import END, QueueFull, Worker
 from dsvl_cli.settings import GenerationSettings
 

@@ -188,9 +188,3 @@ def usage_chunk(cid: str, model: str, result: Result) -> dict:
     """The extra last chunk OpenAI sends with `stream_options: {include_usage: true}`."""
     return {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
             "choices": [], "usage": usage(result.stats)}
-
-
-def error_body(message: str, type_: str = "invalid_request_error", code: str | None = None,
-               param: str | None = None) -> dict:
-    """OpenAI's error JSON: {"error": {"message", "type", "param", "code"}}."""
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}

@@ -28,11 +28,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 from dsvl_cli.conversation import Conversation, Message
-from dsvl_cli.errors import DsvlError
 from dsvl_cli.results import Result, TextChunk
-from dsvl_cli.wire.protocol import parse_request
 from dsvl_cli.serve import gate, protocol
-from dsvl_cli.serve.gate import ApiError, from_dsvl
+from dsvl_cli.wire.errors import ApiError, from_dsvl
+from dsvl_cli.wire.protocol import parse_request
 from dsvl_cli.serve.jobs import Run, Runs
 from dsvl_cli.serve.response_store import HistoryGone, ResponseStore, StoredResponse
 from dsvl_cli.serve.responses_wire import (Events, ResponsesRequest, Shell, generation_settings, new_id, read_input,
@@ -181,7 +180,7 @@ async def _events(run: Run, shell: Shell, ask: Ask, store: ResponseStore, reques
                     if not run.cut:
                         _keep(store, ask, body, item)
                 elif isinstance(item, BaseException):  # after the headers: the stream says it
-                    err = from_dsvl(item) if isinstance(item, DsvlError) else ApiError(500, str(item), "server_error")
+                    err = from_dsvl(item)
                     body = shell.body("failed", text="".join(pieces),
                                       error={"code": err.code or err.type, "message": err.message})
                 else:
