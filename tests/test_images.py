@@ -682,7 +682,7 @@ def test_dns_failure_reason_is_short():
         except socket.gaierror as inner:
             raise requests.ConnectionError("HTTPSConnectionPool(host='nope.invalid')...") from inner
     except requests.ConnectionError as outer:
-        reason = fetch._request_reason(outer)
+        reason = fetch.failure_reason(outer)
     assert reason == "could not connect: could not resolve the host name"
 
 

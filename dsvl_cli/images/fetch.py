@@ -1,9 +1,9 @@
 """Fetching an image over http(s): timeouts, a redirect limit and a byte cap.
 
-requests is imported only when a URL is fetched. With an ImageGuard (the server), redirects are
-followed here hop by hop so the media policy sees every URL, and connections go through
-`_GuardedAdapter`, which resolves the host itself, checks every address and connects to a checked
-one (guard.py). Without one (the CLI), requests follows redirects and connects as usual.
+requests is imported only when a URL is fetched. `from_url` is the CLI's fetch: requests follows
+redirects and connects as usual. The server's fetch (guarded.py: the media policy on every hop,
+connections only to checked addresses) shares what is here: `new_session`, `read_response` (status,
+type and the byte cap while streaming) and `failure_reason` (one short line per failure).
 """
 
 from __future__ import annotations
@@ -30,18 +30,27 @@ def from_url(source: str, exact: bool, want: Want) -> list[tuple[str, Image.Imag
     cap = max_image_bytes()
     timeout = (CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
     try:
-        with requests.Session() as session:
-            session.max_redirects = MAX_REDIRECTS
-            session.headers["User-Agent"] = f"dsvl/{__version__}"
-            with session.get(source, stream=True, timeout=timeout) as resp:
-                body = _read_response(source, resp, cap)
+        with new_session() as session, session.get(source, stream=True, timeout=timeout) as resp:
+            body = read_response(source, resp, cap)
     except requests.RequestException as e:
-        raise ImageLoadError(source, _request_reason(e)) from None
+        raise ImageLoadError(source, failure_reason(e)) from None
     return decode_pictures(source, io.BytesIO(body), want, empty_reason="URL returned an empty body", url=True,
                            exact=exact)
 
 
-def _read_response(source: str, resp, cap: int, guard: ImageGuard | None = None) -> bytes:
+def new_session(*, trust_env: bool = True):
+    """A requests Session for image fetches: dsvl's User-Agent, at most MAX_REDIRECTS redirects.
+    `trust_env=False`: no proxy or .netrc from the environment (the server's guarded fetch)."""
+    import requests
+
+    session = requests.Session()
+    session.max_redirects = MAX_REDIRECTS
+    session.trust_env = trust_env
+    session.headers["User-Agent"] = f"dsvl/{__version__}"
+    return session
+
+
+def read_response(source: str, resp, cap: int, guard: ImageGuard | None = None) -> bytes:
     """Check status and headers, then stream the body under the byte cap (and the guard's deadline)."""
     if resp.status_code >= 400:
         try:
@@ -68,7 +77,7 @@ def _read_response(source: str, resp, cap: int, guard: ImageGuard | None = None)
     return bytes(body)
 
 
-def _request_reason(e: Exception) -> str:
+def failure_reason(e: Exception) -> str:
     """One short line for a requests failure; the most specific classes are tested first."""
     from requests import exceptions as rex
     from urllib3.exceptions import ReadTimeoutError

@@ -22,7 +22,6 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import NewConnectionError
 
-from dsvl_cli import __version__
 from dsvl_cli.errors import ImageLoadError
 from dsvl_cli.images import fetch
 from dsvl_cli.images.pictures import Want, decode_pictures
@@ -53,19 +52,17 @@ def fetch_guarded(source: str, guard: ImageGuard) -> bytes:
                     if resp.status_code in _REDIRECTS and resp.headers.get("Location"):
                         url = urljoin(url, resp.headers["Location"])
                         continue
-                    return fetch._read_response(source, resp, guard.max_bytes, guard)
+                    return fetch.read_response(source, resp, guard.max_bytes, guard)
             raise ImageLoadError(source, "too many redirects")
     except Blocked as exc:
         raise ImageLoadError(source, f"not allowed: {exc}") from None
     except requests.RequestException as exc:
         guard.check(source)  # a socket shut down by cancel(): say why, not "connection broken"
-        raise ImageLoadError(source, fetch._request_reason(exc)) from None
+        raise ImageLoadError(source, fetch.failure_reason(exc)) from None
 
 
 def _session(guard: ImageGuard) -> requests.Session:
-    session = requests.Session()
-    session.trust_env = False  # no proxy from the environment (it would hide the address), no .netrc
-    session.headers["User-Agent"] = f"dsvl/{__version__}"
+    session = fetch.new_session(trust_env=False)  # a proxy from the environment would hide the address
     adapter = _GuardedAdapter(guard)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
