@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from conftest import EXAMPLES, REPO, load_reference, reference_generate
 
 SHAPES, SUNSET, CHART = (str(EXAMPLES / n) for n in ("shapes.png", "sunset.jpg", "chart.png"))
@@ -65,6 +67,35 @@ def test_openai_batch_shape():
                                                        {"role": "assistant", "content": "b"}]}}
     (err,) = _parse([json.dumps(bad)])
     assert err.id == "req-2" and "one user message" in err.message
+
+
+@pytest.mark.parametrize("fields", [
+    {"temperature": -1}, {"top_p": 0}, {"max_tokens": 0}, {"seed": 2 ** 70},
+    {"stop": 3}, {"response_format": "json"}, {"model": 5},
+])
+def test_openai_body_records_are_checked_by_the_request_model_serve_uses(fields):
+    from dsvl_cli.batch.records import BadRecord
+    from dsvl_cli.errors import UsageError
+    from dsvl_cli.wire.protocol import parse_request
+
+    body = {"messages": [{"role": "user", "content": "Hi"}], **fields}
+    with pytest.raises(UsageError) as served:  # what `dsvl serve` answers (400) for this body
+        parse_request(bytearray(json.dumps(body).encode()))
+    (err,) = _parse([json.dumps({"custom_id": "r", "body": body})])
+    assert isinstance(err, BadRecord) and err.id == "r" and err.type == "invalid_record"
+    assert err.message == "body." + served.value.message
+    assert err.message.startswith(f"body.{next(iter(fields))}: ")
+
+
+def test_openai_body_records_take_numbers_as_json_numbers_only():
+    from dsvl_cli.batch.records import BadRecord
+
+    given = [("temperature", "0.5"), ("max_tokens", 5.0), ("max_tokens", True), ("top_k", "3"), ("logprobs", "yes")]
+    lines = [json.dumps({"custom_id": i, "body": {"messages": [{"role": "user", "content": "Hi"}], k: v}})
+             for i, (k, v) in enumerate(given)]
+    errors = _parse(lines)  # dsvl serve takes these as OpenAI's SDKs never send them; a record file is stricter
+    assert [e.id for e in errors] == list(range(len(given)))
+    assert all(isinstance(e, BadRecord) and e.message.startswith(f"body.{given[e.id][0]}: ") for e in errors)
 
 
 def test_tsv_and_plain_lines():

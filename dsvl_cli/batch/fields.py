@@ -29,6 +29,8 @@ _FLOAT_OPTIONS = ("temperature", "top_p", "repetition_penalty")
 _FORMAT_KEYS = ("schema", "regex", "choices")  # a record's own --schema (an object, or the CLI's forms) / --regex / --choices
 _RECORD_KEYS = {"id", "custom_id", "image", "images", "prompt", "system", "stop", *_INT_OPTIONS, *_FLOAT_OPTIONS,
                 *_FORMAT_KEYS, "logprobs", "questions"}
+# An OpenAI body's fields a record may hold: the command's --model answers whatever `model` says.
+_BODY_FIELDS = {"messages", "model", *wire.SAMPLING_FIELDS, *wire.LOGPROB_FIELDS, *wire.ANSWER_FORMAT_FIELDS}
 
 
 class _Refused(Exception):
@@ -144,17 +146,19 @@ def _record_format(data: dict):
 
 
 def _from_openai(data: dict, number: int, id_: Any, base: GenerationSettings) -> Record:
+    """An OpenAI batch-file line: its `body` read by the same request model as `dsvl serve` reads
+    (wire/protocol.py, strict: no "0.5" for a number), within batch's rules: one user message after
+    an optional system message, and no field it would ignore (`stream`, `n` > 1, tools...)."""
+    from pydantic import ValidationError
+
+    from dsvl_cli.wire.protocol import ChatRequest, first_error, generation_settings
+
     body = data["body"]
     if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
         raise _Refused("invalid_record", "body.messages must be a list")
-    options: dict = wire.logprob_changes(body)
     for key, value in body.items():
-        if key in ("messages", "model", *wire.LOGPROB_FIELDS, *wire.ANSWER_FORMAT_FIELDS) or (key == "n" and value == 1):
-            continue  # the command's --model answers; logprobs and the answer format are read apart
-        if key not in wire.SAMPLING_FIELDS:
+        if key not in _BODY_FIELDS and not (key == "n" and value == 1):
             raise _Refused("invalid_record", f"unsupported body field: {key}")
-        if value is not None:
-            options[wire.SAMPLING_FIELDS[key]] = value
     system, user = None, None
     for message in body["messages"]:
         role = message.get("role") if isinstance(message, dict) else None
@@ -166,11 +170,15 @@ def _from_openai(data: dict, number: int, id_: Any, base: GenerationSettings) ->
             raise _Refused("invalid_record", "only one user message (after an optional system message) is supported")
     if user is None or not user[0].strip():
         raise _Refused("invalid_record", "missing prompt: the user message has no text")
+    try:
+        request = ChatRequest.model_validate(body, strict=True)
+    except ValidationError as exc:
+        raise _Refused("invalid_record", "body." + first_error(exc)) from None
     system = base.system if system is None else system
-    answer_format = wire.answer_format(body)
-    if answer_format is not None:
-        options["answer_format"] = answer_format
-    return Record(id_, number, check_text(user[0]), _sources(user[1]), system, _settings(base, options, system))
+    if system is not None:
+        check_text(system, "system")
+    return Record(id_, number, check_text(user[0]), _sources(user[1]), system,
+                  generation_settings(request, base.replace(system=system)))
 
 
 def _openai_text(content: Any, *, allow_images: bool) -> tuple[str, list[str]]:

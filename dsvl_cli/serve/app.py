@@ -60,7 +60,7 @@ from dsvl_cli.serve.scheduler import Worker
 from dsvl_cli.serve.transport import GRACE_S, bind, configure_logging, make_server
 from dsvl_cli.settings import GenerationSettings
 from dsvl_cli.wire.errors import MODEL_NOT_FOUND, ApiError, error_body, from_dsvl
-from dsvl_cli.wire.protocol import parse_request
+from dsvl_cli.wire.protocol import generation_settings, parse_request
 
 __all__ = ["create_app", "bind", "make_server", "configure_logging", "GRACE_S"]
 PARSE_WORKERS = 2  # threads that parse bodies and count tokens (text-only requests need only these)
@@ -184,7 +184,7 @@ class Intake:
         self.limits.check_json_shape(raw)
         req = await loop.run_in_executor(self._pool, parse_request, raw)  # empties raw
         chat_api.check_model(req.model, self.engine.name, self.names)
-        gen = chat_api.generation_settings(req, self.defaults)
+        gen = generation_settings(req, self.defaults)
         self.limits.check_text(chat_api.check_messages(req))
         sources = chat_api.image_sources(req)
         self.limits.check_images(len(sources))

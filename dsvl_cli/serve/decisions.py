@@ -35,7 +35,7 @@ from dsvl_cli.errors import UsageError
 from dsvl_cli.wire.protocol import parse_request
 from dsvl_cli.serve import protocol
 from dsvl_cli.serve.jobs import Runs
-from dsvl_cli.serve.responses_wire import Turn, image_url
+from dsvl_cli.serve.responses_wire import RequestInput, image_url
 from dsvl_cli.structured.spec import decisions_format
 
 ROLES = ("user", "system", "developer", "assistant")
@@ -88,17 +88,17 @@ async def _checked(intake, request: Request, raw: bytearray):
     return conversation, intake.defaults.replace(answer_format=decisions_format(questions))
 
 
-def _conversation(turn: Turn, images) -> Conversation:
+def _conversation(turn: RequestInput, images) -> Conversation:
     return Conversation(turn.build(images), system="\n\n".join(turn.systems) if turn.systems else None)
 
 
-def read_input(value: Any) -> Turn:
+def read_input(value: Any) -> RequestInput:
     """Every input item checked before anything is loaded (UsageError / ImageLoadError name it)."""
     if isinstance(value, str):
-        return Turn(messages=[("user", check_text(value, "input"), [])])
+        return RequestInput(messages=[("user", check_text(value, "input"), [])])
     if not isinstance(value, list) or not value:
         raise UsageError("input: required: a string or a list of at least one message")
-    turn = Turn()
+    turn = RequestInput()
     for index, item in enumerate(value):
         where = f"input.{index}"
         if not isinstance(item, dict):

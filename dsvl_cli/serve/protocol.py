@@ -41,7 +41,6 @@ from dsvl_cli.catalog import same_model
 from dsvl_cli.errors import ImageLoadError, UsageError
 from dsvl_cli.images import LoadedImage
 from dsvl_cli.results import Result, Stats
-from dsvl_cli.settings import GenerationSettings
 from dsvl_cli.wire.protocol import ChatRequest, Part
 
 OPENAI_FINISH = {"stop": "stop", "length": "length", "interrupted": "stop"}
@@ -50,14 +49,6 @@ DEFAULT_MODEL_ID = "default"  # the documented catch-all: whatever model the ser
 
 class ModelNotFound(Exception):
     """The request names a model this server does not serve (404 model_not_found, as OpenAI)."""
-
-
-def generation_settings(req: ChatRequest, defaults: GenerationSettings) -> GenerationSettings:
-    """The server's defaults, with what the request sets (UsageError when out of range)."""
-    gen = defaults.replace(**wire.settings_changes(req.model_dump(include=set(wire.SAMPLING_FIELDS))),
-                           **wire.logprob_changes(req.model_dump(include=set(wire.LOGPROB_FIELDS))))
-    answer_format = wire.answer_format(req.model_dump(include=set(wire.ANSWER_FORMAT_FIELDS)))
-    return gen.replace(answer_format=answer_format) if answer_format is not None else gen
 
 
 def image_sources(req: ChatRequest) -> list[str]:

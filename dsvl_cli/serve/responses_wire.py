@@ -86,7 +86,7 @@ class ResponsesRequest(BaseModel):
 
 
 @dataclass
-class Turn:
+class RequestInput:
     """The new input of one request: system texts, then messages as (role, text, image URLs)."""
 
     systems: list[str] = field(default_factory=list)
@@ -105,13 +105,13 @@ class Turn:
         return [Message(role, text, pictures_of(images, urls)) for role, text, urls in self.messages]
 
 
-def read_input(req: ResponsesRequest) -> Turn:
+def read_input(req: ResponsesRequest) -> RequestInput:
     """Every input item checked before anything is loaded (UsageError / ImageLoadError name it)."""
     if isinstance(req.input, str):
-        return Turn(messages=[("user", check_text(req.input, "input"), [])])
+        return RequestInput(messages=[("user", check_text(req.input, "input"), [])])
     if not isinstance(req.input, list) or not req.input:
         raise UsageError("input: give a string or a list of at least one message")
-    turn = Turn()
+    turn = RequestInput()
     for index, item in enumerate(req.input):
         where = f"input.{index}"
         if not isinstance(item, dict):

@@ -13,7 +13,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dsvl_cli.errors import UsageError, load_json
-from dsvl_cli.wire.messages import MAX_CHOICES
+from dsvl_cli.wire.messages import (ANSWER_FORMAT_FIELDS, LOGPROB_FIELDS, MAX_CHOICES, SAMPLING_FIELDS, answer_format,
+                                    logprob_changes, settings_changes)
 
 SEED_RANGE = (-(1 << 63), (1 << 64) - 1)  # what torch.manual_seed takes
 
@@ -98,6 +99,26 @@ class ChatRequest(BaseModel):
         return self
 
 
+def generation_settings(req: ChatRequest, defaults):
+    """GenerationSettings `defaults` with what the request sets (UsageError when out of range)."""
+    gen = defaults.replace(**settings_changes(req.model_dump(include=set(SAMPLING_FIELDS))),
+                           **logprob_changes(req.model_dump(include=set(LOGPROB_FIELDS))))
+    fmt = answer_format(req.model_dump(include=set(ANSWER_FORMAT_FIELDS)))
+    return gen.replace(answer_format=fmt) if fmt is not None else gen
+
+
+def first_error(exc: ValidationError) -> str:
+    """`where: what` of a validation error's first problem (union branches left out of `where`)."""
+    first = exc.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in first["loc"] if not _branch(p)) or "body"
+    return f"{where}: {first['msg']}"
+
+
+def _branch(part) -> bool:  # pydantic names the member of a union it tried: `str`, `list[...]`, `constrained-str`
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool", "dict", "list") or "[" in part
+                                      or "-" in part)
+
+
 def parse_request(raw: bytearray, schema: type[BaseModel] = ChatRequest):
     """Parse and validate a JSON body (as a ChatRequest, or another API's `schema`); UsageError
     names the first bad field. Empties `raw`.
@@ -119,6 +140,4 @@ def parse_request(raw: bytearray, schema: type[BaseModel] = ChatRequest):
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise UsageError(f"{where}: {first['msg']}") from None
+        raise UsageError(first_error(exc)) from None
