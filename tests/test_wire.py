@@ -151,3 +151,31 @@ def test_a_server_that_is_not_there_is_named():
 
     with pytest.raises(ModelError, match=r"server http://mock.test is not reachable .*dsvl serve"):
         Mock(refused)
+
+
+def test_chunks_of_the_wrong_shape_are_read_as_far_as_they_make_sense():
+    odd = [{"choices": "not a list"}, {"choices": [5, {"delta": ["x"]}, {"delta": {"content": 7}}]},
+           {"choices": [{"delta": {"content": "fine"}, "logprobs": ["x"]}], "model": 3, "usage": "many"},
+           {"choices": [{"delta": {}, "finish_reason": "stop"}], "stats": "fast", "scores": {"a": 1}}]
+    body = "".join("data: " + json.dumps(obj) + "\n\n" for obj in odd) + "data: [DONE]\n\n"
+
+    def chat(request):
+        return httpx.Response(200, headers={"Content-Type": "text/event-stream"}, content=body)
+
+    text, result = _ask(Mock(_server(chat)))
+    assert text == "fine" and result.finish_reason == "stop" and result.scores is None
+
+
+def test_what_serve_sends_is_what_the_client_reads():
+    from dsvl_cli.results import Stats
+    from dsvl_cli.wire import chunks
+
+    result = Result(answer="a", finish_reason="interrupted", stats=Stats(prompt_tokens=4, generated_tokens=1),
+                    scores=[{"label": "a", "probability": 1.0, "logprob": 0.0}])
+    entries = [{"token": "a", "logprob": -0.1, "bytes": [97], "top_logprobs": []}]
+    sent = json.loads(json.dumps(chunks.final_chunk("id", "m", result, entries)))
+    assert sent["choices"][0]["finish_reason"] == "stop"  # OpenAI's word; dsvl's rides beside it
+    got = chunks.read_chunk(sent)
+    (piece,) = got.pieces
+    assert (piece.finish, piece.logprobs, got.scores, got.model) == ("interrupted", entries, result.scores, "m")
+    assert Stats.from_dict(got.stats) == result.stats

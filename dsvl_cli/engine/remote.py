@@ -53,6 +53,7 @@ from dsvl_cli.images.decode import INTAKE_KEY, downscaled
 from dsvl_cli.results import Chunk, Result, Stats, TextChunk
 from dsvl_cli.settings import GenerationSettings
 from dsvl_cli.structured import answers
+from dsvl_cli.wire.chunks import read_chunk
 from dsvl_cli.wire.errors import to_dsvl
 
 CONNECT_TIMEOUT_S = 5.0
@@ -124,23 +125,20 @@ class RemoteEngine(Backend):
             for data in _sse_data(response, self.url):
                 if data == "[DONE]" or (stop_event is not None and stop_event.is_set()):
                     break
-                obj = self._server_json(data)
-                if "error" in obj:
-                    raise self._error(obj["error"] if isinstance(obj["error"], dict) else {}, status=None)
-                usage = obj.get("usage") or usage
-                self._note_model(obj.get("model"))
-                for choice in obj.get("choices") or []:
-                    entries = (choice.get("logprobs") or {}).get("content") or None
-                    if logprobs is not None and entries:
-                        logprobs += entries
-                    piece = (choice.get("delta") or {}).get("content")
-                    if piece:
+                got = read_chunk(self._server_json(data))
+                if got.error is not None:
+                    raise self._error(got.error, status=None)
+                usage = got.usage or usage
+                self._note_model(got.model)
+                for piece in got.pieces:
+                    if logprobs is not None and piece.logprobs:
+                        logprobs += piece.logprobs
+                    if piece.text:
                         first_at = first_at or time.perf_counter()
-                        pieces.append(piece)
-                        yield TextChunk(piece, logprobs=entries)
-                    if choice.get("finish_reason"):
-                        finish = obj.get("dsvl_finish_reason") or choice["finish_reason"]
-                        stats, scores = obj.get("stats"), obj.get("scores")
+                        pieces.append(piece.text)
+                        yield TextChunk(piece.text, logprobs=piece.logprobs)
+                    if piece.finish:
+                        finish, stats, scores = piece.finish, got.stats, got.scores
         except KeyboardInterrupt:  # Ctrl-C: closing the connection stops the server's generation
             finish = "interrupted"
         except httpx.HTTPError as exc:

@@ -59,6 +59,7 @@ from dsvl_cli.serve.response_store import STORE_BYTES, ResponseStore
 from dsvl_cli.serve.scheduler import Worker
 from dsvl_cli.serve.transport import GRACE_S, bind, configure_logging, make_server
 from dsvl_cli.settings import GenerationSettings
+from dsvl_cli.wire import chunks
 from dsvl_cli.wire.errors import MODEL_NOT_FOUND, ApiError, error_body, from_dsvl
 from dsvl_cli.wire.protocol import generation_settings, parse_request
 
@@ -129,14 +130,14 @@ def create_app(engine, *, defaults: GenerationSettings | None = None, api_key: s
         stream, include_usage, gen, conversation = await intake.read(request)
         run = await runs.start(conversation, gen, request)
         del conversation
-        cid = chat_api.new_id()
+        cid = chunks.new_id()
         if stream:
             events = _sse(run, cid, engine.name, include_usage, request)
             return StreamingResponse(events, media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         result = await run.result()
         _note_tokens(request, result)
-        return chat_api.completion(cid, engine.name, result)
+        return chunks.completion(cid, engine.name, result)
 
     responses.register(app, engine.name, intake, runs, ResponseStore(response_store_bytes))
     decisions.register(app, engine.name, intake, runs)
@@ -252,19 +253,19 @@ async def _sse(run: Run, cid: str, model: str, include_usage: bool, request: Req
 
     sent = 0  # logprob entries sent with content chunks; the finish chunk carries the rest
     try:
-        yield event(chat_api.chunk(cid, model, {"role": "assistant", "content": ""}))
+        yield event(chunks.chunk(cid, model, {"role": "assistant", "content": ""}))
         async for batch in run.batches():  # what arrived together goes out in one write
             parts = []
             for item in batch:
                 if isinstance(item, TextChunk):
                     sent += len(item.logprobs or ())
-                    parts.append(event(chat_api.chunk(cid, model, {"content": item.text}, logprobs=item.logprobs)))
+                    parts.append(event(chunks.chunk(cid, model, {"content": item.text}, logprobs=item.logprobs)))
                 elif isinstance(item, Result):
                     _note_tokens(request, item)
                     rest = item.logprobs[sent:] if item.logprobs is not None else None
-                    parts.append(event(chat_api.final_chunk(cid, model, item, rest)))
+                    parts.append(event(chunks.final_chunk(cid, model, item, rest)))
                     if include_usage:
-                        parts.append(event(chat_api.usage_chunk(cid, model, item)))
+                        parts.append(event(chunks.usage_chunk(cid, model, item)))
                 elif isinstance(item, BaseException):  # after the headers: report it in the stream
                     err = from_dsvl(item)
                     parts.append(event(error_body(err.message, err.type, err.code)))

@@ -1,7 +1,8 @@
 """OpenAI Chat Completions shapes: parse a request into dsvl's types, build responses and errors.
 
-Kept apart from app.py so the HTTP plumbing and the wire format can be read (and changed)
-separately. pydantic is imported here; only `dsvl serve` imports this module.
+Kept apart from app.py so the HTTP plumbing and the mapping of a request can be read (and changed)
+separately; the answers' shapes (completion, chunks) are wire/chunks.py's, which the `--server`
+client reads back. pydantic is imported here; only `dsvl serve` imports this module.
 
 Mapping, on purpose:
 - `system` and `developer` messages become Conversation.system (joined by blank lines); an empty
@@ -30,20 +31,16 @@ Mapping, on purpose:
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from dsvl_cli import wire
-from dsvl_cli.conversation import Conversation, Message, check_text
 from dsvl_cli.catalog import same_model
+from dsvl_cli.conversation import Conversation, Message, check_text
 from dsvl_cli.errors import ImageLoadError, UsageError
 from dsvl_cli.images import LoadedImage
-from dsvl_cli.results import Result, Stats
 from dsvl_cli.wire.protocol import ChatRequest, Part
 
-OPENAI_FINISH = {"stop": "stop", "length": "length", "interrupted": "stop"}
 DEFAULT_MODEL_ID = "default"  # the documented catch-all: whatever model the server has loaded
 
 
@@ -123,59 +120,3 @@ def check_model(requested: str | None, served: str, accepted: frozenset[str]) ->
     if requested is not None and requested not in accepted:
         raise ModelNotFound(f"the model `{requested}` does not exist on this server; it serves `{served}` "
                             f'(send that, one of its aliases, or "{DEFAULT_MODEL_ID}")')
-
-
-# -- responses ------------------------------------------------------------------------------------
-
-def new_id() -> str:
-    return "chatcmpl-" + uuid.uuid4().hex[:24]
-
-
-def usage(stats: Stats) -> dict:
-    return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.generated_tokens,
-            "total_tokens": stats.prompt_tokens + stats.generated_tokens,
-            "prompt_tokens_details": {"cached_tokens": stats.cached_tokens}}
-
-
-def completion(cid: str, model: str, result: Result) -> dict:
-    """A non-streamed `chat.completion`, plus dsvl's stats and finish_reason as extra fields (and
-    `scores`, each label's probability, when the request asked for a choice)."""
-    return {
-        "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.answer},
-                     "logprobs": _logprobs(result.logprobs),
-                     "finish_reason": OPENAI_FINISH.get(result.finish_reason, "stop")}],
-        "usage": usage(result.stats),
-        "stats": result.stats.to_dict(),
-        "dsvl_finish_reason": result.finish_reason,
-        **_scores(result),
-    }
-
-
-def chunk(cid: str, model: str, delta: dict, finish: str | None = None, *, logprobs: list[dict] | None = None,
-          **extra) -> dict:
-    """One `chat.completion.chunk` of a stream (`logprobs`: the entries of this chunk's tokens)."""
-    return {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": _logprobs(logprobs), "finish_reason": finish}],
-            **extra}
-
-
-def final_chunk(cid: str, model: str, result: Result, logprobs: list[dict] | None = None) -> dict:
-    """The finish chunk: dsvl's stats, the label `scores` of a choice, and the logprob entries of
-    tokens no content chunk carried yet."""
-    return chunk(cid, model, {}, OPENAI_FINISH.get(result.finish_reason, "stop"), logprobs=logprobs,
-                 stats=result.stats.to_dict(), dsvl_finish_reason=result.finish_reason, **_scores(result))
-
-
-def _logprobs(entries: list[dict] | None) -> dict | None:
-    return None if entries is None else {"content": entries, "refusal": None}
-
-
-def _scores(result: Result) -> dict:
-    return {} if result.scores is None else {"scores": result.scores}
-
-
-def usage_chunk(cid: str, model: str, result: Result) -> dict:
-    """The extra last chunk OpenAI sends with `stream_options: {include_usage: true}`."""
-    return {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": [], "usage": usage(result.stats)}

@@ -1,5 +1,8 @@
-"""OpenAI's wire format, below engine and serve: `messages` (bodies <-> dsvl's types, no pydantic)
-and `protocol` (the pydantic request models, imported by name where needed, not from here)."""
+"""OpenAI's wire format, below engine and serve, one module per part: `messages` (bodies <-> dsvl's
+types, no pydantic), `protocol` (the pydantic request models and the body parser), `chunks` (the
+answers: sent by serve, read by the --server client), `errors` (DsvlError <-> OpenAI's error).
+Only `messages` is re-exported here: the others are imported by name where needed (pydantic and
+the server's shapes stay out of a plain `import dsvl_cli.wire`)."""
 
 from dsvl_cli.wire.messages import (
     ANSWER_FORMAT_FIELDS,

@@ -1,8 +1,8 @@
 """The OpenAI Chat Completions message shape, mapped to and from dsvl's types in one place.
 
-Three places speak it: the server reads requests (serve/protocol.py validates them with pydantic
-first), the HTTP client engine writes them (engine/remote.py, for `--server`), and `dsvl batch`
-reads OpenAI batch files (batch/inputs.py). No pydantic, no requests here.
+Three places speak it: the server reads requests (validated first by wire/protocol.py's pydantic
+models), the HTTP client engine writes them (engine/remote.py, for `--server`), and `dsvl batch`
+reads OpenAI batch files (batch/fields.py, through the same models). No pydantic, no httpx here.
 
 Mapping, on purpose:
 - `system` and `developer` messages <-> Conversation.system (several are joined by blank lines);
@@ -18,7 +18,7 @@ Mapping, on purpose:
   `structured_outputs` (`json`, `regex`, `choice`) or its older `guided_json` / `guided_regex` /
   `guided_choice`, so clients written for vLLM work. `--server` sends a schema as `response_format`,
   a regex and labels as vLLM does. Labels (`choice`) are scored, not generated: the answer carries
-  a top-level `scores` list (serve/protocol.py).
+  a top-level `scores` list (wire/chunks.py).
 - `logprobs` + `top_logprobs` <-> --logprobs N.
 """
 
