@@ -19,8 +19,9 @@ Limits, on purpose:
 - Errors come back as the DsvlError they stand for (wire/errors.py: exit 2 for the request's
   fault, 1 otherwise), naming the server unless they are about the request itself (400).
 - --schema / --regex / --choices travel as `response_format` / vLLM's `structured_outputs`
-  (wire.py), --logprobs as OpenAI's `logprobs`/`top_logprobs`; the scores and logprob entries are
-  read back and `data` is parsed here from the answer's text, so the --json output is a local run's.
+  (wire/messages.py), --logprobs as OpenAI's `logprobs`/`top_logprobs`; the scores and logprob
+  entries are read back (wire/chunks.py) and `data` is parsed here from the answer's text, so the
+  --json output is a local run's.
 - Typed questions (dsvl decide) go as one `POST /v1/decisions` (remote_decisions.py).
 - Result.token_ids is empty (the API sends text, not token ids). Against a server other than
   dsvl's, stats hold what `usage` and the client's own clock can tell.
