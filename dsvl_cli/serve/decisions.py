@@ -15,7 +15,8 @@ prefilled once for all of its questions.
 Input mapping: a string is one user message. Messages (`type: "message"` or none) with role user
 (content `input_text`, `input_image`, `input_json` parts: the JSON written compact, as text),
 system / developer (`input_text`: they make the system prompt, joined by blank lines, as
-/v1/responses), assistant (`output_text`, `refusal`). Function and custom tool calls and their
+/v1/responses), assistant (`output_text`, `input_text`, `refusal`): read by responses_wire.read_items,
+the Responses API's own reader. Function and custom tool calls and their
 outputs are a 400 (this server calls no tools). The questions follow the input as user turns.
 `prompt_cache_key`, `prompt_cache_options`, `safety_identifier` are accepted and ignored.
 """
@@ -28,19 +29,16 @@ from typing import Any
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict
 
-from dsvl_cli.conversation import Conversation, check_text
+from dsvl_cli.conversation import Conversation
 from dsvl_cli.decide.questions import parse_questions
 from dsvl_cli.decide.wire import body
 from dsvl_cli.errors import UsageError
 from dsvl_cli.wire.protocol import parse_request
 from dsvl_cli.serve import protocol
 from dsvl_cli.serve.jobs import Runs
-from dsvl_cli.serve.responses_wire import RequestInput, image_url
+from dsvl_cli.serve.responses_wire import RequestInput, read_items
 from dsvl_cli.structured.spec import decisions_format
 
-ROLES = ("user", "system", "developer", "assistant")
-TEXT_PARTS = {"user": ("input_text", "input_json"), "system": ("input_text",), "developer": ("input_text",),
-              "assistant": ("output_text", "refusal")}
 MAX_JSON_BYTES = 256 * 1024  # one input_json part, written compact (the API's own limit)
 
 
@@ -93,58 +91,12 @@ def _conversation(turn: RequestInput, images) -> Conversation:
 
 
 def read_input(value: Any) -> RequestInput:
-    """Every input item checked before anything is loaded (UsageError / ImageLoadError name it)."""
-    if isinstance(value, str):
-        return RequestInput(messages=[("user", check_text(value, "input"), [])])
-    if not isinstance(value, list) or not value:
-        raise UsageError("input: required: a string or a list of at least one message")
-    turn = RequestInput()
-    for index, item in enumerate(value):
-        where = f"input.{index}"
-        if not isinstance(item, dict):
-            raise UsageError(f"{where}: an input item is an object (a message)")
-        kind = item.get("type", "message")
-        if kind != "message":
-            raise UsageError(f"{where}: items of type {kind!r} are not supported (this server calls no tools; "
-                             "send messages)")
-        role = item.get("role")
-        if role not in ROLES:
-            raise UsageError(f"{where}.role: must be one of {', '.join(ROLES)}")
-        text, urls = _content(item.get("content"), role, where)
-        check_text(text, f"{where} ({role})")
-        if role in ("system", "developer"):
-            turn.systems.append(text)
-        else:
-            turn.messages.append((role, text, urls))
+    """The request's input (the Responses API's shape, `input_json` parts too), checked before
+    anything is loaded."""
+    turn = read_items(value, _json_text)
     if not turn.messages:
         raise UsageError("input: give at least one user or assistant message (the questions are about it)")
     return turn
-
-
-def _content(content: Any, role: str, where: str) -> tuple[str, list[str]]:
-    """(text, image URLs) of one message's content; images go before the text in the prompt."""
-    if isinstance(content, str):
-        return content, []
-    if not isinstance(content, list):
-        raise UsageError(f"{where}.content: must be a string or a list of content parts")
-    texts, urls = [], []
-    for k, part in enumerate(content):
-        at = f"{where}.content.{k}"
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "input_json" and role == "user":
-            texts.append(_json_text(part.get("data"), at))
-        elif kind in TEXT_PARTS[role]:
-            value = part.get("refusal" if kind == "refusal" else "text")
-            if not isinstance(value, str):
-                raise UsageError(f"{at}: a {kind} part needs `{'refusal' if kind == 'refusal' else 'text'}`")
-            texts.append(value)
-        elif kind == "input_image" and role == "user":
-            urls.append(image_url(part, at))
-        else:
-            allowed = (*TEXT_PARTS[role], *(("input_image",) if role == "user" else ()))
-            raise UsageError(f"{at}: unsupported content type {kind!r} in a {role} message "
-                             f"(supported: {', '.join(allowed)})")
-    return "\n".join(texts), urls
 
 
 def _json_text(data: Any, at: str) -> str:

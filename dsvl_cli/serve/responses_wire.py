@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,55 +106,68 @@ class RequestInput:
 
 
 def read_input(req: ResponsesRequest) -> RequestInput:
-    """Every input item checked before anything is loaded (UsageError / ImageLoadError name it)."""
-    if isinstance(req.input, str):
-        return RequestInput(messages=[("user", check_text(req.input, "input"), [])])
-    if not isinstance(req.input, list) or not req.input:
-        raise UsageError("input: give a string or a list of at least one message")
-    turn = RequestInput()
-    for index, item in enumerate(req.input):
-        where = f"input.{index}"
-        if not isinstance(item, dict):
-            raise UsageError(f"{where}: an input item is an object (a message)")
-        kind = item.get("type", "message")
-        if kind != "message":
-            raise UsageError(f"{where}: items of type {kind!r} are not supported (send messages)")
-        role = item.get("role")
-        if role not in ROLES:
-            raise UsageError(f"{where}.role: must be one of {', '.join(ROLES)}")
-        text, urls = _content(item.get("content"), role, where)
-        check_text(text, f"{where} ({role})")
-        if role in ("system", "developer"):
-            turn.systems.append(text)
-        else:
-            turn.messages.append((role, text, urls))
+    """The request's input, every item checked before anything is loaded; the model answers the
+    last message, so it must be the user's."""
+    turn = read_items(req.input)
     if not turn.messages or turn.messages[-1][0] != "user":
         raise UsageError("input: the last message must be a user message (the model answers it)")
     return turn
 
 
-def _content(content: Any, role: str, where: str) -> tuple[str, list[str]]:
+def read_items(value: Any, json_text: Callable[[Any, str], str] | None = None) -> RequestInput:
+    """A Responses-shaped `input` (a string, or a list of message items; the Decisions API's too),
+    checked item by item (UsageError / ImageLoadError name the item). `json_text`: what an
+    `input_json` part of a user message becomes (the Decisions API's); None: no such part here."""
+    if isinstance(value, str):
+        return RequestInput(messages=[("user", check_text(value, "input"), [])])
+    if not isinstance(value, list) or not value:
+        raise UsageError("input: give a string or a list of at least one message")
+    turn = RequestInput()
+    for index, item in enumerate(value):
+        where = f"input.{index}"
+        if not isinstance(item, dict):
+            raise UsageError(f"{where}: an input item is an object (a message)")
+        kind = item.get("type", "message")
+        if kind != "message":
+            raise UsageError(f"{where}: items of type {kind!r} are not supported (this server calls no tools; "
+                             "send messages)")
+        role = item.get("role")
+        if role not in ROLES:
+            raise UsageError(f"{where}.role: must be one of {', '.join(ROLES)}")
+        text, urls = _content(item.get("content"), role, where, json_text)
+        check_text(text, f"{where} ({role})")
+        if role in ("system", "developer"):
+            turn.systems.append(text)
+        else:
+            turn.messages.append((role, text, urls))
+    return turn
+
+
+def _content(content: Any, role: str, where: str, json_text) -> tuple[str, list[str]]:
     """(text, image URLs) of one message's content; images go before the text in the prompt."""
     if isinstance(content, str):
         return content, []
     if not isinstance(content, list):
         raise UsageError(f"{where}.content: must be a string or a list of content parts")
     texts, urls = [], []
+    json_parts = ("input_json",) if json_text is not None and role == "user" else ()
     for k, part in enumerate(content):
         at = f"{where}.content.{k}"
         kind = part.get("type") if isinstance(part, dict) else None
-        if kind in TEXT_PARTS[role]:
-            value = part.get("refusal" if kind == "refusal" else "text")
-            if not isinstance(value, str):
-                raise UsageError(f"{at}: a {kind} part needs `text`")
-            texts.append(value)
+        if kind in json_parts:
+            texts.append(json_text(part.get("data"), at))
+        elif kind in TEXT_PARTS[role]:
+            key = "refusal" if kind == "refusal" else "text"
+            if not isinstance(part.get(key), str):
+                raise UsageError(f"{at}: a {kind} part needs `{key}`")
+            texts.append(part[key])
         elif kind == "input_image" and role == "user":
             urls.append(image_url(part, at))
         elif kind == "input_image":
             raise UsageError(f"{at}: a {role} message cannot hold images")
         else:
             raise UsageError(f"{at}: unsupported content type {kind!r} in a {role} message "
-                             f"(supported: {', '.join((*TEXT_PARTS[role], 'input_image'))})")
+                             f"(supported: {', '.join((*TEXT_PARTS[role], *json_parts, 'input_image'))})")
     return "\n".join(texts), urls
 
 
