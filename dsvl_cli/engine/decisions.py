@@ -39,7 +39,7 @@ from dsvl_cli.engine.features import ImageFeatureCache
 from dsvl_cli.engine.kv import pairs_of
 from dsvl_cli.engine.prefill import prefill
 from dsvl_cli.engine.prefix_cache import PrefixCache
-from dsvl_cli.engine.scoring import SCORE_ROWS, label_rows
+from dsvl_cli.engine.scoring import SCORE_ROWS, label_rows, next_token_logprobs
 
 
 def wanted(gen: GenerationSettings) -> bool:
@@ -159,12 +159,5 @@ def _group(model, cache, prefix_mask, rows: list[tuple[list[int], list[int]]]) -
         targets[k, :m] = torch.tensor(row[1:], device=device)
         present[k, :m] = True
         counted[k, len(ctx) - 1:m] = True
-    mask = torch.cat([prefix_mask.expand(n, -1), present.long()], dim=1)  # (n, P + width)
-    positions = (int(prefix_mask.sum()) + torch.arange(width, device=device)).expand(n, -1)
-    cache.batch_repeat_interleave(n)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
-                   use_cache=True).logits  # (n, width, vocab)
-    cache.crop(-width)
-    cache.batch_select_indices(torch.tensor([0], device=device))
-    logprobs = torch.log_softmax(logits.float(), dim=-1).gather(2, targets[..., None])[..., 0]  # (n, width)
+    logprobs = next_token_logprobs(model, cache, prefix_mask, ids, targets, present)  # (n, width)
     return (logprobs * counted).sum(dim=1).tolist()

@@ -130,14 +130,25 @@ def _group_logprobs(model, cache, prompt_mask, first, rows: list[list[int]]) -> 
         ids[k, :m] = torch.tensor(row[:-1], device=device)
         targets[k, :m] = torch.tensor(row[1:], device=device)
         valid[k, :m] = True
-    mask = torch.cat([prompt_mask.expand(n, -1), valid.long()], dim=1)  # (n, L + width)
-    positions = (int(prompt_mask.sum()) + torch.arange(width, device=device)).expand(n, -1)
+    later = (next_token_logprobs(model, cache, prompt_mask, ids, targets, valid) * valid).sum(dim=1)
+    heads = first[torch.tensor([r[0] for r in rows], device=first.device)]
+    return (heads.to(later.device) + later).tolist()
+
+
+def next_token_logprobs(model, cache, prefix_mask, ids, targets, present):
+    """One forward of the right-padded rows `ids` (n, width; `present`: a real token) on the
+    prefix's cache, repeated for them: each position's log-probability of its `targets` token,
+    (n, width). The cache is cut back to the prefix (one row) afterwards. --choices and the
+    Decisions API score their options with it."""
+    import torch
+
+    device = prefix_mask.device
+    n, width = ids.shape
+    mask = torch.cat([prefix_mask.expand(n, -1), present.long()], dim=1)  # (n, L + width)
+    positions = (int(prefix_mask.sum()) + torch.arange(width, device=device)).expand(n, -1)
     cache.batch_repeat_interleave(n)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
                    use_cache=True).logits  # (n, width, vocab)
     cache.crop(-width)
     cache.batch_select_indices(torch.tensor([0], device=device))
-    logprobs = torch.log_softmax(logits.float(), dim=-1).gather(2, targets[..., None])[..., 0]  # (n, width)
-    later = (logprobs * valid).sum(dim=1)
-    heads = first[torch.tensor([r[0] for r in rows], device=first.device)]
-    return (heads.to(later.device) + later).tolist()
+    return torch.log_softmax(logits.float(), dim=-1).gather(2, targets[..., None])[..., 0]
