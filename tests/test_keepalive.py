@@ -165,12 +165,13 @@ def test_a_hung_socket_is_replaced_and_a_stranger_is_not_signalled(cli, local_an
     not a keep-alive server: this test's own) is given up on after the probe timeout."""
     from dsvl_cli.keepalive import registry
     from dsvl_cli.settings import ModelSettings
+    from dsvl_cli.userfiles import write_atomic
 
     paths = registry.Paths.for_key(registry.server_key(ModelSettings(model="tiny-random")))
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as hung:
         hung.bind(str(paths.socket))
         hung.listen(8)  # accepts into the backlog, never answers
-        registry.write_private(paths.state, json.dumps({"pid": os.getpid(), "key": paths.key}))
+        write_atomic(paths.state, json.dumps({"pid": os.getpid(), "key": paths.key}), private=True)
         result = cli([*ASK, "--keep-alive", "30s"])
     assert result.exit_code == 0, result.output
     assert result.stdout == local_answer["answer"] + "\n"

@@ -101,15 +101,6 @@ def settings_dict(settings: ModelSettings) -> dict:
 
 # -- state files ---------------------------------------------------------------------------------
 
-def write_private(path: Path, text: str) -> None:
-    """Atomically, mode 0600 (a reader never sees half a file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def read_state(path: Path) -> dict | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

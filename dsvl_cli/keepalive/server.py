@@ -36,8 +36,9 @@ import time
 from urllib.parse import parse_qs
 
 from dsvl_cli import __version__
-from dsvl_cli.keepalive import registry
 from dsvl_cli.errors import DsvlError, ExitCode
+from dsvl_cli.keepalive import registry
+from dsvl_cli.userfiles import write_atomic
 
 # The caller loaded its images as a local run does (its caps, its intake shrink, --exact-pixels) and
 # sends them losslessly: the server must take them as they are, not apply a public server's caps.
@@ -203,7 +204,7 @@ def publish(server, paths: registry.Paths, tmp, info: dict, status: StatusPipe, 
         if done.is_set() or server.should_exit or time.monotonic() > deadline:
             return False
         done.wait(0.01)
-    registry.write_private(paths.state, json.dumps(info))  # first: a published socket always has its state
+    write_atomic(paths.state, json.dumps(info), private=True)  # first: a published socket always has its state
     os.replace(tmp, paths.socket)
     log.info(f"{info['model']} on {paths.socket} (pid {os.getpid()})")
     status.report({"ready": True, "pid": os.getpid()})
